@@ -1,0 +1,141 @@
+use super::*;
+
+const GOOD: &str = r#"
+server: {threads: 2}
+listen: ["127.0.0.1:8080"]
+admin:
+  listen: 127.0.0.1:9090
+client:
+  keepalive_timeout: 65s
+  keepalive_requests: 1000
+origins:
+  web:
+    servers: ["127.0.0.1:8000", {address: "127.0.0.1:8001", weight: 3}]
+    balance: round_robin
+    host: www.example.com
+    keepalive:
+      idle_timeout: 55s
+      pool_size: 64
+    timeouts: {connect: 2s, read: 30s, write: 30s}
+    health_check: {path: /healthz, interval: 5s}
+routes:
+  - {host: "*.example.com", path_prefix: /static/, origin: web}
+  - {host: "*", origin: web}
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "edge.yaml") {
+        Ok(_) => panic!("config was accepted"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_contract_example_parses() {
+    let c = parse(GOOD, "edge.yaml").unwrap();
+    assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+    let web = &c.origins["web"];
+    assert_eq!(web.servers[1].weight, 3);
+    assert_eq!(web.keepalive.idle_timeout, Dur::secs(55));
+    assert_eq!(web.keepalive.max_requests, 1000);
+    assert_eq!(web.health_check.as_ref().unwrap().path, "/healthz");
+    assert_eq!(c.routes[0].path_prefix, "/static/");
+    assert_eq!(c.routes[1].path_prefix, "/");
+    assert_eq!(c.client.keepalive_requests, 1000);
+}
+
+#[test]
+fn bad_duration_names_file_line_and_path() {
+    let text = GOOD.replace("idle_timeout: 55s", "idle_timeout: fast");
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        vec![
+            r#"edge.yaml:15: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h), got "fast""#
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_at_their_line() {
+    let text = GOOD.replace("pool_size: 64", "pool_sise: 64");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "edge.yaml:16: origins.web.keepalive.pool_sise: unknown field `pool_sise`"
+        ),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("{GOOD}\nlisten_extra: 1\n"));
+    assert!(errs[0].contains("listen_extra: unknown key"), "{errs:?}");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = GOOD
+        .replace("idle_timeout: 55s", "idle_timeout: fast")
+        .replace(
+            "origin: web}\n  - {host: \"*\"",
+            "origin: nope}\n  - {host: \"*\"",
+        )
+        .replace("threads: 2", "threads: 0");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("server.threads: expected 1 to 1024")));
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("origins.web.keepalive.idle_timeout")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("edge.yaml:20: routes[0].origin: unknown origin \"nope\"")));
+}
+
+#[test]
+fn bad_addresses_and_weights() {
+    let text = GOOD.replace(
+        r#"{address: "127.0.0.1:8001", weight: 3}"#,
+        r#"{address: "127.0.0.1:8001", weight: 0}"#,
+    );
+    assert!(errors(&text)[0].contains("origins.web.servers[1]: weight must be at least 1"));
+    let text = GOOD.replace(r#""127.0.0.1:8000", {"#, r#""nowhere", {"#);
+    assert!(errors(&text)[0].contains(r#"origins.web.servers[0]: expected host:port"#));
+    let text = GOOD.replace(r#"listen: ["127.0.0.1:8080"]"#, r#"listen: ["8080"]"#);
+    assert!(errors(&text)[0].contains("listen[0]: expected ip:port"));
+}
+
+#[test]
+fn bad_route_patterns() {
+    let text = GOOD.replace(r#"host: "*.example.com""#, r#"host: "a.*.com""#);
+    assert!(errors(&text)[0].contains("routes[0].host: expected"));
+    let text = GOOD.replace("path_prefix: /static/", "path_prefix: static");
+    assert!(errors(&text)[0].contains("routes[0].path_prefix"));
+}
+
+#[test]
+fn bare_numbers_are_not_durations() {
+    let text = GOOD.replace("keepalive_timeout: 65s", "keepalive_timeout: 65");
+    assert!(errors(&text)[0]
+        .contains(r#"client.keepalive_timeout: expected a duration with a unit like "65s""#));
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_line() {
+    let errs = errors("listen: [\norigins: {");
+    assert!(errs[0].starts_with("edge.yaml:"), "{errs:?}");
+    assert!(errs[0].contains("not valid YAML"), "{errs:?}");
+}
+
+#[test]
+fn hosts() {
+    assert!(valid_host("www.example.com"));
+    assert!(valid_host("example.com:8080"));
+    assert!(valid_host("[::1]:80"));
+    assert!(valid_host("127.0.0.1"));
+    assert!(!valid_host("exa mple.com"));
+    assert!(!valid_host("a/b"));
+    assert!(!valid_host("host:port"));
+    assert!(!valid_host(""));
+}

@@ -1,0 +1,197 @@
+//! Requests the edge refuses before any byte of them reaches an origin.
+//!
+//! Pingora already rejects broken framing (conflicting Content-Length, non-chunked final
+//! Transfer-Encoding, bad chunk sizes, Transfer-Encoding on HTTP/1.0) and ambiguous authority.
+//! This adds what a CDN edge refuses on top: oversized header blocks, a missing or malformed
+//! Host, and paths that climb out of the root (`..`, also percent-encoded), which an origin's
+//! file server might resolve differently than our router did.
+
+use pingora::http::RequestHeader;
+
+use crate::config::{valid_host, ClientSettings};
+
+/// Why a request was refused: the status sent and a label for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refusal {
+    Refusal { status, reason }
+}
+
+/// Checks a parsed request header; `host` is the Host header or the authority of an
+/// absolute-form target.
+pub fn check(req: &RequestHeader, limits: &ClientSettings) -> Result<(), Refusal> {
+    if req.headers.len() > limits.max_headers {
+        return Err(refuse(431, "too_many_headers"));
+    }
+    let size: usize = req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size as u64 > limits.max_header_size.0 {
+        return Err(refuse(431, "header_too_large"));
+    }
+    let host = request_host(req).ok_or(refuse(400, "missing_host"))?;
+    if !valid_host(host) {
+        return Err(refuse(400, "bad_host"));
+    }
+    if req.headers.get_all(http::header::HOST).iter().count() > 1 {
+        return Err(refuse(400, "duplicate_host"));
+    }
+    check_path(req.raw_path())?;
+    Ok(())
+}
+
+/// The request's host: the authority of an absolute-form target, else the Host header.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str());
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+}
+
+fn check_path(raw: &[u8]) -> Result<(), Refusal> {
+    if raw == b"*" {
+        return Ok(()); // OPTIONS *
+    }
+    // Absolute-form: judge the path part only.
+    let path = match raw.windows(3).position(|w| w == b"://") {
+        Some(i) => {
+            let rest = &raw[i + 3..];
+            &rest[rest.iter().position(|&b| b == b'/').unwrap_or(rest.len())..]
+        }
+        None => raw,
+    };
+    if !path.is_empty() && path[0] != b'/' {
+        return Err(refuse(400, "bad_path"));
+    }
+    if path.iter().any(|&b| b < 0x21 || b == 0x7f || b == b'\\') {
+        return Err(refuse(400, "bad_path"));
+    }
+    let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
+    let decoded = percent_decode(path).ok_or(refuse(400, "bad_path"))?;
+    if decoded.iter().any(|&b| b == 0 || b == b'\\') {
+        return Err(refuse(400, "bad_path"));
+    }
+    if decoded.split(|&b| b == b'/').any(|seg| seg == b"..") {
+        return Err(refuse(400, "path_traversal"));
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes, twice, so `%252e%252e` cannot sneak `..` past a decoding origin.
+fn percent_decode(p: &[u8]) -> Option<Vec<u8>> {
+    fn once(p: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while i < p.len() {
+            if p[i] == b'%' {
+                let hex = p.get(i + 1..i + 3)?;
+                let s = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(s, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(p[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    }
+    if !p.contains(&b'%') {
+        return Some(p.to_vec());
+    }
+    let first = once(p)?;
+    if first.contains(&b'%') {
+        // A second layer that is not valid escaping is left as is: it is data, not a trick.
+        return Some(once(&first).unwrap_or(first));
+    }
+    Some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, host: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        if let Some(h) = host {
+            r.insert_header("Host", h).unwrap();
+        }
+        r
+    }
+
+    fn verdict(path: &str, host: Option<&str>) -> Result<(), &'static str> {
+        check(&req(path, host), &ClientSettings::default()).map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn ordinary_requests_pass() {
+        assert_eq!(verdict("/", Some("example.com")), Ok(()));
+        assert_eq!(
+            verdict("/a/b.css?x=1&y=..", Some("example.com:8080")),
+            Ok(())
+        );
+        assert_eq!(verdict("/a..b/c", Some("example.com")), Ok(()));
+        assert_eq!(verdict("/%7Euser/", Some("example.com")), Ok(()));
+    }
+
+    #[test]
+    fn traversal_is_refused_in_every_spelling() {
+        for p in [
+            "/../etc/passwd",
+            "/a/../../b",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e/",
+            "/a/%252e%252e/b",
+            "/..",
+        ] {
+            assert_eq!(
+                verdict(p, Some("example.com")),
+                Err("path_traversal"),
+                "{p}"
+            );
+        }
+        assert_eq!(verdict("/a%5c..%5cb", Some("example.com")), Err("bad_path"));
+        assert_eq!(verdict("/a%00b", Some("example.com")), Err("bad_path"));
+        assert_eq!(verdict("/a%zz", Some("example.com")), Err("bad_path"));
+    }
+
+    #[test]
+    fn host_is_required_and_sane() {
+        assert_eq!(verdict("/", None), Err("missing_host"));
+        assert_eq!(verdict("/", Some("bad host")), Err("bad_host"));
+        assert_eq!(verdict("/", Some("a/b")), Err("bad_host"));
+        let mut r = req("/", Some("a.com"));
+        r.append_header("Host", "b.com").unwrap();
+        assert_eq!(
+            check(&r, &ClientSettings::default()).unwrap_err().reason,
+            "duplicate_host"
+        );
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut r = req("/", Some("a.com"));
+        r.insert_header("X-Big", "x".repeat(70_000)).unwrap();
+        assert_eq!(
+            check(&r, &ClientSettings::default()).unwrap_err().status,
+            431
+        );
+        let mut r = req("/", Some("a.com"));
+        for i in 0..120 {
+            r.append_header(format!("X-{i}"), "1").unwrap();
+        }
+        assert_eq!(
+            check(&r, &ClientSettings::default()).unwrap_err().reason,
+            "too_many_headers"
+        );
+    }
+}

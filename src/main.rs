@@ -1,0 +1,106 @@
+//! `edge`: run the proxy, check a config, or (with no arguments) run a demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use edge::config;
+use edge::demo;
+use edge::server::{run, StartOptions};
+
+const USAGE: &str = "\
+usage: edge -c FILE [-t] [-u] [-d]
+       edge                       run a demo: the edge on 127.0.0.1:8080 before a sample origin
+
+  -c, --conf FILE   the YAML config (see conf/edge.yaml)
+  -t, --test        check the config and exit: 0 if valid, 1 with every error on stderr
+  -u, --upgrade     take over the listening sockets of a running edge (graceful upgrade)
+  -d, --daemon      run in the background
+  -h, --help        this text
+  -V, --version     the version";
+
+fn main() -> ExitCode {
+    let mut conf: Option<PathBuf> = None;
+    let (mut test, mut start) = (false, StartOptions::default());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--conf" => match args.next() {
+                Some(f) => conf = Some(PathBuf::from(f)),
+                None => return usage_error("-c needs a file"),
+            },
+            "-t" | "--test" => test = true,
+            "-u" | "--upgrade" => start.upgrade = true,
+            "-d" | "--daemon" => start.daemon = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("edge {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => return usage_error(&format!("unknown argument \"{other}\"")),
+        }
+    }
+    init_logging();
+
+    let Some(path) = conf else {
+        if test {
+            return usage_error("-t needs -c FILE");
+        }
+        return run_demo(start);
+    };
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "edge: {} error(s) in {}; nothing was started",
+                errors.0.len(),
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    if test {
+        println!("edge: {} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    run(config, start)
+}
+
+fn run_demo(start: StartOptions) -> ExitCode {
+    let origin = match demo::start_sample_origin() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("edge: cannot start the sample origin: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = demo::DEMO_CONFIG.replace("{DEMO_ORIGIN}", &origin.to_string());
+    let config = match config::parse(&text, "conf/demo.yaml (built in)") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "edge demo: proxy on http://127.0.0.1:8080 in front of a sample origin on {origin}\n\
+         try:\n  curl -i http://127.0.0.1:8080/\n  curl -i http://127.0.0.1:8080/static/logo.png\n  \
+         curl -s http://127.0.0.1:9090/metrics | grep edge_upstream_requests_total\n\
+         stop with Ctrl-C; run your own with: edge -c conf/edge.yaml"
+    );
+    run(config, start)
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("edge: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,178 @@
+//! Origins: where requests go (routing), which server gets them (balancing, health), and how
+//! the connection to it is made and kept (peer options, pool limits).
+
+mod balance;
+pub mod checker;
+pub mod health;
+pub mod reuse;
+pub mod router;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::protocols::l4::ext::TcpKeepalive;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{HealthCheck, OriginConfig};
+use crate::metrics::{OriginMetrics, ServerMetrics};
+use balance::Balancer;
+use health::Health;
+
+/// One server of an origin.
+pub struct Server {
+    pub address: String,
+    pub addr: SocketAddr,
+    pub health: Health,
+    /// Requests on this server right now; bounds how many connections are kept (pool_size).
+    in_flight: AtomicUsize,
+    pub metrics: ServerMetrics,
+    /// Pre-built peer: cloning it per request is cheaper than rebuilding options.
+    peer: HttpPeer,
+}
+
+impl Server {
+    pub fn peer(&self) -> Box<HttpPeer> {
+        Box::new(self.peer.clone())
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.metrics.up.set(up as i64);
+    }
+}
+
+/// Holds one unit of a server's in-flight count; released on drop so that every exit path of
+/// a request (success, error, retry on another server) gives it back.
+pub struct InFlight {
+    server: Arc<Server>,
+    /// In-flight requests on the server, this one included, when it started.
+    pub concurrency: usize,
+}
+
+impl InFlight {
+    pub fn new(server: Arc<Server>) -> Self {
+        let concurrency = server.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        InFlight {
+            server,
+            concurrency,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Origin {
+    pub name: String,
+    pub config: OriginConfig,
+    pub servers: Vec<Arc<Server>>,
+    balancer: Balancer,
+    pub metrics: OriginMetrics,
+    /// The Host header sent upstream when the origin sets one (parsed once).
+    pub host_header: Option<http::HeaderValue>,
+}
+
+impl Origin {
+    pub fn new(name: &str, config: &OriginConfig) -> Self {
+        let key = connection_group(name, config);
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| {
+                Arc::new(Server {
+                    address: s.address.clone(),
+                    addr: s.addr,
+                    health: Health::default(),
+                    in_flight: AtomicUsize::new(0),
+                    metrics: ServerMetrics::new(name, &s.address),
+                    peer: build_peer(s.addr, key, config),
+                })
+            })
+            .collect();
+        let balancer = Balancer::new(
+            config.balance,
+            &config
+                .servers
+                .iter()
+                .map(|s| (s.address.clone(), s.weight))
+                .collect::<Vec<_>>(),
+        );
+        Origin {
+            name: name.to_string(),
+            config: config.clone(),
+            servers,
+            balancer,
+            metrics: OriginMetrics::new(name),
+            host_header: config
+                .host
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+        }
+    }
+
+    /// Picks a server for a request, skipping those already tried by it. Healthy servers first;
+    /// if none is healthy, any untried one (Envoy's "panic mode"): when every health signal says
+    /// down, trying is better than refusing, and a dead server fails fast anyway.
+    pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+        let untried = |i: usize| !tried.contains(&i);
+        self.balancer
+            .pick(key, |i| untried(i) && self.servers[i].health.is_up())
+            .or_else(|| self.balancer.pick(key, untried))
+    }
+
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.config.health_check.as_ref()
+    }
+
+    /// Host header for health probes.
+    pub fn probe_host<'a>(&'a self, server: &'a Server) -> &'a str {
+        self.config.host.as_deref().unwrap_or(&server.address)
+    }
+
+    /// Whether pooled reuse is switched off for this origin.
+    pub fn pooling_off(&self) -> bool {
+        self.config.keepalive.pool_size == 0 || self.config.keepalive.idle_timeout.get().is_zero()
+    }
+}
+
+/// Connections of origins with the same name and connection settings may be shared; anything
+/// else gets its own pool group. So two origins on one address never share connections (their
+/// timeouts and limits differ), and a reload that changes an origin's connection settings
+/// starts it on fresh connections while origins it did not touch keep theirs warm.
+fn connection_group(name: &str, c: &OriginConfig) -> u64 {
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    c.keepalive.hash(&mut h);
+    c.timeouts.hash(&mut h);
+    c.tcp_keepalive.hash(&mut h);
+    h.finish()
+}
+
+fn build_peer(addr: SocketAddr, group_key: u64, c: &OriginConfig) -> HttpPeer {
+    let mut p = HttpPeer::new(addr, false, String::new());
+    p.group_key = group_key;
+    let o = &mut p.options;
+    o.connection_timeout = Some(c.timeouts.connect.get());
+    o.read_timeout = Some(c.timeouts.read.get());
+    o.write_timeout = Some(c.timeouts.write.get());
+    // Pingora: None = keep forever, Some(0) = never pool.
+    o.idle_timeout = Some(if c.keepalive.pool_size == 0 {
+        Duration::ZERO
+    } else {
+        c.keepalive.idle_timeout.get()
+    });
+    o.tcp_keepalive = c.tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+        idle: k.idle.get(),
+        interval: k.interval.get(),
+        count: k.count,
+        #[cfg(target_os = "linux")]
+        user_timeout: Duration::ZERO,
+    });
+    p
+}

@@ -1,0 +1,98 @@
+//! Wiring: turns a validated config into a Pingora server with the proxy, admin and health
+//! check services, and runs it.
+
+use std::sync::Arc;
+
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::live::Edge;
+use crate::origin::checker::HealthChecker;
+use crate::proxy::EdgeProxy;
+
+/// How the process was asked to start.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Take over the listening sockets of a running edge (Pingora's graceful upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Pingora's server settings from ours. Paths default to names derived from the first listen
+/// address, so several edges on one machine never share a pid file or an upgrade socket.
+pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
+    let s = &config.server;
+    let tag = config
+        .listen
+        .first()
+        .map(|a| a.to_string().replace([':', '.', '[', ']'], "_"))
+        .unwrap_or_else(|| "edge".into());
+    let pooled: usize = config
+        .origins
+        .values()
+        .map(|o| o.keepalive.pool_size * o.servers.len())
+        .sum();
+    // Pingora's LRU is per process but sized per thread; size it so that per-origin limits, not
+    // LRU eviction, decide which idle connections are kept.
+    let per_thread = pooled.div_ceil(s.threads.max(1)).max(128);
+    ServerConf {
+        threads: s.threads,
+        daemon,
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/edge-{tag}.pid")),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/edge-{tag}.upgrade.sock")),
+        grace_period_seconds: Some(s.grace_period.get().as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.get().as_secs()),
+        upstream_keepalive_pool_size: s.upstream_pool_size.unwrap_or(per_thread),
+        error_log: s.error_log.clone(),
+        ..Default::default()
+    }
+}
+
+/// Builds and runs the edge until it is told to stop. Never returns.
+pub fn run(config: Config, start: StartOptions) -> ! {
+    let conf = pingora_conf(&config, start.daemon);
+    let opt = Opt {
+        upgrade: start.upgrade,
+        daemon: start.daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listen = config.listen.clone();
+    let admin_addr = config.admin;
+    let edge = Edge::new(config);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy { edge: edge.clone() },
+        "edge proxy",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin_addr {
+        let mut admin = Service::new("edge admin".to_string(), Admin { edge: edge.clone() });
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker {
+            edge: Arc::clone(&edge),
+        },
+    ));
+    server.run_forever()
+}
