@@ -727,7 +727,12 @@ fn check_route(
 ) {
     let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
     if !origins.contains_key(&r.origin) && !broken_origins.contains(&r.origin) {
-        let known: Vec<&str> = origins.keys().map(String::as_str).collect();
+        let mut known: Vec<&str> = origins
+            .keys()
+            .chain(broken_origins.iter())
+            .map(String::as_str)
+            .collect();
+        known.sort_unstable();
         ck.error(
             &at("origin"),
             format!(
