@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Generates edge.json, the Grafana dashboard for edge. Edit here, then run:
+    python3 dashboards/gen_edge_dashboard.py
+Panel queries live in one place so that tests (and issue 4's Prometheus check) can read them."""
+import json, os
+
+DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+O = 'origin=~"$origin"'
+R = "[$__rate_interval]"
+
+def ts(title, desc, targets, unit="short", x=0, y=0, w=12, h=8, thresholds=None, minv=None, maxv=None):
+    p = {
+        "type": "timeseries", "title": title, "description": desc, "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 5}}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max", "lastNotNull"]},
+                    "tooltip": {"mode": "multi"}},
+        "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i)} for i, (e, l) in enumerate(targets)],
+    }
+    d = p["fieldConfig"]["defaults"]
+    if minv is not None: d["min"] = minv
+    if maxv is not None: d["max"] = maxv
+    if thresholds:
+        d["thresholds"] = {"mode": "absolute", "steps": thresholds}
+        d["custom"]["thresholdsStyle"] = {"mode": "line"}
+    return p
+
+panels = [
+    ts("Upstream connection reuse ratio",
+       "Share of upstream requests that rode an already-open connection, per origin. Good: at or above "
+       "the red line at 99.9% under steady load. A dip means misses pay a TCP handshake: check "
+       "keepalive.idle_timeout against the origin's own keep-alive timeout, and pool_size.",
+       [(f'sum by (origin) (rate(edge_upstream_requests_total{{connection="reused",{O}}}{R})) / '
+         f'sum by (origin) (rate(edge_upstream_requests_total{{{O}}}{R}))', "{{origin}}")],
+       unit="percentunit", x=0, y=0, minv=0, maxv=1,
+       thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 0.999}]),
+    ts("New upstream connections per second",
+       "TCP connections opened toward origins. Good: near zero at steady load; bursts only when traffic grows.",
+       [(f'sum by (origin) (rate(edge_upstream_requests_total{{connection="new",{O}}}{R}))', "{{origin}}")],
+       unit="cps", x=12, y=0),
+    ts("Upstream TTFB (request sent to first response byte), by connection",
+       "p50/p95/p99 of the origin's time to first byte, split by reused vs new connection. The gap "
+       "between new and reused is what connection reuse saves on every miss.",
+       [(f'histogram_quantile({q}, sum by (le, connection) (rate(edge_upstream_ttfb_seconds_bucket{{{O}}}{R})))',
+         f"p{int(q*100)} {{{{connection}}}}") for q in (0.5, 0.95, 0.99)],
+       unit="s", x=0, y=8),
+    ts("Upstream connect time p95",
+       "TCP connect time of new upstream connections. Good: about one network round trip to the origin.",
+       [(f'histogram_quantile(0.95, sum by (le, origin) (rate(edge_upstream_connect_seconds_bucket{{{O}}}{R})))', "{{origin}}")],
+       unit="s", x=12, y=8),
+    ts("Requests per second by status class",
+       "Client requests answered by the edge, by status class. Good: 5xx flat at zero; a 5xx rise with "
+       "connect failures below means an origin is down.",
+       [(f'sum by (status) (rate(edge_requests_total{{{O},route=~"$route"}}{R}))', "{{status}}")],
+       unit="reqps", x=0, y=16),
+    ts("Request duration p50/p99",
+       "Client request header to end of response, per origin.",
+       [(f'histogram_quantile({q}, sum by (le, origin) (rate(edge_request_duration_seconds_bucket{{{O}}}{R})))',
+         f"p{int(q*100)} {{{{origin}}}}") for q in (0.5, 0.99)],
+       unit="s", x=12, y=16),
+    ts("Origin servers up",
+       "1 = the server takes traffic; 0 = health checks or connect failures took it out. Good: all at 1.",
+       [(f'edge_origin_server_up{{{O}}}', "{{origin}} {{server}}")],
+       x=0, y=24, minv=0, maxv=1),
+    ts("Connect failures and retries per second",
+       "Failed connects per server, and requests retried on another server. Good: zero.",
+       [(f'sum by (origin, server) (rate(edge_upstream_connect_failures_total{{{O}}}{R}))', "fail {{origin}} {{server}}"),
+        (f'sum by (origin) (rate(edge_upstream_retries_total{{{O}}}{R}))', "retry {{origin}}")],
+       unit="ops", x=12, y=24),
+    ts("Upstream connections closed by the edge",
+       "Connections the edge closed after a response instead of pooling them: max_requests (limit "
+       "reached, expected and rare), pool_full (more concurrency than pool_size: raise pool_size "
+       "if this is steady), pooling_off.",
+       [(f'sum by (origin, reason) (rate(edge_upstream_connections_closed_total{{{O}}}{R}))', "{{origin}} {{reason}}")],
+       unit="ops", x=0, y=32),
+    ts("Refused client requests",
+       "Requests refused before reaching any origin (bad Host, traversal, oversized headers). A spike "
+       "usually means a scanner.",
+       [(f'sum by (reason) (rate(edge_refused_requests_total{R}))', "{{reason}}")],
+       unit="reqps", x=12, y=32),
+]
+for i, p in enumerate(panels):
+    p["id"] = i + 1
+
+def var(name, query):
+    return {"name": name, "label": name, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": "var"}, "definition": query,
+            "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
+            "current": {"selected": True, "text": "All", "value": "$__all"}, "sort": 1}
+
+dash = {
+    "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource",
+                  "pluginId": "prometheus", "pluginName": "Prometheus"}],
+    "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                   {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+                   {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""}],
+    "title": "edge: origins and connection reuse",
+    "uid": "edge-origins",
+    "description": "Is every cache miss riding a warm origin connection, and how fast do origins answer?",
+    "tags": ["edge", "pingora"], "timezone": "", "schemaVersion": 38, "version": 1, "editable": True,
+    "time": {"from": "now-1h", "to": "now"}, "refresh": "30s",
+    "templating": {"list": [var("origin", "label_values(edge_upstream_requests_total, origin)"),
+                            var("route", "label_values(edge_requests_total, route)")]},
+    "annotations": {"list": []},
+    "panels": panels,
+}
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge.json")
+with open(out, "w") as f:
+    json.dump(dash, f, indent=2)
+    f.write("\n")
