@@ -14,6 +14,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::Balance;
 use crate::guard;
 use crate::live::{Edge, Live};
 use crate::metrics::metrics;
@@ -30,7 +31,7 @@ pub struct RequestCtx {
     /// The config this request started with; it finishes on it, whatever reloads happen.
     live: Arc<Live>,
     started: Instant,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     origin: Option<Arc<Origin>>,
     /// Servers of the origin this request tried, in order; the last is the current one.
     tried: Vec<usize>,
@@ -151,13 +152,18 @@ impl ProxyHttp for EdgeProxy {
             .origin
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no origin"))?;
-        // Consistent hashing keys on what the cache will key on: host and target.
-        let req = session.req_header();
-        let key = format!(
-            "{}{}",
-            guard::request_host(req).unwrap_or_default(),
-            req.uri
-        );
+        // Consistent hashing keys on what the cache will key on: host and target. Other modes
+        // need no key, so they skip building it.
+        let key = if origin.config.balance == Balance::ConsistentHash {
+            let req = session.req_header();
+            format!(
+                "{}{}",
+                guard::request_host(req).unwrap_or_default(),
+                req.uri
+            )
+        } else {
+            String::new()
+        };
         let Some(idx) = origin.pick(key.as_bytes(), &ctx.tried) else {
             return Error::e_explain(
                 ErrorType::ConnectRefused,

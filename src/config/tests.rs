@@ -1,27 +1,6 @@
 use super::*;
 
-const GOOD: &str = r#"
-server: {threads: 2}
-listen: ["127.0.0.1:8080"]
-admin:
-  listen: 127.0.0.1:9090
-client:
-  keepalive_timeout: 65s
-  keepalive_requests: 1000
-origins:
-  web:
-    servers: ["127.0.0.1:8000", {address: "127.0.0.1:8001", weight: 3}]
-    balance: round_robin
-    host: www.example.com
-    keepalive:
-      idle_timeout: 55s
-      pool_size: 64
-    timeouts: {connect: 2s, read: 30s, write: 30s}
-    health_check: {path: /healthz, interval: 5s}
-routes:
-  - {host: "*.example.com", path_prefix: /static/, origin: web}
-  - {host: "*", origin: web}
-"#;
+const GOOD: &str = include_str!("../../tests/data/contract.yaml");
 
 fn errors(text: &str) -> Vec<String> {
     match parse(text, "edge.yaml") {
@@ -51,7 +30,7 @@ fn bad_duration_names_file_line_and_path() {
     assert_eq!(
         errs,
         vec![
-            r#"edge.yaml:15: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h), got "fast""#
+            r#"edge.yaml:14: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h), got "fast""#
         ]
     );
 }
@@ -63,7 +42,7 @@ fn unknown_keys_are_errors_at_their_line() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(
         errs[0].starts_with(
-            "edge.yaml:16: origins.web.keepalive.pool_sise: unknown field `pool_sise`"
+            "edge.yaml:15: origins.web.keepalive.pool_sise: unknown field `pool_sise`"
         ),
         "{errs:?}"
     );
@@ -90,7 +69,7 @@ fn every_error_is_reported_at_once() {
         .any(|e| e.contains("origins.web.keepalive.idle_timeout")));
     assert!(errs
         .iter()
-        .any(|e| e.starts_with("edge.yaml:20: routes[0].origin: unknown origin \"nope\"")));
+        .any(|e| e.starts_with("edge.yaml:19: routes[0].origin: unknown origin \"nope\"")));
 }
 
 #[test]

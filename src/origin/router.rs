@@ -4,6 +4,8 @@
 //! `*` comes last; among equal hosts the longest path prefix wins; among equals, config order.
 //! That is what nginx's `server_name` + `location` prefix matching gives operators, flattened.
 
+use std::sync::Arc;
+
 use crate::config::RouteConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +18,8 @@ enum HostMatch {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// `routes[i]` in the config, for logs and metrics labels.
-    pub name: String,
+    /// `routes[i]` in the config, for logs and metrics labels (shared: requests keep a copy).
+    pub name: Arc<str>,
     host: HostMatch,
     path_prefix: String,
     pub origin: String,
@@ -41,7 +43,7 @@ impl Router {
                     HostMatch::Exact(r.host.to_ascii_lowercase())
                 };
                 let route = Route {
-                    name: format!("routes[{i}]"),
+                    name: format!("routes[{i}]").into(),
                     host,
                     path_prefix: r.path_prefix.clone(),
                     origin: r.origin.clone(),
