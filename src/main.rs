@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use edge::config;
 use edge::demo;
-use edge::server::{run, StartOptions};
+use edge::server::{check_listeners, run, StartOptions};
 
 const USAGE: &str = "\
 usage: edge -c FILE [-t] [-u] [-d]
@@ -66,6 +66,16 @@ fn main() -> ExitCode {
         println!("edge: {} is valid", path.display());
         return ExitCode::SUCCESS;
     }
+    start_checked(config, start)
+}
+
+fn start_checked(config: config::Config, start: StartOptions) -> ExitCode {
+    if !start.upgrade {
+        if let Err(e) = check_listeners(&config) {
+            eprintln!("edge: {e}; nothing was started");
+            return ExitCode::from(1);
+        }
+    }
     run(config, start)
 }
 
@@ -91,7 +101,7 @@ fn run_demo(start: StartOptions) -> ExitCode {
          curl -s http://127.0.0.1:9090/metrics | grep edge_upstream_requests_total\n\
          stop with Ctrl-C; run your own with: edge -c conf/edge.yaml"
     );
-    run(config, start)
+    start_checked(config, start)
 }
 
 fn init_logging() {

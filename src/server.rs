@@ -58,6 +58,18 @@ pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
     }
 }
 
+/// Checks that every listen address can be bound. Pingora binds inside its service threads and
+/// keeps running when a bind fails; an operator must instead get an error and an exit status.
+/// Skipped on upgrade, where the sockets come from the running edge.
+pub fn check_listeners(config: &Config) -> Result<(), String> {
+    let all = config.listen.iter().map(|a| ("listen", a));
+    for (what, addr) in all.chain(config.admin.iter().map(|a| ("admin.listen", a))) {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Builds and runs the edge until it is told to stop. Never returns.
 pub fn run(config: Config, start: StartOptions) -> ! {
     let conf = pingora_conf(&config, start.daemon);

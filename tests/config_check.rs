@@ -75,3 +75,36 @@ fn an_unreadable_file_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
+
+#[test]
+fn a_busy_listen_address_is_an_error_not_a_hang() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let path = common::temp_path("busy.yaml");
+    std::fs::write(
+        &path,
+        format!("listen: [\"{addr}\"]\norigins:\n  o: {{servers: [\"127.0.0.1:1\"]}}\nroutes:\n  - {{origin: o}}\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::edge_bin())
+        .arg("-c")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = common::wait_until(std::time::Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(exited, "edge kept running on a busy address");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listen: cannot listen on {addr}")),
+        "{err}"
+    );
+}
