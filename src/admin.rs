@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` for Prometheus and `/healthz` for load balancers. It stays on
-//! loopback unless the operator says otherwise, and shares nothing with the proxy's listeners.
+//! The admin listener: `GET /metrics` for Prometheus, `GET /healthz` for load balancers,
+//! `POST /reload` and `GET /config` for operators. Bind it to loopback or a private interface:
+//! it has no authentication.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::live::Edge;
 use crate::metrics::metrics;
+use crate::reload::reload;
 
 pub struct Admin {
     pub edge: Arc<Edge>,
@@ -32,7 +34,7 @@ impl Admin {
         let live = self.edge.snapshot();
         for origin in live.origins.values() {
             for s in &origin.servers {
-                s.set_up(s.health.is_up());
+                s.set_up(s.health().is_up());
             }
         }
     }
@@ -50,13 +52,67 @@ impl ServeHttp for Admin {
                 text(200, "text/plain; version=0.0.4", metrics().render())
             }
             ("GET", "/healthz") => text(200, "text/plain", b"ok\n".to_vec()),
-            (_, "/metrics" | "/healthz") => {
+            ("POST", "/reload") => {
+                let edge = self.edge.clone();
+                let outcome =
+                    tokio::task::spawn_blocking(move || reload(&edge, "POST /reload")).await;
+                match outcome {
+                    Ok(Ok(applied)) => {
+                        let mut body = format!(
+                            "reloaded: version {}{}\n",
+                            applied.version,
+                            if applied.unchanged {
+                                " (unchanged)"
+                            } else {
+                                ""
+                            }
+                        );
+                        if !applied.pending_restart.is_empty() {
+                            body.push_str(&format!(
+                                "not applied until a restart or upgrade (-u): {}\n",
+                                applied.pending_restart.join(", ")
+                            ));
+                        }
+                        text(200, "text/plain", body.into_bytes())
+                    }
+                    Ok(Err(refused)) => text(
+                        422,
+                        "text/plain",
+                        format!("refused, the previous config keeps serving:\n{refused}\n")
+                            .into_bytes(),
+                    ),
+                    Err(e) => text(
+                        500,
+                        "text/plain",
+                        format!("reload failed: {e}\n").into_bytes(),
+                    ),
+                }
+            }
+            ("GET", "/config") => {
+                let live = self.edge.snapshot();
+                let loaded = live
+                    .loaded_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                let mut body = format!("# version: {}\n# loaded_at: {loaded}\n", live.version);
+                if !live.pending_restart.is_empty() {
+                    body.push_str(&format!(
+                        "# not applied until a restart or upgrade (-u): {}\n",
+                        live.pending_restart.join(", ")
+                    ));
+                }
+                body.push_str(&live.source);
+                text(200, "text/yaml; charset=utf-8", body.into_bytes())
+            }
+            (_, "/metrics" | "/healthz" | "/config") => {
                 text(405, "text/plain", b"method not allowed\n".to_vec())
             }
+            (_, "/reload") => text(405, "text/plain", b"use POST /reload\n".to_vec()),
             _ => text(
                 404,
                 "text/plain",
-                b"not found: try /metrics or /healthz\n".to_vec(),
+                b"not found: try /metrics, /healthz, /config or POST /reload\n".to_vec(),
             ),
         }
     }

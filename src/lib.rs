@@ -13,4 +13,5 @@ pub mod live;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod reload;
 pub mod server;

@@ -50,8 +50,8 @@ fn main() -> ExitCode {
         }
         return run_demo(start);
     };
-    let config = match config::load(&path) {
-        Ok(c) => c,
+    let (config, source) = match config::load(&path) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!(
@@ -66,17 +66,22 @@ fn main() -> ExitCode {
         println!("edge: {} is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    start_checked(config, start)
+    start_checked(config, source, Some(path), start)
 }
 
-fn start_checked(config: config::Config, start: StartOptions) -> ExitCode {
+fn start_checked(
+    config: config::Config,
+    source: String,
+    path: Option<PathBuf>,
+    start: StartOptions,
+) -> ExitCode {
     if !start.upgrade {
         if let Err(e) = check_listeners(&config) {
             eprintln!("edge: {e}; nothing was started");
             return ExitCode::from(1);
         }
     }
-    run(config, start)
+    run(config, source, path, start)
 }
 
 fn run_demo(start: StartOptions) -> ExitCode {
@@ -101,7 +106,7 @@ fn run_demo(start: StartOptions) -> ExitCode {
          curl -s http://127.0.0.1:9090/metrics | grep edge_upstream_requests_total\n\
          stop with Ctrl-C; run your own with: edge -c conf/edge.yaml"
     );
-    start_checked(config, start)
+    start_checked(config, text, None, start)
 }
 
 fn init_logging() {

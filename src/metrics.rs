@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -30,6 +30,9 @@ pub struct Metrics {
     pub server_up: IntGaugeVec,
     pub refused_requests: IntCounterVec,
     pub client_requests_per_connection: Histogram,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub config_info: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -135,8 +138,34 @@ impl Metrics {
         .expect("metric definition");
         r.register(Box::new(client_requests_per_connection.clone()))
             .expect("unique metric");
+        let reloads = counter(
+            &r,
+            "edge_config_reloads_total",
+            "Config reloads (SIGHUP or POST /reload), by result: success or failure.",
+            &["result"],
+        );
+        let last_reload_success = Gauge::with_opts(Opts::new(
+            "edge_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config reload (0 if none since start).",
+        ))
+        .expect("metric definition");
+        r.register(Box::new(last_reload_success.clone()))
+            .expect("unique metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "edge_config_info",
+                "Always 1; the version label identifies the config in force (a hash of its text).",
+            ),
+            &["version"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(config_info.clone()))
+            .expect("unique metric");
         Metrics {
             registry: r,
+            reloads,
+            last_reload_success,
+            config_info,
             requests,
             request_duration,
             upstream_requests,

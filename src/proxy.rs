@@ -190,7 +190,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let server = &origin.servers[idx];
-        server.health.connect_succeeded();
+        server.health().connect_succeeded();
         ctx.reused = Some(reused);
         let timing = digest
             .and_then(|d| d.timing_digest.first())
@@ -206,7 +206,7 @@ impl ProxyHttp for EdgeProxy {
         }
         let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
         let request_no = self.edge.ledger.record(fd, established);
-        let in_flight = InFlight::new(server.clone());
+        let in_flight = InFlight::new(server.state.clone());
         let ka = &origin.config.keepalive;
         ctx.close = close_reason(
             origin.pooling_off(),
@@ -309,7 +309,10 @@ impl ProxyHttp for EdgeProxy {
         };
         let server = &origin.servers[idx];
         server.metrics.connect_failures.inc();
-        if server.health.connect_failed(&origin.config.passive_health) {
+        if server
+            .health()
+            .connect_failed(&origin.config.passive_health)
+        {
             warn!(
                 "origin {} server {} marked down for {} after connect failure: {}",
                 origin.name, server.address, origin.config.passive_health.fail_timeout, e

@@ -1,6 +1,7 @@
 //! Wiring: turns a validated config into a Pingora server with the proxy, admin and health
 //! check services, and runs it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora::prelude::*;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::live::Edge;
 use crate::origin::checker::HealthChecker;
 use crate::proxy::EdgeProxy;
+use crate::reload::SighupReloader;
 
 /// How the process was asked to start.
 #[derive(Debug, Default, Clone)]
@@ -42,6 +44,9 @@ pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
     ServerConf {
         threads: s.threads,
         daemon,
+        // With -d the parent returns once the child is ready (for an upgrade: ready to receive
+        // the listening sockets), so systemd and scripts know when to send SIGQUIT.
+        daemon_wait_for_ready: daemon,
         pid_file: s
             .pid_file
             .clone()
@@ -70,8 +75,9 @@ pub fn check_listeners(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds and runs the edge until it is told to stop. Never returns.
-pub fn run(config: Config, start: StartOptions) -> ! {
+/// Builds and runs the edge until it is told to stop. Never returns. `source` is the config
+/// text and `path` the file reloads read (None: reload is refused).
+pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOptions) -> ! {
     let conf = pingora_conf(&config, start.daemon);
     let opt = Opt {
         upgrade: start.upgrade,
@@ -79,11 +85,15 @@ pub fn run(config: Config, start: StartOptions) -> ! {
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap (which, on upgrade, receives the listening sockets from the running edge) runs
+    // as a service after daemonizing, so `edge -u -d` returns at once and the caller can then
+    // send SIGQUIT to the old process; the listeners start once it is done.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let listen = config.listen.clone();
     let admin_addr = config.admin;
-    let edge = Edge::new(config);
+    let edge = Edge::new(config, source, path);
+    crate::reload::set_config_version(&edge.snapshot().version);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -93,16 +103,22 @@ pub fn run(config: Config, start: StartOptions) -> ! {
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
 
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("edge admin".to_string(), Admin { edge: edge.clone() });
         admin.add_tcp(&addr.to_string());
-        server.add_service(admin);
+        server.add_service(admin).add_dependency(&bootstrap);
     }
     server.add_service(background_service(
         "health checks",
         HealthChecker {
+            edge: Arc::clone(&edge),
+        },
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        SighupReloader {
             edge: Arc::clone(&edge),
         },
     ));

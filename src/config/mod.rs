@@ -30,9 +30,11 @@ pub struct ServerSettings {
     pub pid_file: Option<String>,
     /// Unix socket over which a new binary takes the listening sockets on upgrade (`-u`).
     pub upgrade_sock: Option<String>,
-    /// After SIGTERM/SIGQUIT: how long listeners keep accepting before the final drain.
+    /// After SIGTERM (or after handing the sockets over on SIGQUIT) the listeners stop and
+    /// requests in flight get this long to finish; then Pingora drops what is left. Keep it
+    /// above the longest response you serve.
     pub grace_period: Dur,
-    /// After the grace period: how long in-flight requests get to finish.
+    /// The final step: how long Pingora waits for its runtimes (blocking work) to stop.
     pub graceful_shutdown_timeout: Dur,
     /// Size of Pingora's shared upstream connection LRU per thread. Defaults to the sum over
     /// origins of `pool_size` × servers, so per-origin limits, not the LRU, decide what is kept.
@@ -46,8 +48,8 @@ impl Default for ServerSettings {
             threads: 2,
             pid_file: None,
             upgrade_sock: None,
-            grace_period: Dur::secs(0),
-            graceful_shutdown_timeout: Dur::secs(10),
+            grace_period: Dur::secs(5),
+            graceful_shutdown_timeout: Dur::secs(5),
             upstream_pool_size: None,
             error_log: None,
         }
@@ -418,8 +420,8 @@ fn key(s: &str) -> Seg {
     Seg::Key(s.to_string())
 }
 
-/// Reads and validates a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+/// Reads and validates a config file; returns it with the text it was read from.
+pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -429,7 +431,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config: {e}"),
         }])
     })?;
-    parse(&text, &file)
+    parse(&text, &file).map(|c| (c, text))
 }
 
 /// Parses and validates config text; `file` is only used in error messages.

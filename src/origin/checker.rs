@@ -39,7 +39,7 @@ impl BackgroundService for HealthChecker {
                     tokio::spawn(async move {
                         let host = origin.probe_host(&server).to_string();
                         let result = probe(server.addr, &host, &hc).await;
-                        match server.health.probe_result(result.is_ok(), &hc) {
+                        match server.health().probe_result(result.is_ok(), &hc) {
                             Some(true) => info!(
                                 "origin {} server {} is up: health check {} passed {} times",
                                 origin.name, server.address, hc.path, hc.rise

@@ -22,13 +22,21 @@ use crate::metrics::{OriginMetrics, ServerMetrics};
 use balance::Balancer;
 use health::Health;
 
+/// What a server keeps across reloads: its health and its in-flight count. A reload that keeps
+/// a server (same origin, same address) hands this on, so a server that is down stays down and
+/// pool limits keep counting the requests already on it.
+#[derive(Default)]
+pub struct ServerState {
+    pub health: Health,
+    /// Requests on this server right now; bounds how many connections are kept (pool_size).
+    in_flight: AtomicUsize,
+}
+
 /// One server of an origin.
 pub struct Server {
     pub address: String,
     pub addr: SocketAddr,
-    pub health: Health,
-    /// Requests on this server right now; bounds how many connections are kept (pool_size).
-    in_flight: AtomicUsize,
+    pub state: Arc<ServerState>,
     pub metrics: ServerMetrics,
     /// Pre-built peer: cloning it per request is cheaper than rebuilding options.
     peer: HttpPeer,
@@ -39,6 +47,10 @@ impl Server {
         Box::new(self.peer.clone())
     }
 
+    pub fn health(&self) -> &Health {
+        &self.state.health
+    }
+
     pub fn set_up(&self, up: bool) {
         self.metrics.up.set(up as i64);
     }
@@ -47,24 +59,21 @@ impl Server {
 /// Holds one unit of a server's in-flight count; released on drop so that every exit path of
 /// a request (success, error, retry on another server) gives it back.
 pub struct InFlight {
-    server: Arc<Server>,
+    state: Arc<ServerState>,
     /// In-flight requests on the server, this one included, when it started.
     pub concurrency: usize,
 }
 
 impl InFlight {
-    pub fn new(server: Arc<Server>) -> Self {
-        let concurrency = server.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        InFlight {
-            server,
-            concurrency,
-        }
+    pub fn new(state: Arc<ServerState>) -> Self {
+        let concurrency = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        InFlight { state, concurrency }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -79,17 +88,22 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn new(name: &str, config: &OriginConfig) -> Self {
+    /// Builds an origin; `previous` is the origin of the same name in the config being
+    /// replaced, whose servers hand their state on to servers with the same address.
+    pub fn new(name: &str, config: &OriginConfig, previous: Option<&Origin>) -> Self {
         let key = connection_group(name, config);
         let servers = config
             .servers
             .iter()
             .map(|s| {
+                let state = previous
+                    .and_then(|p| p.servers.iter().find(|old| old.addr == s.addr))
+                    .map(|old| old.state.clone())
+                    .unwrap_or_default();
                 Arc::new(Server {
                     address: s.address.clone(),
                     addr: s.addr,
-                    health: Health::default(),
-                    in_flight: AtomicUsize::new(0),
+                    state,
                     metrics: ServerMetrics::new(name, &s.address),
                     peer: build_peer(s.addr, key, config),
                 })
@@ -122,7 +136,7 @@ impl Origin {
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
         let untried = |i: usize| !tried.contains(&i);
         self.balancer
-            .pick(key, |i| untried(i) && self.servers[i].health.is_up())
+            .pick(key, |i| untried(i) && self.servers[i].health().is_up())
             .or_else(|| self.balancer.pick(key, untried))
     }
 

@@ -376,6 +376,10 @@ pub struct Edge {
     child: Child,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The `listen`/`admin` lines the test harness adds to every config body.
+    header: String,
+    /// False for an edge that was started as an upgrade of another: it owns no config file.
+    owns_config: bool,
 }
 
 pub fn edge_bin() -> &'static str {
@@ -395,33 +399,102 @@ impl Edge {
     pub fn start(body: &str) -> Edge {
         let port = free_port();
         let admin_port = free_port();
-        let config = format!(
-            "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n{body}"
+        let header = format!(
+            "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n"
         );
         let config_path = temp_path("edge.yaml");
-        std::fs::write(&config_path, &config).unwrap();
-        let log_path = temp_path("edge.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(edge_bin())
-            .arg("-c")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let edge = Edge {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
-            child,
+        std::fs::write(&config_path, format!("{header}{body}")).unwrap();
+        let edge = Self::spawn(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            format!("127.0.0.1:{admin_port}").parse().unwrap(),
             config_path,
-            log_path,
-        };
+            header,
+            false,
+        );
         let up = wait_until(Duration::from_secs(20), || {
             TcpStream::connect(edge.addr).is_ok() && TcpStream::connect(edge.admin).is_ok()
         });
         assert!(up, "edge did not start; log:\n{}", edge.log());
         edge
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        config_path: PathBuf,
+        header: String,
+        upgrade: bool,
+    ) -> Edge {
+        let log_path = temp_path("edge.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(edge_bin());
+        cmd.arg("-c").arg(&config_path);
+        if upgrade {
+            cmd.arg("-u");
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Edge {
+            addr,
+            admin,
+            child,
+            config_path,
+            log_path,
+            header,
+            owns_config: !upgrade,
+        }
+    }
+
+    /// Starts a second edge on the same config with `-u`: it takes over the listening sockets
+    /// once this one is told to (SIGQUIT).
+    pub fn start_upgrade(&self) -> Edge {
+        Self::spawn(
+            self.addr,
+            self.admin,
+            self.config_path.clone(),
+            self.header.clone(),
+            true,
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc_kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns whether it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        wait_until(limit, || matches!(self.child.try_wait(), Ok(Some(_))))
+    }
+
+    /// Replaces the config file's body (listen/admin stay as they were).
+    pub fn rewrite(&self, body: &str) {
+        std::fs::write(&self.config_path, format!("{}{body}", self.header)).unwrap();
+    }
+
+    /// POST /reload on the admin listener.
+    pub fn reload(&self) -> Response {
+        Client::connect(self.admin)
+            .send_raw("POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n")
+            .expect("a reload response")
+    }
+
+    /// The version of the config in force, from GET /config.
+    pub fn config_version(&self) -> String {
+        let body = get(self.admin, "admin", "/config").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix("# version: "))
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn log(&self) -> String {
@@ -456,8 +529,8 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        unsafe {
-            libc_kill(self.child.id() as i32, 2);
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.signal(2);
         }
         let stopped = wait_until(Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
@@ -466,7 +539,9 @@ impl Drop for Edge {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_file(&self.config_path);
+        if self.owns_config {
+            let _ = std::fs::remove_file(&self.config_path);
+        }
         if !thread::panicking() {
             let _ = std::fs::remove_file(&self.log_path);
         } else {

@@ -1,0 +1,182 @@
+//! Live reload: re-read the config file, validate it whole, and swap it in atomically.
+//!
+//! A refused config changes nothing. An accepted one is built next to the running one, handing
+//! on what must survive (server health and in-flight counts; pooled connections survive by
+//! themselves because their pool key is derived from the origin's name and connection settings),
+//! then swapped in with one pointer store. Requests in flight finish on the config they started
+//! with. Settings that only a restart can change are reported, not silently ignored.
+
+use std::time::UNIX_EPOCH;
+
+use log::{error, info, warn};
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::live::{Edge, Live};
+use crate::metrics::metrics;
+
+/// The result of an accepted reload.
+#[derive(Debug)]
+pub struct Applied {
+    pub version: String,
+    /// True if the file was the same as the config in force (nothing rebuilt).
+    pub unchanged: bool,
+    pub pending_restart: Vec<String>,
+}
+
+/// Why a reload was refused.
+#[derive(Debug)]
+pub enum Refused {
+    NoConfigFile,
+    Invalid(ConfigErrors),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NoConfigFile => f.write_str("no config file to reload (started without -c)"),
+            Refused::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Settings the running process cannot change: listeners and Pingora's server settings.
+pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if boot.listen != new.listen {
+        out.push("listen".to_string());
+    }
+    if boot.admin != new.admin {
+        out.push("admin.listen".to_string());
+    }
+    let (b, n) = (&boot.server, &new.server);
+    let fields = [
+        ("server.threads", b.threads != n.threads),
+        ("server.pid_file", b.pid_file != n.pid_file),
+        ("server.upgrade_sock", b.upgrade_sock != n.upgrade_sock),
+        ("server.grace_period", b.grace_period != n.grace_period),
+        (
+            "server.graceful_shutdown_timeout",
+            b.graceful_shutdown_timeout != n.graceful_shutdown_timeout,
+        ),
+        (
+            "server.upstream_pool_size",
+            b.upstream_pool_size != n.upstream_pool_size,
+        ),
+        ("server.error_log", b.error_log != n.error_log),
+    ];
+    out.extend(
+        fields
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| name.to_string()),
+    );
+    out
+}
+
+/// Reloads the config file; `trigger` says who asked (for the log).
+pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
+    let _one_at_a_time = edge.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let m = metrics();
+    let Some(path) = &edge.config_path else {
+        m.reloads.with_label_values(&["failure"]).inc();
+        return Err(Refused::NoConfigFile);
+    };
+    let (config, source) = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            m.reloads.with_label_values(&["failure"]).inc();
+            error!(
+                "config reload ({trigger}) refused, the previous config keeps serving:\n{errors}"
+            );
+            return Err(Refused::Invalid(errors));
+        }
+    };
+    let old = edge.snapshot();
+    let pending_restart = needs_restart(&edge.boot, &config);
+    let version = crate::live::version_of(&source);
+    let unchanged = version == old.version;
+    if !unchanged {
+        let mut live = Live::build(config, source, Some(&old));
+        live.pending_restart = pending_restart.clone();
+        forget_removed_servers(&old, &live);
+        edge.live.store(std::sync::Arc::new(live));
+    }
+    m.reloads.with_label_values(&["success"]).inc();
+    m.last_reload_success.set(
+        UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default(),
+    );
+    set_config_version(&version);
+    if pending_restart.is_empty() {
+        info!("config reload ({trigger}): version {version} in force");
+    } else {
+        warn!(
+            "config reload ({trigger}): version {version} in force, but {} need a restart or an \
+             upgrade (-u) to take effect",
+            pending_restart.join(", ")
+        );
+    }
+    Ok(Applied {
+        version,
+        unchanged,
+        pending_restart,
+    })
+}
+
+/// Exposes the version in force as `edge_config_info{version}` (one series at a time).
+pub fn set_config_version(version: &str) {
+    let info = &metrics().config_info;
+    info.reset();
+    info.with_label_values(&[version]).set(1);
+}
+
+/// Drops the metric series of servers that are gone, so dashboards do not show them forever.
+fn forget_removed_servers(old: &Live, new: &Live) {
+    let m = metrics();
+    for (name, origin) in &old.origins {
+        for s in &origin.servers {
+            let kept = new
+                .origins
+                .get(name)
+                .is_some_and(|o| o.servers.iter().any(|n| n.address == s.address));
+            if !kept {
+                let _ = m.server_up.remove_label_values(&[name, &s.address]);
+                let _ = m
+                    .upstream_connect_failures
+                    .remove_label_values(&[name, &s.address]);
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP, as nginx does. Pingora handles INT, TERM and QUIT; HUP would otherwise
+/// kill the process.
+pub struct SighupReloader {
+    pub edge: std::sync::Arc<Edge>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SighupReloader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot listen for SIGHUP, reload only through POST /reload: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    // Reading and parsing a file is quick but blocking: keep it off the reactor.
+                    let edge = self.edge.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload(&edge, "SIGHUP")).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
