@@ -63,9 +63,11 @@ panels = [
        [(f'edge_origin_server_up{{{O}}}', "{{origin}} {{server}}")],
        x=0, y=24, minv=0, maxv=1),
     ts("Connect failures and retries per second",
-       "Failed connects per server, and requests retried on another server. Good: zero.",
+       "Failed connects per server, and further attempts: connect_failure = failover to another "
+       "server, connection_lost = a reused connection failed and an idempotent request was retried. "
+       "Good: zero.",
        [(f'sum by (origin, server) (rate(edge_upstream_connect_failures_total{{{O}}}{R}))', "fail {{origin}} {{server}}"),
-        (f'sum by (origin) (rate(edge_upstream_retries_total{{{O}}}{R}))', "retry {{origin}}")],
+        (f'sum by (origin, reason) (rate(edge_upstream_retries_total{{{O}}}{R}))', "retry {{origin}} {{reason}}")],
        unit="ops", x=12, y=24),
     ts("Upstream connections closed by the edge",
        "Connections the edge closed after a response instead of pooling them: max_requests (limit "
@@ -78,6 +80,27 @@ panels = [
        "usually means a scanner.",
        [(f'sum by (reason) (rate(edge_refused_requests_total{R}))', "{{reason}}")],
        unit="reqps", x=12, y=32),
+    ts("Client connections",
+       "Client connections open, new ones per second, and requests per connection (median). "
+       "Many connections with one request each means clients do not keep connections alive.",
+       [('edge_client_connections_open', "open"),
+        (f'rate(edge_client_connections_total{R})', "new per second"),
+        (f'histogram_quantile(0.5, sum by (le) (rate(edge_client_requests_per_connection_bucket{R})))', "requests per connection p50")],
+       x=0, y=40),
+    ts("Response bytes per second by cache status",
+       "Body bytes sent to clients. With the cache, the hit share of this is the byte hit ratio.",
+       [(f'sum by (cache) (rate(edge_response_bytes_total{{{O}}}{R}))', "{{cache}}")],
+       unit="Bps", x=12, y=40),
+    ts("Config reloads",
+       "Reloads per result over the last 5 minutes, and seconds since the last successful one. "
+       "A failure means the previous config keeps serving: POST /reload or the log says why.",
+       [('sum by (result) (increase(edge_config_reloads_total[5m]))', "{{result}}"),
+        ('time() - max(edge_config_last_reload_success_timestamp_seconds > 0)', "seconds since last success")],
+       x=0, y=48),
+    ts("Config version in force",
+       "One line per config version (hash of the file); a step shows when it changed.",
+       [('max by (version) (edge_config_info)', "{{version}}")],
+       x=12, y=48, minv=0, maxv=1),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1

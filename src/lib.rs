@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use edge::config;
 use edge::demo;
+use edge::logging;
 use edge::server::{check_listeners, run, StartOptions};
 
 const USAGE: &str = "\
@@ -42,12 +43,11 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument \"{other}\"")),
         }
     }
-    init_logging();
-
     let Some(path) = conf else {
         if test {
             return usage_error("-t needs -c FILE");
         }
+        logging::init(log::LevelFilter::Info);
         return run_demo(start);
     };
     let (config, source) = match config::load(&path) {
@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         println!("edge: {} is valid", path.display());
         return ExitCode::SUCCESS;
     }
+    logging::init(config.log.level.filter());
     start_checked(config, source, Some(path), start)
 }
 
@@ -107,12 +108,6 @@ fn run_demo(start: StartOptions) -> ExitCode {
          stop with Ctrl-C; run your own with: edge -c conf/edge.yaml"
     );
     start_checked(config, text, None, start)
-}
-
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
 }
 
 fn usage_error(msg: &str) -> ExitCode {

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub upstream_closed_by_edge: IntCounterVec,
     pub server_up: IntGaugeVec,
     pub refused_requests: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub client_connections: IntCounter,
+    pub client_connections_open: IntGauge,
     pub client_requests_per_connection: Histogram,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
@@ -63,8 +66,15 @@ impl Metrics {
         let requests = counter(
             &r,
             "edge_requests_total",
-            "Client requests answered, by route, origin and status class (2xx..5xx).",
-            &["route", "origin", "status"],
+            "Client requests answered, by route, origin, status class (2xx..5xx) and cache status \
+             (pass: proxied without the cache; none: answered by the edge itself).",
+            &["route", "origin", "status", "cache"],
+        );
+        let response_bytes = counter(
+            &r,
+            "edge_response_bytes_total",
+            "Response body bytes sent to clients, by origin and cache status.",
+            &["origin", "cache"],
         );
         let request_duration = histogram(
             &r,
@@ -102,8 +112,9 @@ impl Metrics {
         let upstream_retries = counter(
             &r,
             "edge_upstream_retries_total",
-            "Requests retried on another attempt after an upstream failure.",
-            &["origin"],
+            "Upstream attempts after a failed one, by reason: connect_failure (failover to another \
+             server) or connection_lost (a reused connection failed; idempotent requests only).",
+            &["origin", "reason"],
         );
         let upstream_closed_by_edge = counter(
             &r,
@@ -128,12 +139,28 @@ impl Metrics {
             "Client requests refused by the edge before reaching an origin, by reason.",
             &["reason"],
         );
+        let client_connections = IntCounter::new(
+            "edge_client_connections_total",
+            "Client connections that sent at least one request.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(client_connections.clone()))
+            .expect("unique metric");
+        let client_connections_open = IntGauge::new(
+            "edge_client_connections_open",
+            "Client connections open now (that sent at least one request).",
+        )
+        .expect("metric definition");
+        r.register(Box::new(client_connections_open.clone()))
+            .expect("unique metric");
         let client_requests_per_connection = Histogram::with_opts(
             HistogramOpts::new(
                 "edge_client_requests_per_connection",
-                "Requests served on a client connection, observed for each request at its position.",
+                "Requests served on a client connection, observed when it closes.",
             )
-            .buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0]),
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0,
+            ]),
         )
         .expect("metric definition");
         r.register(Box::new(client_requests_per_connection.clone()))
@@ -144,6 +171,10 @@ impl Metrics {
             "Config reloads (SIGHUP or POST /reload), by result: success or failure.",
             &["result"],
         );
+        // Both results exist from the start at 0, so that increase() sees the first failure.
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         let last_reload_success = Gauge::with_opts(Opts::new(
             "edge_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config reload (0 if none since start).",
@@ -176,6 +207,9 @@ impl Metrics {
             upstream_closed_by_edge,
             server_up,
             refused_requests,
+            response_bytes,
+            client_connections,
+            client_connections_open,
             client_requests_per_connection,
         }
     }
@@ -201,7 +235,8 @@ pub struct OriginMetrics {
     pub ttfb_reused: Histogram,
     pub ttfb_new: Histogram,
     pub connect: Histogram,
-    pub retries: IntCounter,
+    pub retries_connect_failure: IntCounter,
+    pub retries_connection_lost: IntCounter,
     pub closed_max_requests: IntCounter,
     pub closed_pool_full: IntCounter,
     pub closed_pooling_off: IntCounter,
@@ -220,7 +255,12 @@ impl OriginMetrics {
                 .with_label_values(&[origin, "reused", "pass"]),
             ttfb_new: m.upstream_ttfb.with_label_values(&[origin, "new", "pass"]),
             connect: m.upstream_connect.with_label_values(&[origin]),
-            retries: m.upstream_retries.with_label_values(&[origin]),
+            retries_connect_failure: m
+                .upstream_retries
+                .with_label_values(&[origin, "connect_failure"]),
+            retries_connection_lost: m
+                .upstream_retries
+                .with_label_values(&[origin, "connection_lost"]),
             closed_max_requests: m
                 .upstream_closed_by_edge
                 .with_label_values(&[origin, "max_requests"]),
@@ -252,5 +292,39 @@ impl ServerMetrics {
                 .upstream_connect_failures
                 .with_label_values(&[origin, server]),
         }
+    }
+}
+
+/// One client connection, counted while it lives. Created with its first request and carried
+/// from request to request (Pingora hands per-connection state over between keep-alive
+/// requests); dropped with the connection, whenever and however it closes.
+pub struct ClientConnection {
+    requests: std::sync::atomic::AtomicU32,
+}
+
+impl ClientConnection {
+    pub fn open() -> Self {
+        let m = metrics();
+        m.client_connections.inc();
+        m.client_connections_open.inc();
+        ClientConnection {
+            requests: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Counts a request; returns its position on the connection (1 = first).
+    pub fn request(&self) -> u32 {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let m = metrics();
+        m.client_connections_open.dec();
+        m.client_requests_per_connection
+            .observe(self.requests.load(std::sync::atomic::Ordering::Relaxed) as f64);
     }
 }

@@ -2,6 +2,7 @@
 //! module that owns it (guard, router, origin, reuse, metrics) and keeps what later phases need
 //! in the request context.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +18,8 @@ use pingora::{ErrorSource, ErrorType};
 use crate::config::Balance;
 use crate::guard;
 use crate::live::{Edge, Live};
-use crate::metrics::metrics;
+use crate::logging;
+use crate::metrics::{metrics, ClientConnection};
 use crate::origin::reuse::{close_reason, CloseReason};
 use crate::origin::router::normalize_host;
 use crate::origin::{InFlight, Origin};
@@ -42,8 +44,8 @@ pub struct RequestCtx {
     ttfb: Option<Duration>,
     close: Option<CloseReason>,
     refused: Option<&'static str>,
-    /// Position of this request on its client connection (1 = first).
-    client_request_no: u32,
+    /// The client connection, carried across its keep-alive requests.
+    conn: Option<Arc<ClientConnection>>,
 }
 
 impl RequestCtx {
@@ -93,7 +95,7 @@ impl ProxyHttp for EdgeProxy {
             ttfb: None,
             close: None,
             refused: None,
-            client_request_no: 1,
+            conn: None,
         }
     }
 
@@ -112,12 +114,35 @@ impl ProxyHttp for EdgeProxy {
             // Whole seconds: Pingora's unit. Some(0) would mean "forever", so round up.
             session.set_keepalive(Some(idle.as_secs().max(1)));
         }
-        let limit = client.keepalive_requests;
-        match session.get_keepalive_reuses_remaining() {
-            None => session.set_keepalive_reuses_remaining(Some(limit.saturating_sub(1))),
-            Some(left) => ctx.client_request_no = limit.saturating_sub(left),
+        if session.get_keepalive_reuses_remaining().is_none() {
+            let limit = client.keepalive_requests;
+            session.set_keepalive_reuses_remaining(Some(limit.saturating_sub(1)));
         }
+        ctx.conn
+            .get_or_insert_with(|| Arc::new(ClientConnection::open()))
+            .request();
         Ok(())
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.conn
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(conn) = prev.downcast::<Arc<ClientConnection>>() {
+            ctx.conn = Some(*conn);
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -170,9 +195,6 @@ impl ProxyHttp for EdgeProxy {
                 format!("origin {}: every server was tried", origin.name),
             );
         };
-        if !ctx.tried.is_empty() {
-            origin.metrics.retries.inc();
-        }
         ctx.tried.push(idx);
         Ok(origin.servers[idx].peer())
     }
@@ -324,6 +346,32 @@ impl ProxyHttp for EdgeProxy {
         let untried_left = ctx.tried.len() < origin.servers.len();
         if retries_used < origin.config.retries && untried_left {
             e.set_retry(true);
+            origin.metrics.retries_connect_failure.inc();
+        }
+        e
+    }
+
+    /// Pingora's policy, kept as is (retry only idempotent requests whose body can be replayed,
+    /// and only after a failure on a reused connection), plus a count of the retries it allows.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            if let Some(origin) = &ctx.origin {
+                origin.metrics.retries_connection_lost.inc();
+            }
         }
         e
     }
@@ -382,39 +430,49 @@ impl ProxyHttp for EdgeProxy {
         };
         let origin = ctx.origin.as_ref().map_or("-", |o| o.name.as_str());
         let route = ctx.route.as_deref().unwrap_or("-");
+        // Until the cache lands, every request that reached an origin is a pass.
+        let cache = if ctx.tried.is_empty() { "none" } else { "pass" };
+        let bytes = session.body_bytes_sent();
         let m = metrics();
-        m.requests.with_label_values(&[route, origin, class]).inc();
-        m.client_requests_per_connection
-            .observe(ctx.client_request_no as f64);
+        m.requests
+            .with_label_values(&[route, origin, class, cache])
+            .inc();
+        m.response_bytes
+            .with_label_values(&[origin, cache])
+            .inc_by(bytes as u64);
         let total = ctx.started.elapsed();
         if let Some(o) = &ctx.origin {
             o.metrics.duration.observe(total.as_secs_f64());
         }
-        if log::log_enabled!(target: "access", log::Level::Info) {
+        let log = &ctx.live.config.log;
+        if log.access && log::log_enabled!(target: "access", log::Level::Info) {
             let req = session.req_header();
-            let ms = |d: Option<Duration>| {
-                d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
-            };
-            info!(
-                target: "access",
-                "{} {} {} {} status={} bytes={} route={} origin={} server={} conn={} connect_ms={} ttfb_ms={} total_ms={:.3} tries={}{}{}",
-                session.client_addr().map_or("-".to_string(), |a| a.to_string()),
-                req.method,
-                guard::request_host(req).unwrap_or("-"),
-                req.uri,
+            let entry = logging::AccessEntry {
+                client: session
+                    .client_addr()
+                    .map_or("-".to_string(), |a| a.to_string()),
+                method: req.method.as_str(),
+                host: guard::request_host(req).unwrap_or("-"),
+                path: req.uri.to_string(),
                 status,
-                session.body_bytes_sent(),
+                bytes,
                 route,
                 origin,
-                ctx.server_address(),
-                match ctx.reused { Some(true) => "reused", Some(false) => "new", None => "-" },
-                ms(ctx.connect_time),
-                ms(ctx.ttfb),
-                total.as_secs_f64() * 1e3,
-                ctx.tried.len(),
-                ctx.refused.map_or(String::new(), |r| format!(" refused={r}")),
-                e.map_or(String::new(), |e| format!(" error=\"{e}\"")),
-            );
+                server: ctx.server_address(),
+                conn: match ctx.reused {
+                    Some(true) => "reused",
+                    Some(false) => "new",
+                    None => "-",
+                },
+                cache,
+                connect: ctx.connect_time,
+                ttfb: ctx.ttfb,
+                total,
+                tries: ctx.tried.len(),
+                refused: ctx.refused,
+                error: e.map(|e| e.to_string()),
+            };
+            info!(target: "access", "{}", entry.render(log.access_format));
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
         let mut live = Live::build(config, source, Some(&old));
         live.pending_restart = pending_restart.clone();
         forget_removed_servers(&old, &live);
+        crate::logging::set_level(live.config.log.level.filter());
         edge.live.store(std::sync::Arc::new(live));
     }
     m.reloads.with_label_values(&["success"]).inc();

@@ -167,7 +167,10 @@ routes:
         0.0
     );
     assert_eq!(
-        metric_value(&m, "edge_upstream_retries_total{origin=\"web\"}"),
+        metric_value(
+            &m,
+            "edge_upstream_retries_total{origin=\"web\",reason=\"connect_failure\"}"
+        ),
         1.0
     );
 }

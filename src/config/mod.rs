@@ -90,6 +90,49 @@ impl Default for ClientSettings {
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Logging. `RUST_LOG`, when set, overrides `level` (and allows per-module filters).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    /// One line per request (target `access`, level info).
+    pub access: bool,
+    pub access_format: crate::logging::Format,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: LogLevel::Info,
+            access: true,
+            access_format: crate::logging::Format::Text,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
     RoundRobin,
@@ -319,6 +362,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub client: ClientSettings,
+    pub log: LogSettings,
     pub origins: BTreeMap<String, OriginConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -359,7 +403,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-const TOP_LEVEL: &[&str] = &["server", "listen", "admin", "client", "origins", "routes"];
+const TOP_LEVEL: &[&str] = &[
+    "server", "listen", "admin", "client", "log", "origins", "routes",
+];
 
 /// Collects errors with their location while a file is checked.
 struct Checker<'a> {
@@ -481,6 +527,10 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         Some(v) => ck.section(&[key("client")], v).unwrap_or_default(),
         None => ClientSettings::default(),
     };
+    let log: LogSettings = match sections.get("log") {
+        Some(v) => ck.section(&[key("log")], v).unwrap_or_default(),
+        None => LogSettings::default(),
+    };
     let listen: Vec<String> = match sections.get("listen") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(v) => ck.section(&[key("listen")], v).unwrap_or_default(),
@@ -574,6 +624,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         listen,
         admin,
         client,
+        log,
         origins,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })

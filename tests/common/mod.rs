@@ -337,12 +337,31 @@ impl Client {
             let (k, v) = h.split_once(':')?;
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
-        let n: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; n];
-        self.reader.read_exact(&mut body).ok()?;
+        let body = if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
+            let mut body = Vec::new();
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).ok()?;
+                let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk).ok()?;
+                if n == 0 {
+                    break body;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            let n: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; n];
+            self.reader.read_exact(&mut body).ok()?;
+            body
+        };
         Some(Response {
             status,
             headers,

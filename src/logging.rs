@@ -1,0 +1,221 @@
+//! Logging: the process's logger, its level from the config, and the access log: one line per
+//! request through the `log` crate (target `access`, level info), as text (`key=value`,
+//! grep-friendly) or JSON (one object per line, for log shippers).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What one request leaves in the access log.
+pub struct AccessEntry<'a> {
+    pub client: String,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: String,
+    pub status: u16,
+    pub bytes: usize,
+    pub route: &'a str,
+    pub origin: &'a str,
+    pub server: &'a str,
+    /// `reused`, `new` or `-` (no upstream connection).
+    pub conn: &'a str,
+    pub cache: &'a str,
+    pub connect: Option<Duration>,
+    pub ttfb: Option<Duration>,
+    pub total: Duration,
+    pub tries: usize,
+    pub refused: Option<&'a str>,
+    pub error: Option<String>,
+}
+
+/// Set when `RUST_LOG` chose the level: the config's `log.level` then stays out of the way.
+static LEVEL_FROM_ENV: AtomicBool = AtomicBool::new(false);
+
+/// Starts the logger (stderr, or the error_log file Pingora redirects to when daemonized).
+pub fn init(level: log::LevelFilter) {
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    LEVEL_FROM_ENV.store(from_env, Ordering::Relaxed);
+    // Without RUST_LOG the filter passes everything and the global max level does the work,
+    // because only the max level can change at run time (on reload).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
+        .format_timestamp_millis()
+        .init();
+    set_level(level);
+}
+
+/// Applies the config's level, unless `RUST_LOG` set it.
+pub fn set_level(level: log::LevelFilter) {
+    if !LEVEL_FROM_ENV.load(Ordering::Relaxed) {
+        log::set_max_level(level);
+    }
+}
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+impl AccessEntry<'_> {
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.text(),
+            Format::Json => self.json(),
+        }
+    }
+
+    fn text(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let mut s = format!(
+            "{} {} {} {} status={} bytes={} route={} origin={} server={} conn={} cache={} \
+             connect_ms={} ttfb_ms={} total_ms={:.3} tries={}",
+            self.client,
+            self.method,
+            self.host,
+            self.path,
+            self.status,
+            self.bytes,
+            self.route,
+            self.origin,
+            self.server,
+            self.conn,
+            self.cache,
+            opt(ms(self.connect)),
+            opt(ms(self.ttfb)),
+            self.total.as_secs_f64() * 1e3,
+            self.tries,
+        );
+        if let Some(r) = self.refused {
+            let _ = write!(s, " refused={r}");
+        }
+        if let Some(e) = &self.error {
+            let _ = write!(s, " error=\"{}\"", e.replace('"', "'"));
+        }
+        s
+    }
+
+    fn json(&self) -> String {
+        let mut s = String::with_capacity(384);
+        s.push('{');
+        let mut field = |k: &str, v: Json| {
+            if s.len() > 1 {
+                s.push(',');
+            }
+            json_str(&mut s, k);
+            s.push(':');
+            match v {
+                Json::Str(v) => json_str(&mut s, v),
+                Json::Num(v) => {
+                    let _ = write!(s, "{v}");
+                }
+                Json::Null => s.push_str("null"),
+            }
+        };
+        let num_or_null = |v: Option<f64>| v.map_or(Json::Null, Json::Num);
+        field("client", Json::Str(&self.client));
+        field("method", Json::Str(self.method));
+        field("host", Json::Str(self.host));
+        field("path", Json::Str(&self.path));
+        field("status", Json::Num(self.status as f64));
+        field("bytes", Json::Num(self.bytes as f64));
+        field("route", Json::Str(self.route));
+        field("origin", Json::Str(self.origin));
+        field("server", Json::Str(self.server));
+        field("conn", Json::Str(self.conn));
+        field("cache", Json::Str(self.cache));
+        field("connect_ms", num_or_null(ms(self.connect)));
+        field("ttfb_ms", num_or_null(ms(self.ttfb)));
+        field(
+            "total_ms",
+            Json::Num(ms(Some(self.total)).unwrap_or_default()),
+        );
+        field("tries", Json::Num(self.tries as f64));
+        field("refused", self.refused.map_or(Json::Null, Json::Str));
+        field("error", self.error.as_deref().map_or(Json::Null, Json::Str));
+        s.push('}');
+        s
+    }
+}
+
+enum Json<'a> {
+    Str(&'a str),
+    Num(f64),
+    Null,
+}
+
+fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AccessEntry<'static> {
+        AccessEntry {
+            client: "127.0.0.1:5000".into(),
+            method: "GET",
+            host: "example.com",
+            path: "/a\"b".into(),
+            status: 200,
+            bytes: 42,
+            route: "routes[0]",
+            origin: "web",
+            server: "10.0.0.1:80",
+            conn: "reused",
+            cache: "pass",
+            connect: None,
+            ttfb: Some(Duration::from_micros(1500)),
+            total: Duration::from_millis(2),
+            tries: 1,
+            refused: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn text_line() {
+        assert_eq!(
+            entry().render(Format::Text),
+            "127.0.0.1:5000 GET example.com /a\"b status=200 bytes=42 route=routes[0] origin=web \
+             server=10.0.0.1:80 conn=reused cache=pass connect_ms=- ttfb_ms=1.500 total_ms=2.000 tries=1"
+        );
+    }
+
+    #[test]
+    fn json_line_escapes() {
+        let j = entry().render(Format::Json);
+        assert!(
+            j.starts_with(r#"{"client":"127.0.0.1:5000","method":"GET""#),
+            "{j}"
+        );
+        assert!(j.contains(r#""path":"/a\"b""#), "{j}");
+        assert!(
+            j.contains(r#""connect_ms":null,"ttfb_ms":1.5,"total_ms":2"#),
+            "{j}"
+        );
+        assert!(j.ends_with(r#""refused":null,"error":null}"#), "{j}");
+    }
+}
