@@ -9,8 +9,10 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::cache::{cache, key as cache_key};
 use crate::live::Edge;
 use crate::metrics::metrics;
+use crate::origin::router::normalize_host;
 use crate::reload::reload;
 
 pub struct Admin {
@@ -27,7 +29,86 @@ fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .expect("static response parts")
 }
 
+/// `%XX` and `+` decoding of one query-string value.
+fn query_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `http://Host:port/path?q` -> (normalized host, `/path?q`).
+fn split_url(url: &str) -> Option<(String, &str)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let cut = rest.find('/').unwrap_or(rest.len());
+    let (host, target) = rest.split_at(cut);
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        normalize_host(host),
+        if target.is_empty() { "/" } else { target },
+    ))
+}
+
 impl Admin {
+    /// `url=<absolute URL>` (every variant), `prefix=<absolute URL prefix>`, `tag=<tag>`.
+    /// Returns the purge kind and the number of objects removed.
+    fn purge(&self, query: &str) -> Result<(&'static str, usize), String> {
+        let (name, value) = query
+            .split_once('=')
+            .ok_or("expected ?url=<absolute URL>, ?prefix=<absolute URL prefix> or ?tag=<tag>")?;
+        let value = query_decode(value).ok_or("bad percent-encoding")?;
+        let live = self.edge.snapshot();
+        let store = cache(&live.config.cache).store;
+        match name {
+            "url" => {
+                let (host, target) = split_url(&value)
+                    .ok_or("url must be absolute, like http://www.example.com/a.css")?;
+                let path = target.split('?').next().unwrap_or("/");
+                // The key's form of the URL depends on the route's query setting.
+                let query = live
+                    .router
+                    .route(&host, path)
+                    .map(|r| r.cache.key.query)
+                    .unwrap_or_default();
+                Ok((
+                    "url",
+                    store.purge_url(&cache_key::url(&host, target, query)),
+                ))
+            }
+            "prefix" => {
+                let (host, target) = split_url(&value)
+                    .ok_or("prefix must be an absolute URL, like http://www.example.com/img/")?;
+                Ok((
+                    "prefix",
+                    store.purge_prefix(&format!("http://{host}{target}")),
+                ))
+            }
+            "tag" if !value.is_empty() => Ok(("tag", store.purge_tag(&value))),
+            _ => Err(format!("unknown purge \"{name}\": use url, prefix or tag")),
+        }
+    }
+
     /// Health gauges are derived at scrape time: passive marks expire by the clock, not by an
     /// event, so only a read at scrape time shows them exactly.
     fn refresh_gauges(&self) {
@@ -37,6 +118,12 @@ impl Admin {
                 s.set_up(s.health().is_up());
             }
         }
+        let c = cache(&live.config.cache);
+        let m = metrics();
+        m.cache_bytes.set(c.store.bytes() as i64);
+        m.cache_objects.set(c.store.objects() as i64);
+        m.cache_evictions.set(c.evicted_items() as i64);
+        m.cache_evicted_bytes.set(c.evicted_bytes() as i64);
     }
 }
 
@@ -88,6 +175,19 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
+            ("POST", "/purge") => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                match self.purge(&query) {
+                    Ok((kind, n)) => {
+                        metrics()
+                            .cache_purged
+                            .with_label_values(&[kind])
+                            .inc_by(n as u64);
+                        text(200, "text/plain", format!("purged {n}\n").into_bytes())
+                    }
+                    Err(e) => text(400, "text/plain", format!("{e}\n").into_bytes()),
+                }
+            }
             ("GET", "/config") => {
                 let live = self.edge.snapshot();
                 let loaded = live
@@ -109,10 +209,12 @@ impl ServeHttp for Admin {
                 text(405, "text/plain", b"method not allowed\n".to_vec())
             }
             (_, "/reload") => text(405, "text/plain", b"use POST /reload\n".to_vec()),
+            (_, "/purge") => text(405, "text/plain", b"use POST /purge\n".to_vec()),
             _ => text(
                 404,
                 "text/plain",
-                b"not found: try /metrics, /healthz, /config or POST /reload\n".to_vec(),
+                b"not found: try /metrics, /healthz, /config, POST /reload or POST /purge\n"
+                    .to_vec(),
             ),
         }
     }

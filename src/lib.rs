@@ -6,6 +6,7 @@
 //! the operator asked for and what was built from it; [`server`] wires it all into Pingora.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod guard;

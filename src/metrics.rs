@@ -34,6 +34,11 @@ pub struct Metrics {
     pub client_connections_open: IntGauge,
     pub client_requests_per_connection: Histogram,
     pub reloads: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub cache_objects: IntGauge,
+    pub cache_evictions: IntGauge,
+    pub cache_evicted_bytes: IntGauge,
+    pub cache_purged: IntCounterVec,
     pub last_reload_success: Gauge,
     pub config_info: IntGaugeVec,
 }
@@ -66,8 +71,8 @@ impl Metrics {
         let requests = counter(
             &r,
             "edge_requests_total",
-            "Client requests answered, by route, origin, status class (2xx..5xx) and cache status \
-             (pass: proxied without the cache; none: answered by the edge itself).",
+            "Client requests answered, by route, origin, status class (2xx..5xx) and cache outcome \
+             (hit, stale, revalidated, miss, expired, request, bypass, none).",
             &["route", "origin", "status", "cache"],
         );
         let response_bytes = counter(
@@ -192,8 +197,38 @@ impl Metrics {
         .expect("metric definition");
         r.register(Box::new(config_info.clone()))
             .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let cache_bytes = gauge(
+            "edge_cache_size_bytes",
+            "Memory held by cached objects (bodies, headers, bookkeeping); bounded by cache.max_size.",
+        );
+        let cache_objects = gauge("edge_cache_objects", "Objects in the cache.");
+        // Counters in meaning, read from the eviction manager's running totals at scrape time.
+        let cache_evictions = gauge(
+            "edge_cache_evictions_total",
+            "Objects evicted to stay within cache.max_size, since start.",
+        );
+        let cache_evicted_bytes = gauge(
+            "edge_cache_evicted_bytes_total",
+            "Bytes evicted to stay within cache.max_size, since start.",
+        );
+        let cache_purged = counter(
+            &r,
+            "edge_cache_purged_total",
+            "Objects removed by purge (url, prefix, tag) or invalidated by unsafe requests.",
+            &["kind"],
+        );
         Metrics {
             registry: r,
+            cache_bytes,
+            cache_objects,
+            cache_evictions,
+            cache_evicted_bytes,
+            cache_purged,
             reloads,
             last_reload_success,
             config_info,
@@ -228,12 +263,17 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
+/// The `cache` label of upstream TTFB: why the origin was asked. `miss`: not in cache;
+/// `expired`: stale in cache and refetched; `revalidate`: stale and confirmed (304);
+/// `pass`: the request or response does not use the cache.
+pub const TTFB_CACHE_LABELS: [&str; 4] = ["miss", "expired", "revalidate", "pass"];
+
 /// Handles for one origin, resolved once.
 pub struct OriginMetrics {
     pub reused: IntCounter,
     pub new: IntCounter,
-    pub ttfb_reused: Histogram,
-    pub ttfb_new: Histogram,
+    /// By [reused as usize][cache kind]: see [`TTFB_CACHE_LABELS`].
+    pub ttfb: [[Histogram; 4]; 2],
     pub connect: Histogram,
     pub retries_connect_failure: IntCounter,
     pub retries_connection_lost: IntCounter,
@@ -249,11 +289,10 @@ impl OriginMetrics {
         OriginMetrics {
             reused: m.upstream_requests.with_label_values(&[origin, "reused"]),
             new: m.upstream_requests.with_label_values(&[origin, "new"]),
-            // No cache yet: every upstream request is a pass.
-            ttfb_reused: m
-                .upstream_ttfb
-                .with_label_values(&[origin, "reused", "pass"]),
-            ttfb_new: m.upstream_ttfb.with_label_values(&[origin, "new", "pass"]),
+            ttfb: ["new", "reused"].map(|conn| {
+                TTFB_CACHE_LABELS
+                    .map(|cache| m.upstream_ttfb.with_label_values(&[origin, conn, cache]))
+            }),
             connect: m.upstream_connect.with_label_values(&[origin]),
             retries_connect_failure: m
                 .upstream_retries

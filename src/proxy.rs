@@ -9,13 +9,21 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::{info, warn};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable, VarianceBuilder,
+};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::config::Balance;
+use crate::cache::key as cache_key;
+use crate::cache::status::Outcome;
+use crate::cache::{cache, policy};
+use crate::config::{Balance, RouteCache};
 use crate::guard;
 use crate::live::{Edge, Live};
 use crate::logging;
@@ -46,6 +54,15 @@ pub struct RequestCtx {
     refused: Option<&'static str>,
     /// The client connection, carried across its keep-alive requests.
     conn: Option<Arc<ClientConnection>>,
+    /// The route's cache settings, once routed.
+    route_cache: Option<Arc<RouteCache>>,
+    /// The request's host, normalized, once checked.
+    host: String,
+    /// The client sent `Cache-Control: no-cache`: stored objects need revalidation.
+    client_no_cache: bool,
+    /// Status of the origin's response, when the origin was asked.
+    fwd_status: Option<u16>,
+    cache: Outcome,
 }
 
 impl RequestCtx {
@@ -96,6 +113,11 @@ impl ProxyHttp for EdgeProxy {
             close: None,
             refused: None,
             conn: None,
+            route_cache: None,
+            host: String::new(),
+            client_no_cache: false,
+            fwd_status: None,
+            cache: Outcome::None,
         }
     }
 
@@ -165,7 +187,157 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.route = Some(route.name.clone());
         ctx.origin = ctx.live.origins.get(&route.origin).cloned();
+        ctx.route_cache = Some(route.cache.clone());
+        ctx.host = host;
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(route) = &ctx.route_cache else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        if policy::bypass_reason(req, route).is_some() {
+            return Ok(());
+        }
+        ctx.client_no_cache = policy::client_wants_revalidation(req);
+        let settings = &ctx.live.config.cache;
+        let c = cache(settings);
+        session.cache.enable(
+            c.store,
+            Some(c.eviction),
+            None,
+            Some(c.lock),
+            Some({
+                let mut o = CacheOptionOverrides::default();
+                o.wait_timeout = Some(settings.lock_timeout.get());
+                o
+            }),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(c.max_object_size.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let settings = ctx
+            .route_cache
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache without a route"))?;
+        Ok(cache_key::for_request(
+            session.req_header(),
+            &ctx.host,
+            &settings.key,
+        ))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        // RFC 9111 section 5.2.1.4: a request's no-cache means validate with the origin first.
+        if ctx.client_no_cache && is_fresh {
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(route) = &ctx.route_cache else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        Ok(policy::response_cacheable(
+            resp,
+            authorization,
+            route,
+            &ctx.live.config.cache,
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let mut fields: Vec<String> = meta
+            .headers()
+            .get_all(http::header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|f| f.trim().to_ascii_lowercase())
+            .filter(|f| !f.is_empty())
+            .collect();
+        if fields.is_empty() {
+            return None;
+        }
+        fields.sort_unstable();
+        fields.dedup();
+        let mut variance = VarianceBuilder::new();
+        for f in &fields {
+            let value: Vec<u8> = req
+                .headers
+                .get_all(f.as_str())
+                .iter()
+                .flat_map(|v| v.as_bytes().iter().copied().chain(*b","))
+                .collect();
+            variance.add_owned_name_value(f.clone(), value);
+        }
+        variance.finalize()
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Pingora has already checked the object's stale-while-revalidate / stale-if-error
+        // window (from the origin, or the route's stale_if_error): within it, serve stale while
+        // revalidating, and when the origin fails.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.cache = Outcome::from_phase(
+            session.cache.phase(),
+            ctx.fwd_status.is_some(),
+            ctx.client_no_cache,
+        );
+        if ctx.route_cache.is_some() {
+            let meta = session.cache.maybe_cache_meta();
+            let value = ctx.cache.header(meta, ctx.fwd_status);
+            resp.insert_header("cache-status", value)?;
+        }
+        // Fields meant for this cache alone.
+        resp.remove_header(ctx.live.config.cache.targeted_field.as_str());
+        resp.remove_header("surrogate-key");
+        resp.remove_header("cache-tag");
+        let req = session.req_header();
+        if !req.method.is_safe() && resp.status.as_u16() < 400 {
+            invalidate_after_unsafe(req, resp, &ctx.host, ctx.route_cache.as_deref(), &ctx.live);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -296,22 +468,31 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream.status.is_informational() {
             return Ok(());
         }
+        ctx.fwd_status = Some(upstream.status.as_u16());
         if let (Some(sent), Some(origin)) = (ctx.sent_at, &ctx.origin) {
             let ttfb = sent.elapsed();
             ctx.ttfb = Some(ttfb);
-            let h = if ctx.reused == Some(true) {
-                &origin.metrics.ttfb_reused
-            } else {
-                &origin.metrics.ttfb_new
+            // Why the origin was asked: see metrics::TTFB_CACHE_LABELS.
+            let kind = match session.cache.phase() {
+                CachePhase::Miss => 0,
+                CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Expired => {
+                    if upstream.status == 304 {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                _ => 3,
             };
-            h.observe(ttfb.as_secs_f64());
+            let conn = (ctx.reused == Some(true)) as usize;
+            origin.metrics.ttfb[conn][kind].observe(ttfb.as_secs_f64());
         }
         // Hop-by-hop fields of the upstream connection are not the client's business.
         upstream.remove_header("keep-alive");
@@ -430,8 +611,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let origin = ctx.origin.as_ref().map_or("-", |o| o.name.as_str());
         let route = ctx.route.as_deref().unwrap_or("-");
-        // Until the cache lands, every request that reached an origin is a pass.
-        let cache = if ctx.tried.is_empty() { "none" } else { "pass" };
+        let cache = ctx.cache.label();
         let bytes = session.body_bytes_sent();
         let m = metrics();
         m.requests
@@ -474,5 +654,46 @@ impl ProxyHttp for EdgeProxy {
             };
             info!(target: "access", "{}", entry.render(log.access_format));
         }
+    }
+}
+
+/// RFC 9111 section 4.4: a successful unsafe request invalidates the stored responses for its
+/// URI, and for `Location` and `Content-Location` when they are on the same host.
+fn invalidate_after_unsafe(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    host: &str,
+    route: Option<&RouteCache>,
+    live: &Live,
+) {
+    let Some(route) = route else { return };
+    let c = cache(&live.config.cache);
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut removed = c
+        .store
+        .purge_url(&cache_key::url(host, target, route.key.query));
+    for field in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let Some(v) = resp.headers.get(&field).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let same_host_target = match v
+            .strip_prefix("http://")
+            .or_else(|| v.strip_prefix("https://"))
+        {
+            Some(rest) => {
+                let (h, t) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                (normalize_host(h) == host).then_some(if t.is_empty() { "/" } else { t })
+            }
+            None => v.starts_with('/').then_some(v),
+        };
+        if let Some(t) = same_host_target {
+            removed += c.store.purge_url(&cache_key::url(host, t, route.key.query));
+        }
+    }
+    if removed > 0 {
+        metrics()
+            .cache_purged
+            .with_label_values(&["invalidation"])
+            .inc_by(removed as u64);
     }
 }

@@ -100,6 +100,7 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
         live.pending_restart = pending_restart.clone();
         forget_removed_servers(&old, &live);
         crate::logging::set_level(live.config.log.level.filter());
+        crate::cache::cache(&live.config.cache).apply(&live.config.cache);
         edge.live.store(std::sync::Arc::new(live));
     }
     m.reloads.with_label_values(&["success"]).inc();

@@ -92,6 +92,8 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
 
     let listen = config.listen.clone();
     let admin_addr = config.admin;
+    // Built now, with this config's size: later reloads adjust it in place.
+    crate::cache::cache(&config.cache);
     let edge = Edge::new(config, source, path);
     crate::reload::set_config_version(&edge.snapshot().version);
 

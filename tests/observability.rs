@@ -67,7 +67,7 @@ fn access_log_text_and_json() {
         "route=routes[0]",
         "origin=web",
         "conn=new",
-        "cache=pass",
+        "cache=miss",
         "tries=1",
         "ttfb_ms=",
     ] {
@@ -94,7 +94,7 @@ fn access_log_text_and_json() {
     assert_eq!(quiet.get("a.com", "/quiet").status, 200);
     // The metric proves the request was fully handled, so the (absent) line had its chance.
     assert!(wait_until(Duration::from_secs(5), || quiet.metric(
-        "edge_requests_total{cache=\"pass\",origin=\"web\",route=\"routes[0]\",status=\"2xx\"}"
+        "edge_requests_total{cache=\"miss\",origin=\"web\",route=\"routes[0]\",status=\"2xx\"}"
     ) == 1.0));
     assert!(!quiet.log().contains("/quiet"), "{}", quiet.log());
 }

@@ -131,6 +131,95 @@ impl Default for LogSettings {
     }
 }
 
+/// The shared cache: one store for all routes.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Memory for cached objects: bodies, headers and per-object bookkeeping.
+    pub max_size: Size,
+    /// Larger responses are passed through, not stored.
+    pub max_object_size: Size,
+    /// How long concurrent misses for one object wait for the first one's response before
+    /// going to the origin themselves.
+    pub lock_timeout: Dur,
+    /// A response header that targets this cache only (RFC 9213), before `CDN-Cache-Control`
+    /// and `Cache-Control`. It is removed from responses to clients.
+    pub targeted_field: String,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_size: Size(256 << 20),
+            max_object_size: Size(8 << 20),
+            lock_timeout: Dur::secs(5),
+            targeted_field: "edge-cache-control".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKey {
+    /// The query string as sent.
+    #[default]
+    Keep,
+    /// Parameters sorted, so `?b=1&a=2` and `?a=2&b=1` share an object.
+    Sort,
+    /// Ignored: every query string shares the object of the bare path.
+    Strip,
+}
+
+/// What identifies a cached object besides scheme, host and path.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheKeySettings {
+    pub query: QueryKey,
+    /// Request headers whose values are part of the key.
+    pub headers: Vec<String>,
+    /// Cookies whose values are part of the key.
+    pub cookies: Vec<String>,
+}
+
+/// Requests that skip the cache (neither looked up nor stored).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheBypass {
+    /// Any of these cookies present (e.g. a session cookie).
+    pub cookies: Vec<String>,
+    /// Any of these request headers present.
+    pub headers: Vec<String>,
+}
+
+/// Caching for one route.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteCache {
+    pub enabled: bool,
+    /// Freshness for cacheable statuses when the origin gives none; `0s` = do not cache those.
+    pub default_ttl: Dur,
+    /// Upper bound on any freshness lifetime; `0s` = no cap.
+    pub max_ttl: Dur,
+    /// Serve a stale object for this long when the origin fails (5xx, unreachable), unless
+    /// the origin forbids it (`must-revalidate`, `stale-if-error=0`).
+    pub stale_if_error: Dur,
+    pub key: CacheKeySettings,
+    pub bypass: CacheBypass,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            enabled: true,
+            default_ttl: Dur::secs(0),
+            max_ttl: Dur::secs(0),
+            stale_if_error: Dur::secs(0),
+            key: CacheKeySettings::default(),
+            bypass: CacheBypass::default(),
+        }
+    }
+}
+
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
@@ -346,6 +435,8 @@ pub struct RouteConfig {
     #[serde(default = "root")]
     pub path_prefix: String,
     pub origin: String,
+    #[serde(default)]
+    pub cache: RouteCache,
 }
 
 fn any_host() -> String {
@@ -363,6 +454,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub client: ClientSettings,
     pub log: LogSettings,
+    pub cache: CacheSettings,
     pub origins: BTreeMap<String, OriginConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -404,7 +496,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 const TOP_LEVEL: &[&str] = &[
-    "server", "listen", "admin", "client", "log", "origins", "routes",
+    "server", "listen", "admin", "client", "log", "cache", "origins", "routes",
 ];
 
 /// Collects errors with their location while a file is checked.
@@ -531,6 +623,10 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         Some(v) => ck.section(&[key("log")], v).unwrap_or_default(),
         None => LogSettings::default(),
     };
+    let cache: CacheSettings = match sections.get("cache") {
+        Some(v) => ck.section(&[key("cache")], v).unwrap_or_default(),
+        None => CacheSettings::default(),
+    };
     let listen: Vec<String> = match sections.get("listen") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(v) => ck.section(&[key("listen")], v).unwrap_or_default(),
@@ -608,6 +704,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     });
     check_server(&mut ck, &server);
     check_client(&mut ck, &client);
+    check_cache(&mut ck, &cache);
     for (name, o) in &origins {
         check_origin(&mut ck, name, o);
     }
@@ -625,6 +722,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         admin,
         client,
         log,
+        cache,
         origins,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })
@@ -687,6 +785,27 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
                 "expected 1 to 256 (Pingora parses at most 256), got {}",
                 c.max_headers
             ),
+        );
+    }
+}
+
+fn check_cache(ck: &mut Checker, c: &CacheSettings) {
+    if c.max_size.0 < 1 << 20 {
+        ck.error(
+            &[key("cache"), key("max_size")],
+            format!("expected at least 1MiB, got {} bytes", c.max_size.0),
+        );
+    }
+    if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 {
+        ck.error(
+            &[key("cache"), key("max_object_size")],
+            "must be more than 0 and at most max_size",
+        );
+    }
+    if http::HeaderName::from_bytes(c.targeted_field.as_bytes()).is_err() {
+        ck.error(
+            &[key("cache"), key("targeted_field")],
+            format!("\"{}\" is not a header name", c.targeted_field),
         );
     }
 }
@@ -810,6 +929,19 @@ fn check_route(
                 r.host
             ),
         );
+    }
+    let header_lists = [
+        (&r.cache.key.headers, ["cache", "key", "headers"]),
+        (&r.cache.bypass.headers, ["cache", "bypass", "headers"]),
+    ];
+    for (names, field) in header_lists {
+        for n in names {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                let mut p = vec![key("routes"), Seg::Index(i)];
+                p.extend(field.iter().map(|f| key(f)));
+                ck.error(&p, format!("\"{n}\" is not a header name"));
+            }
+        }
     }
     if !r.path_prefix.starts_with('/') {
         ck.error(

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::config::RouteConfig;
+use crate::config::{RouteCache, RouteConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostMatch {
@@ -23,6 +23,7 @@ pub struct Route {
     host: HostMatch,
     path_prefix: String,
     pub origin: String,
+    pub cache: Arc<RouteCache>,
 }
 
 pub struct Router {
@@ -47,6 +48,7 @@ impl Router {
                     host,
                     path_prefix: r.path_prefix.clone(),
                     origin: r.origin.clone(),
+                    cache: Arc::new(r.cache.clone()),
                 };
                 (i, route)
             })
@@ -104,6 +106,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             origin: origin.into(),
+            cache: Default::default(),
         }
     }
 

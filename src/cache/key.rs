@@ -1,0 +1,110 @@
+//! The cache key: `http://host/path?query`, then, on following lines, the values of the request
+//! headers and cookies the route names. The URL comes first and alone on its line so that purge
+//! by URL and by prefix can work on it (see `store::url_of_primary`).
+
+use pingora::cache::CacheKey;
+use pingora::http::RequestHeader;
+
+use crate::config::{CacheKeySettings, QueryKey};
+
+/// The URL part of the key for a host (already normalized) and a request target.
+pub fn url(host: &str, path_and_query: &str, query: QueryKey) -> String {
+    let (path, q) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out = String::with_capacity(8 + host.len() + path_and_query.len());
+    out.push_str("http://");
+    out.push_str(host);
+    out.push_str(path);
+    match (q, query) {
+        (None, _) | (_, QueryKey::Strip) => {}
+        (Some(q), QueryKey::Keep) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (Some(q), QueryKey::Sort) => {
+            let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+            params.sort_unstable();
+            if !params.is_empty() {
+                out.push('?');
+                out.push_str(&params.join("&"));
+            }
+        }
+    }
+    out
+}
+
+/// Value of one cookie in the request's Cookie headers.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The full key for a request.
+pub fn for_request(req: &RequestHeader, host: &str, settings: &CacheKeySettings) -> CacheKey {
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut primary = url(host, target, settings.query);
+    for h in &settings.headers {
+        primary.push('\n');
+        primary.push_str(h);
+        primary.push(':');
+        for v in req.headers.get_all(h.as_str()) {
+            primary.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    for c in &settings.cookies {
+        primary.push_str("\ncookie:");
+        primary.push_str(c);
+        primary.push('=');
+        primary.push_str(cookie(req, c).unwrap_or(""));
+    }
+    CacheKey::new(primary, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_modes() {
+        assert_eq!(
+            url("a.com", "/p?b=2&a=1", QueryKey::Keep),
+            "http://a.com/p?b=2&a=1"
+        );
+        assert_eq!(
+            url("a.com", "/p?b=2&a=1", QueryKey::Sort),
+            "http://a.com/p?a=1&b=2"
+        );
+        assert_eq!(
+            url("a.com", "/p?b=2&a=1", QueryKey::Strip),
+            "http://a.com/p"
+        );
+        assert_eq!(url("a.com", "/p", QueryKey::Sort), "http://a.com/p");
+    }
+
+    #[test]
+    fn headers_and_cookies_join_the_key() {
+        let mut r = RequestHeader::build("GET", b"/x?q=1", None).unwrap();
+        r.insert_header("X-Device", "mobile").unwrap();
+        r.insert_header("Cookie", "a=1; lang=fr; z=9").unwrap();
+        let settings = CacheKeySettings {
+            query: QueryKey::Keep,
+            headers: vec!["x-device".into()],
+            cookies: vec!["lang".into()],
+        };
+        let k = for_request(&r, "a.com", &settings);
+        assert_eq!(
+            k.primary_key_str(),
+            Some("http://a.com/x?q=1\nx-device:mobile\ncookie:lang=fr")
+        );
+        assert_eq!(cookie(&r, "z"), Some("9"));
+        assert_eq!(cookie(&r, "b"), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! What the cache may store, and for how long (RFC 9111, RFC 9213, RFC 5861).
+//!
+//! Freshness comes from, in order: the configured targeted field (e.g. `Edge-Cache-Control`),
+//! `CDN-Cache-Control`, `Cache-Control` (`s-maxage`, then `max-age`), `Expires`; then the
+//! route's `default_ttl`; then heuristic freshness (10% of the time since `Last-Modified`, at
+//! most a day) for statuses that allow it. The first of the three fields present is the only one
+//! read for this cache. `max_ttl` caps the result; an upstream `Age` is subtracted.
+
+use std::time::{Duration, SystemTime};
+
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::key::cookie;
+use crate::config::{CacheSettings, RouteCache};
+
+/// Statuses that may be cached without explicit freshness (RFC 9110 section 15.1).
+const HEURISTIC_STATUSES: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+const HEURISTIC_MAX: Duration = Duration::from_secs(86_400);
+
+/// Why a request does not use the cache at all, or None if it does.
+pub fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static str> {
+    if !route.enabled {
+        return Some("disabled");
+    }
+    if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        return Some("method");
+    }
+    let rule = route
+        .bypass
+        .cookies
+        .iter()
+        .any(|c| cookie(req, c).is_some())
+        || route
+            .bypass
+            .headers
+            .iter()
+            .any(|h| req.headers.contains_key(h.as_str()));
+    if rule {
+        return Some("rule");
+    }
+    None
+}
+
+/// The client asked not to be served from cache without revalidation
+/// (`Cache-Control: no-cache`, or `Pragma: no-cache` without Cache-Control).
+pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
+    match CacheControl::from_req_headers(req) {
+        Some(cc) => cc.no_cache() || cc.max_age().ok().flatten() == Some(0),
+        None => req
+            .headers
+            .get(http::header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
+    }
+}
+
+/// The caching directives this cache obeys for a response.
+fn directives(resp: &ResponseHeader, settings: &CacheSettings) -> Option<CacheControl> {
+    CacheControl::from_resp_headers_named(&settings.targeted_field, resp)
+        .or_else(|| CacheControl::from_resp_headers_named("cdn-cache-control", resp))
+        .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
+fn header_secs(resp: &ResponseHeader, name: &str) -> Option<u64> {
+    resp.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
+    let v = resp.headers.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(v).ok()
+}
+
+/// Decides whether a response is stored, and builds its metadata if so.
+pub fn response_cacheable(
+    resp: &ResponseHeader,
+    authorization: bool,
+    route: &RouteCache,
+    settings: &CacheSettings,
+) -> RespCacheable {
+    let uncacheable = RespCacheable::Uncacheable;
+    let vary_star = resp
+        .headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|f| f.trim() == "*"));
+    if vary_star {
+        return uncacheable(NoCacheReason::Custom("vary: *"));
+    }
+    // Like Varnish: a response that sets a cookie is someone's, not everyone's.
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    let cc = directives(resp, settings);
+    if authorization
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
+        return uncacheable(NoCacheReason::Custom("authorization"));
+    }
+    if cc
+        .as_ref()
+        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
+    {
+        return uncacheable(NoCacheReason::OriginNotCache);
+    }
+
+    let now = SystemTime::now();
+    // An upstream Age is time the response already spent in caches before us: the object is
+    // that much older than our copy (it counts in the Age we send and against its lifetime).
+    let upstream_age = Duration::from_secs(header_secs(resp, "age").unwrap_or(0));
+    let created = now.checked_sub(upstream_age).unwrap_or(now);
+    let status = resp.status.as_u16();
+    let explicit = cc
+        .as_ref()
+        .and_then(|c| c.fresh_duration())
+        .map(|ttl| created + ttl)
+        .or_else(|| {
+            // Expires is only relevant when no field this cache reads gave a lifetime.
+            calculate_expires_header_time(resp).map(|t| {
+                // Expires is relative to the origin's Date (clock skew); fall back to now.
+                match header_date(resp, "date").and_then(|d| t.duration_since(d).ok()) {
+                    Some(lifetime) => now + lifetime,
+                    None => t,
+                }
+            })
+        });
+    let heuristic_ok =
+        HEURISTIC_STATUSES.contains(&status) && !cc.as_ref().is_some_and(|c| c.no_cache());
+    let fresh_until = explicit.or_else(|| {
+        if !heuristic_ok {
+            return None;
+        }
+        if !route.default_ttl.get().is_zero() {
+            return Some(now + route.default_ttl.get());
+        }
+        let last_modified = header_date(resp, "last-modified")?;
+        let date = header_date(resp, "date").unwrap_or(now);
+        let since = date.duration_since(last_modified).ok()?;
+        Some(now + (since / 10).min(HEURISTIC_MAX))
+    });
+    let Some(mut fresh_until) = fresh_until else {
+        return uncacheable(NoCacheReason::OriginNotCache);
+    };
+    let cap = route.max_ttl.get();
+    if !cap.is_zero() && fresh_until > now + cap {
+        fresh_until = now + cap;
+    }
+    // A zero lifetime must read as already stale (revalidate on every use), not "fresh now".
+    if fresh_until <= now {
+        fresh_until = now - Duration::from_secs(1);
+    }
+    let defaults = CacheMetaDefaults::new(|_| None, 0, route.stale_if_error.get().as_secs() as u32);
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    let mut stored = resp.clone();
+    if let Some(c) = &cc {
+        c.strip_private_headers(&mut stored);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn ttl(r: &ResponseHeader, route: &RouteCache) -> Option<i64> {
+        match response_cacheable(r, false, route, &CacheSettings::default()) {
+            RespCacheable::Cacheable(m) => {
+                Some(match m.fresh_until().duration_since(SystemTime::now()) {
+                    Ok(d) => d.as_secs_f64().round() as i64,
+                    Err(_) => -1,
+                })
+            }
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn freshness_sources_in_order() {
+        let route = RouteCache::default();
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "max-age=60")]), &route),
+            Some(60)
+        );
+        assert_eq!(
+            ttl(
+                &resp(200, &[("cache-control", "max-age=60, s-maxage=120")]),
+                &route
+            ),
+            Some(120)
+        );
+        assert_eq!(
+            ttl(
+                &resp(
+                    200,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("cdn-cache-control", "max-age=300")
+                    ]
+                ),
+                &route
+            ),
+            Some(300),
+            "CDN-Cache-Control wins for this cache"
+        );
+        assert_eq!(
+            ttl(
+                &resp(
+                    200,
+                    &[
+                        ("cdn-cache-control", "max-age=300"),
+                        ("edge-cache-control", "max-age=30")
+                    ]
+                ),
+                &route
+            ),
+            Some(30),
+            "the targeted field wins over CDN-Cache-Control"
+        );
+        assert_eq!(
+            ttl(
+                &resp(
+                    200,
+                    &[
+                        ("cache-control", "private"),
+                        ("cdn-cache-control", "max-age=300")
+                    ]
+                ),
+                &route
+            ),
+            Some(300),
+            "Cache-Control is not read when a targeted field is present"
+        );
+        assert_eq!(
+            ttl(
+                &resp(200, &[("cache-control", "max-age=60"), ("age", "50")]),
+                &route
+            ),
+            Some(10)
+        );
+        assert_eq!(
+            ttl(&resp(200, &[]), &route),
+            None,
+            "no freshness, no default: not stored"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let route = RouteCache::default();
+        for h in [
+            ("cache-control", "no-store"),
+            ("cache-control", "private"),
+            ("vary", "*"),
+            ("set-cookie", "a=1"),
+        ] {
+            let mut headers = vec![("cache-control", "max-age=60")];
+            if h.0 == "cache-control" {
+                headers.clear();
+            }
+            headers.push(h);
+            assert_eq!(ttl(&resp(200, &headers), &route), None, "{h:?}");
+        }
+        let r = resp(200, &[("cache-control", "max-age=60")]);
+        let settings = CacheSettings::default();
+        assert!(matches!(
+            response_cacheable(&r, true, &route, &settings),
+            RespCacheable::Uncacheable(_)
+        ));
+        let r = resp(200, &[("cache-control", "s-maxage=60")]);
+        assert!(matches!(
+            response_cacheable(&r, true, &route, &settings),
+            RespCacheable::Cacheable(_)
+        ));
+    }
+
+    #[test]
+    fn no_cache_is_stored_but_always_stale() {
+        let route = RouteCache::default();
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "no-cache")]), &route),
+            Some(-1)
+        );
+    }
+
+    #[test]
+    fn defaults_heuristics_and_caps() {
+        let route = RouteCache {
+            default_ttl: Dur::secs(30),
+            max_ttl: Dur::secs(100),
+            ..Default::default()
+        };
+        assert_eq!(ttl(&resp(200, &[]), &route), Some(30));
+        assert_eq!(
+            ttl(&resp(500, &[]), &route),
+            None,
+            "500 is not heuristically cacheable"
+        );
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "max-age=1000")]), &route),
+            Some(100)
+        );
+        let plain = RouteCache::default();
+        let now = SystemTime::now();
+        let lm = httpdate::fmt_http_date(now - Duration::from_secs(1000));
+        let date = httpdate::fmt_http_date(now);
+        assert_eq!(
+            ttl(
+                &resp(200, &[("last-modified", &lm), ("date", &date)]),
+                &plain
+            ),
+            Some(100),
+            "10% of the time since Last-Modified"
+        );
+    }
+}

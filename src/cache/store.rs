@@ -1,0 +1,573 @@
+//! In-memory cache storage for pingora-cache, bounded by an eviction manager.
+//!
+//! - Bodies are kept as the chunks they arrived in (`Bytes`), so a hit hands out reference-
+//!   counted slices instead of copying the body.
+//! - An object still being written from the origin is readable at once: readers follow the
+//!   writer chunk by chunk, so a large miss does not hold other clients back until it completes.
+//! - Sizes count the body, the serialized header and a fixed per-object overhead; the eviction
+//!   manager (Pingora's sharded LRU, weighted by these sizes) decides what leaves when the total
+//!   passes `cache.max_size`, and the proxy purges what it names.
+//! - Indexes by URL and by tag (`Surrogate-Key`, `Cache-Tag`) serve the purge API; a prefix
+//!   purge scans the URLs.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+use tokio::sync::watch;
+
+/// Bookkeeping per object beyond its bytes (maps, indexes, Arc headers), counted in its size so
+/// that `max_size` bounds the memory the cache really takes.
+pub const OBJECT_OVERHEAD: usize = 512;
+
+type Meta = (Vec<u8>, Vec<u8>);
+
+/// A complete object.
+struct Object {
+    meta: Meta,
+    body: Arc<Vec<Bytes>>,
+    body_len: usize,
+    url: Arc<str>,
+    tags: Vec<Arc<str>>,
+    compact: CompactCacheKey,
+}
+
+/// An object being written; readers subscribe to its progress (the value turns true when the
+/// body is complete; every change means new chunks or completion).
+struct Partial {
+    meta: Meta,
+    chunks: Arc<RwLock<Vec<Bytes>>>,
+    progress: Arc<watch::Sender<bool>>,
+}
+
+#[derive(Default)]
+struct Maps {
+    objects: HashMap<HashBinary, Object>,
+    /// In-progress writes per key, by write id (several may race; the last to finish wins).
+    partial: HashMap<HashBinary, HashMap<u64, Partial>>,
+    /// URL (primary key) -> the combined keys of its stored variants.
+    by_url: HashMap<Arc<str>, HashSet<HashBinary>>,
+    by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
+}
+
+pub struct Store {
+    maps: RwLock<Maps>,
+    next_write: AtomicU64,
+    bytes: AtomicUsize,
+    /// Told about purges so its accounting matches what is stored.
+    eviction: &'static (dyn EvictionManager + Sync),
+}
+
+/// The URL part of our primary key (see `cache::key`): everything before the first newline.
+pub fn url_of_primary(primary: &[u8]) -> &str {
+    let s = std::str::from_utf8(primary).unwrap_or("");
+    s.split('\n').next().unwrap_or("")
+}
+
+fn size_of(meta: &Meta, body_len: usize, url: &str) -> usize {
+    meta.0.len() + meta.1.len() + body_len + url.len() + OBJECT_OVERHEAD
+}
+
+fn tags_of(meta: &CacheMeta) -> Vec<Arc<str>> {
+    let h = &meta.response_header().headers;
+    let mut tags: Vec<Arc<str>> = Vec::new();
+    for v in h
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        tags.extend(v.split_ascii_whitespace().map(Arc::from));
+    }
+    for v in h
+        .get_all("cache-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        tags.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        );
+    }
+    tags.sort_unstable();
+    tags.dedup();
+    tags
+}
+
+impl Store {
+    pub fn new(eviction: &'static (dyn EvictionManager + Sync)) -> Self {
+        Store {
+            maps: RwLock::new(Maps::default()),
+            next_write: AtomicU64::new(1),
+            bytes: AtomicUsize::new(0),
+            eviction,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Maps> {
+        self.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes held by complete objects, overhead included.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn objects(&self) -> usize {
+        self.read().objects.len()
+    }
+
+    /// Removes one object by combined key; returns whether it was there.
+    fn remove_locked(&self, maps: &mut Maps, key: &HashBinary, tell_eviction: bool) -> bool {
+        let Some(obj) = maps.objects.remove(key) else {
+            return false;
+        };
+        self.bytes.fetch_sub(
+            size_of(&obj.meta, obj.body_len, &obj.url),
+            Ordering::Relaxed,
+        );
+        if let Some(set) = maps.by_url.get_mut(&obj.url) {
+            set.remove(key);
+            if set.is_empty() {
+                maps.by_url.remove(&obj.url);
+            }
+        }
+        for t in &obj.tags {
+            if let Some(set) = maps.by_tag.get_mut(t) {
+                set.remove(key);
+                if set.is_empty() {
+                    maps.by_tag.remove(t);
+                }
+            }
+        }
+        if tell_eviction {
+            self.eviction
+                .remove(CacheEntryKeyRef::KeyOnly(&obj.compact));
+        }
+        true
+    }
+
+    fn remove_many(&self, keys: Vec<HashBinary>) -> usize {
+        let mut maps = self.write();
+        let mut n = 0;
+        for k in keys {
+            // Also drop writes in flight, so a purge is not undone by a fill that started before.
+            maps.partial.remove(&k);
+            n += self.remove_locked(&mut maps, &k, true) as usize;
+        }
+        n
+    }
+
+    /// Removes every variant stored for this URL.
+    pub fn purge_url(&self, url: &str) -> usize {
+        let keys: Vec<HashBinary> = self
+            .read()
+            .by_url
+            .get(url)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        self.remove_many(keys)
+    }
+
+    /// Removes every object whose URL starts with `prefix`.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<HashBinary> = self
+            .read()
+            .by_url
+            .iter()
+            .filter(|(u, _)| u.starts_with(prefix))
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        self.remove_many(keys)
+    }
+
+    /// Removes every object tagged `tag` by its origin.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let keys: Vec<HashBinary> = self
+            .read()
+            .by_tag
+            .get(tag)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        self.remove_many(keys)
+    }
+
+    fn hit_from_partial(p: &Partial) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let meta = CacheMeta::deserialize(&p.meta.0, &p.meta.1)?;
+        let hit = Hit::Streaming {
+            chunks: p.chunks.clone(),
+            progress: p.progress.subscribe(),
+            next_chunk: 0,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+}
+
+#[async_trait]
+impl Storage for Store {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let k = key.combined_bin();
+        let maps = self.read();
+        if let Some(p) = maps.partial.get(&k).and_then(|m| m.values().next()) {
+            return Self::hit_from_partial(p);
+        }
+        let Some(obj) = maps.objects.get(&k) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let hit = Hit::Complete {
+            body: obj.body.clone(),
+            next_chunk: 0,
+            range: None,
+            weight: size_of(&obj.meta, obj.body_len, &obj.url),
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(id) = tag
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return self.lookup(key, trace).await;
+        };
+        let k = key.combined_bin();
+        let maps = self.read();
+        match maps.partial.get(&k).and_then(|m| m.get(&id)) {
+            Some(p) => Self::hit_from_partial(p),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let k = key.combined_bin();
+        let serialized = meta.serialize()?;
+        let id = self.next_write.fetch_add(1, Ordering::Relaxed);
+        let (tx, _) = watch::channel(false);
+        let partial = Partial {
+            meta: serialized.clone(),
+            chunks: Arc::new(RwLock::new(Vec::new())),
+            progress: Arc::new(tx),
+        };
+        let handler = Fill {
+            store: self,
+            key: k,
+            id,
+            id_bytes: id.to_be_bytes(),
+            meta: serialized,
+            chunks: partial.chunks.clone(),
+            progress: partial.progress.clone(),
+            written: 0,
+            url: Arc::from(url_of_primary(key.primary_key())),
+            tags: tags_of(meta),
+            compact: key.to_compact(),
+        };
+        self.write()
+            .partial
+            .entry(k)
+            .or_default()
+            .insert(id, partial);
+        Ok(Box::new(handler))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let k = target.key().combined_bin();
+        let mut maps = self.write();
+        maps.partial.remove(&k);
+        // On eviction the manager already forgot the entry; on invalidation, tell it.
+        let tell = matches!(purge_type, PurgeType::Invalidation);
+        Ok(if self.remove_locked(&mut maps, &k, tell) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key.combined_bin();
+        let serialized = meta.serialize()?;
+        let mut maps = self.write();
+        let Some(obj) = maps.objects.get_mut(&k) else {
+            return Ok(false);
+        };
+        let old = obj.meta.0.len() + obj.meta.1.len();
+        let new = serialized.0.len() + serialized.1.len();
+        obj.meta = serialized;
+        if new >= old {
+            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+enum Hit {
+    Complete {
+        body: Arc<Vec<Bytes>>,
+        next_chunk: usize,
+        /// Byte range still to send, for Range requests: (start, end exclusive).
+        range: Option<(usize, usize)>,
+        weight: usize,
+    },
+    Streaming {
+        chunks: Arc<RwLock<Vec<Bytes>>>,
+        progress: watch::Receiver<bool>,
+        next_chunk: usize,
+    },
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Hit::Complete {
+                body,
+                next_chunk,
+                range,
+                ..
+            } => match range {
+                None => {
+                    let c = body.get(*next_chunk).cloned();
+                    *next_chunk += 1;
+                    Ok(c)
+                }
+                Some((start, end)) => {
+                    // Walk chunks, slicing the ones that overlap [start, end).
+                    let mut offset = 0;
+                    for c in body.iter() {
+                        let (cs, ce) = (offset, offset + c.len());
+                        offset = ce;
+                        if ce <= *start {
+                            continue;
+                        }
+                        if cs >= *end {
+                            break;
+                        }
+                        let s = (*start).max(cs) - cs;
+                        let e = (*end).min(ce) - cs;
+                        *start = cs + e;
+                        return Ok(Some(c.slice(s..e)));
+                    }
+                    Ok(None)
+                }
+            },
+            Hit::Streaming {
+                chunks,
+                progress,
+                next_chunk,
+            } => loop {
+                let complete = *progress.borrow_and_update();
+                let available = chunks.read().unwrap_or_else(|e| e.into_inner()).len();
+                if *next_chunk < available {
+                    let c = chunks.read().unwrap_or_else(|e| e.into_inner())[*next_chunk].clone();
+                    *next_chunk += 1;
+                    return Ok(Some(c));
+                }
+                if complete {
+                    return Ok(None);
+                }
+                if progress.changed().await.is_err() {
+                    // The writer went away before finishing: the body is incomplete.
+                    return Error::e_explain(ErrorType::InternalError, "cache fill aborted");
+                }
+            },
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        matches!(self, Hit::Complete { .. })
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        match self {
+            Hit::Complete { body, range, .. } => {
+                let len: usize = body.iter().map(Bytes::len).sum();
+                if start >= len {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        format!("seek start {start} beyond body length {len}"),
+                    );
+                }
+                *range = Some((start, end.map_or(len, |e| e.min(len))));
+                Ok(())
+            }
+            Hit::Streaming { .. } => Error::e_explain(
+                ErrorType::InternalError,
+                "seek on an object still being written",
+            ),
+        }
+    }
+
+    fn should_count_access(&self) -> bool {
+        matches!(self, Hit::Complete { .. })
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        match self {
+            Hit::Complete { weight, .. } => *weight,
+            Hit::Streaming { .. } => 0,
+        }
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Writes one object; readers follow it as it fills.
+struct Fill {
+    store: &'static Store,
+    key: HashBinary,
+    id: u64,
+    id_bytes: [u8; 8],
+    meta: Meta,
+    chunks: Arc<RwLock<Vec<Bytes>>>,
+    progress: Arc<watch::Sender<bool>>,
+    written: usize,
+    url: Arc<str>,
+    tags: Vec<Arc<str>>,
+    compact: CompactCacheKey,
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        self.written += data.len();
+        if !data.is_empty() {
+            self.chunks
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(data);
+        }
+        // Wake readers even when not complete: they have new chunks to read.
+        self.progress.send_replace(eof);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        // Cheap: chunks are reference-counted; streaming readers keep reading the shared list.
+        let body = self
+            .chunks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let size = size_of(&self.meta, self.written, &self.url);
+        let mut maps = self.store.write();
+        let still_wanted = maps
+            .partial
+            .get_mut(&self.key)
+            .and_then(|m| m.remove(&self.id))
+            .is_some();
+        if maps.partial.get(&self.key).is_some_and(|m| m.is_empty()) {
+            maps.partial.remove(&self.key);
+        }
+        self.progress.send_replace(true);
+        if !still_wanted {
+            // Purged while it was being written: do not resurrect it.
+            return Ok(MissFinishType::Created(0));
+        }
+        // A previous version is replaced: its size leaves the store (the eviction manager
+        // re-admits the key with the new size).
+        self.store.remove_locked(&mut maps, &self.key, false);
+        for t in &self.tags {
+            maps.by_tag.entry(t.clone()).or_default().insert(self.key);
+        }
+        maps.by_url
+            .entry(self.url.clone())
+            .or_default()
+            .insert(self.key);
+        maps.objects.insert(
+            self.key,
+            Object {
+                meta: self.meta.clone(),
+                body: Arc::new(body),
+                body_len: self.written,
+                url: self.url.clone(),
+                tags: self.tags.clone(),
+                compact: self.compact.clone(),
+            },
+        );
+        self.store.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(MissFinishType::Created(size))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.id_bytes)
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // An unfinished write (origin failed, object too large): readers see it end, and the
+        // partial entry goes.
+        let mut maps = self.store.write();
+        if let Some(m) = maps.partial.get_mut(&self.key) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                maps.partial.remove(&self.key);
+            }
+        }
+    }
+}
