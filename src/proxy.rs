@@ -62,6 +62,8 @@ pub struct RequestCtx {
     client_no_cache: bool,
     /// Status of the origin's response, when the origin was asked.
     fwd_status: Option<u16>,
+    /// Header fields of a 304 from the origin, to update the stored response with.
+    not_modified: Option<http::HeaderMap>,
     cache: Outcome,
 }
 
@@ -117,6 +119,7 @@ impl ProxyHttp for EdgeProxy {
             host: String::new(),
             client_no_cache: false,
             fwd_status: None,
+            not_modified: None,
             cache: Outcome::None,
         }
     }
@@ -260,12 +263,17 @@ impl ProxyHttp for EdgeProxy {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
-        Ok(policy::response_cacheable(
-            resp,
-            authorization,
-            route,
-            &ctx.live.config.cache,
-        ))
+        let settings = &ctx.live.config.cache;
+        Ok(match &ctx.not_modified {
+            // RFC 9111 section 4.3.4: a 304 updates every stored field it carries (Pingora
+            // merges only the caching ones); the new fields also decide the new freshness.
+            Some(fields) => {
+                let mut updated = resp.clone();
+                policy::apply_not_modified(&mut updated, fields);
+                policy::response_cacheable(&updated, authorization, route, settings)
+            }
+            None => policy::response_cacheable(resp, authorization, route, settings),
+        })
     }
 
     fn cache_vary_filter(
@@ -476,6 +484,9 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.fwd_status = Some(upstream.status.as_u16());
+        if upstream.status == 304 && session.cache.enabled() {
+            ctx.not_modified = Some(upstream.headers.clone());
+        }
         if let (Some(sent), Some(origin)) = (ctx.sent_at, &ctx.origin) {
             let ttfb = sent.elapsed();
             ctx.ttfb = Some(ttfb);

@@ -147,6 +147,9 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
     let b = config("two", "31s", &steady, &one, &two);
     let invalid = b.replace("idle_timeout: 31s", "idle_timeout: soon");
     let edge = Edge::start(&a);
+    // Cached before the traffic starts, so its one fetch adds no concurrent connection.
+    steady.set("/cached", Canned::new(200, &[("Cache-Control", "max-age=3600")], "kept"));
+    assert_eq!(edge.get("example.com", "/cached").body, "kept");
 
     const CLIENTS: usize = 3;
     let traffic = Traffic::start(edge.addr, CLIENTS, "/steady", false, false);
@@ -158,6 +161,11 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
     );
 
     let mut checker = edge.client();
+    let cached_hit = |c: &mut Client| {
+        let r = c.get("example.com", "/cached");
+        r.header("cache-status").is_some_and(|s| s.contains("hit")) && r.body == "kept"
+    };
+    assert!(cached_hit(&mut checker));
     let (mut applied, mut refused) = (0, 0);
     for i in 0..60 {
         if i % 6 == 5 {
@@ -174,6 +182,7 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
             refused += 1;
             let expect = if applied % 2 == 1 { "two" } else { "one" };
             assert_eq!(checker.get("example.com", "/switch").server(), expect);
+            assert!(cached_hit(&mut checker), "cache lost after refused reload {i}");
             continue;
         }
         let (body, expect) = if applied % 2 == 0 {
@@ -200,7 +209,9 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
         let r = checker.get("example.com", "/switch");
         assert_eq!(r.status, 200);
         assert_eq!(r.server(), expect, "after reload {i}");
+        assert!(cached_hit(&mut checker), "cache lost after reload {i}");
     }
+    assert_eq!(steady.count("/cached"), 1, "the cached object was fetched again");
     assert_eq!(applied, 50);
     assert_eq!(refused, 10);
     assert!(

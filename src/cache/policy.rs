@@ -76,6 +76,28 @@ fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(v).ok()
 }
 
+/// Updates a stored response header with the fields of a 304, except those that describe the
+/// 304 message itself rather than the stored representation.
+pub fn apply_not_modified(stored: &mut ResponseHeader, fields: &http::HeaderMap) {
+    const KEEP: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "content-encoding",
+        "content-range",
+        "connection",
+        "keep-alive",
+    ];
+    for name in fields.keys() {
+        if KEEP.contains(&name.as_str()) {
+            continue;
+        }
+        let _ = stored.remove_header(name);
+        for v in fields.get_all(name) {
+            let _ = stored.append_header(name.clone(), v.clone());
+        }
+    }
+}
+
 /// Decides whether a response is stored, and builds its metadata if so.
 pub fn response_cacheable(
     resp: &ResponseHeader,

@@ -56,8 +56,42 @@ impl Seen {
     }
 }
 
+/// A prepared response for one path (query included).
+#[derive(Clone, Debug, Default)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Answer only after this long.
+    pub delay: Duration,
+    /// Send the body chunked in this many pieces, pausing `chunk_pause` between them.
+    pub chunks: usize,
+    pub chunk_pause: Duration,
+}
+
+impl Canned {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &str) -> Canned {
+        Canned {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Default)]
 struct OriginState {
+    canned: Mutex<HashMap<String, Canned>>,
     accepted: AtomicUsize,
     open: AtomicUsize,
     requests: Mutex<Vec<Seen>>,
@@ -155,6 +189,19 @@ impl Origin {
     pub fn set_silent(&self, silent: bool) {
         self.state.silent.store(silent, Ordering::SeqCst);
     }
+    /// Answers `path` (exact, query included) with `c`; a request whose If-None-Match matches
+    /// the canned ETag gets a 304 with the canned headers.
+    pub fn set(&self, path: &str, c: Canned) {
+        self.state
+            .canned
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), c);
+    }
+    /// Requests received for one path (query included).
+    pub fn count(&self, path: &str) -> usize {
+        self.requests().iter().filter(|s| s.path == path).count()
+    }
 }
 
 impl Drop for Origin {
@@ -225,6 +272,51 @@ fn serve(conn: TcpStream, id: u64, name: &str, st: &OriginState, idle: Duration)
             path: path.clone(),
             headers: headers.clone(),
         });
+        let canned = st.canned.lock().unwrap().get(&path).cloned();
+        if let Some(c) = canned {
+            if !c.delay.is_zero() {
+                thread::sleep(c.delay);
+            }
+            let not_modified =
+                c.header("etag").is_some() && get("if-none-match").as_deref() == c.header("etag");
+            let status = if not_modified { 304 } else { c.status };
+            let mut head = format!("HTTP/1.1 {status} X\r\nX-Server: {name}\r\n");
+            for (k, v) in &c.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            let body: &[u8] = if not_modified || method == "HEAD" {
+                b""
+            } else {
+                &c.body
+            };
+            let ok = if c.chunks > 1 && !not_modified {
+                head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+                let mut ok = out.write_all(head.as_bytes()).is_ok();
+                let size = body.len().div_ceil(c.chunks);
+                for (i, piece) in body.chunks(size.max(1)).enumerate() {
+                    if i > 0 {
+                        thread::sleep(c.chunk_pause);
+                    }
+                    ok &= out
+                        .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .is_ok();
+                    ok &= out.write_all(piece).is_ok();
+                    ok &= out.write_all(b"\r\n").is_ok();
+                }
+                ok && out.write_all(b"0\r\n\r\n").is_ok()
+            } else {
+                if status != 304 {
+                    head.push_str(&format!("Content-Length: {}\r\n", c.body.len()));
+                }
+                head.push_str("\r\n");
+                out.write_all(head.as_bytes()).is_ok() && out.write_all(body).is_ok()
+            };
+            if !ok || close {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            continue;
+        }
         let (status, text) = if path == "/healthz" {
             let s = st.health_status.load(Ordering::SeqCst);
             (s, format!("{name} health {s}\n"))
@@ -314,6 +406,21 @@ impl Client {
             .expect("a response")
     }
 
+    /// A request with extra header lines (each `Name: value`).
+    pub fn request(&mut self, method: &str, host: &str, path: &str, headers: &[&str]) -> Response {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        for h in headers {
+            raw.push_str(h);
+            raw.push_str("\r\n");
+        }
+        if method == "POST" || method == "PUT" {
+            raw.push_str("Content-Length: 0\r\n");
+        }
+        raw.push_str("\r\n");
+        self.stream.write_all(raw.as_bytes()).expect("request sent");
+        self.read_response_to(method).expect("a response")
+    }
+
     /// Sends bytes as they are and reads one response; None if the connection closed first.
     pub fn send_raw(&mut self, raw: &str) -> Option<Response> {
         self.stream.write_all(raw.as_bytes()).ok()?;
@@ -321,6 +428,11 @@ impl Client {
     }
 
     pub fn read_response(&mut self) -> Option<Response> {
+        self.read_response_to("GET")
+    }
+
+    /// Reads a response to a request with `method` (a HEAD response has no body).
+    pub fn read_response_to(&mut self, method: &str) -> Option<Response> {
         let mut line = String::new();
         if self.reader.read_line(&mut line).ok()? == 0 {
             return None;
@@ -337,7 +449,10 @@ impl Client {
             let (k, v) = h.split_once(':')?;
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
-        let body = if headers
+        let no_body = method == "HEAD" || status == 304 || status == 204;
+        let body = if no_body {
+            Vec::new()
+        } else if headers
             .get("transfer-encoding")
             .is_some_and(|v| v.contains("chunked"))
         {
@@ -416,25 +531,37 @@ impl Edge {
     /// Starts the edge with `body` (the config without `listen`/`admin`, which are added on
     /// free ports) and waits until it accepts connections.
     pub fn start(body: &str) -> Edge {
-        let port = free_port();
-        let admin_port = free_port();
-        let header = format!(
-            "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n"
-        );
-        let config_path = temp_path("edge.yaml");
-        std::fs::write(&config_path, format!("{header}{body}")).unwrap();
-        let edge = Self::spawn(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            format!("127.0.0.1:{admin_port}").parse().unwrap(),
-            config_path,
-            header,
-            false,
-        );
-        let up = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect(edge.addr).is_ok() && TcpStream::connect(edge.admin).is_ok()
-        });
-        assert!(up, "edge did not start; log:\n{}", edge.log());
-        edge
+        // A port found free may be taken (by another test's outgoing connection) before the
+        // edge binds it; the edge then refuses to start, and we try other ports.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let admin_port = free_port();
+            let header = format!(
+                "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n"
+            );
+            let config_path = temp_path("edge.yaml");
+            std::fs::write(&config_path, format!("{header}{body}")).unwrap();
+            let mut edge = Self::spawn(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                format!("127.0.0.1:{admin_port}").parse().unwrap(),
+                config_path,
+                header,
+                false,
+            );
+            let mut exited = false;
+            let up = wait_until(Duration::from_secs(20), || {
+                exited = matches!(edge.child.try_wait(), Ok(Some(_)));
+                exited
+                    || (TcpStream::connect(edge.addr).is_ok()
+                        && TcpStream::connect(edge.admin).is_ok())
+            });
+            if exited && edge.log().contains("cannot listen on") {
+                continue;
+            }
+            assert!(up && !exited, "edge did not start; log:\n{}", edge.log());
+            return edge;
+        }
+        panic!("no free ports for the edge after 5 attempts");
     }
 
     fn spawn(
@@ -522,6 +649,32 @@ impl Edge {
 
     pub fn get(&self, host: &str, path: &str) -> Response {
         get(self.addr, host, path)
+    }
+
+    /// A request on a fresh connection, with extra header lines.
+    pub fn request(&self, method: &str, path: &str, headers: &[&str]) -> Response {
+        Client::connect(self.addr).request(method, "example.com", path, headers)
+    }
+
+    /// POST to the admin listener (reload, purge).
+    pub fn admin_post(&self, path: &str) -> Response {
+        Client::connect(self.admin)
+            .send_raw(&format!(
+                "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+            ))
+            .expect("an admin response")
+    }
+
+    /// Peak resident memory of the edge process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
     }
 
     pub fn client(&self) -> Client {
