@@ -91,6 +91,28 @@ panels = [
        "Body bytes sent to clients. With the cache, the hit share of this is the byte hit ratio.",
        [(f'sum by (cache) (rate(edge_response_bytes_total{{{O}}}{R}))', "{{cache}}")],
        unit="Bps", x=12, y=40),
+    ts("Cache hit ratio (requests and bytes)",
+       "Share of requests, and of response bytes, served from the cache (fresh hits, stale serves "
+       "and 304-revalidated objects), among requests that used the cache or could have. Good: "
+       "high and steady; a drop after a deploy usually means a changed cache key or Cache-Control.",
+       [(f'sum(rate(edge_requests_total{{cache=~"hit|stale|revalidated",{O},route=~"$route"}}{R})) / '
+         f'sum(rate(edge_requests_total{{cache!~"none|bypass",{O},route=~"$route"}}{R}))', "requests"),
+        (f'sum(rate(edge_response_bytes_total{{cache=~"hit|stale|revalidated",{O}}}{R})) / '
+         f'sum(rate(edge_response_bytes_total{{cache!~"none|bypass",{O}}}{R}))', "bytes")],
+       unit="percentunit", x=0, y=56, minv=0, maxv=1),
+    ts("Cache size and evictions",
+       "Memory held by cached objects (bounded by cache.max_size), objects, and evictions per second. "
+       "Steady evictions with a falling hit ratio mean max_size is too small for the working set.",
+       [('edge_cache_size_bytes', "bytes"),
+        ('edge_cache_objects', "objects"),
+        (f'rate(edge_cache_evictions_total{R})', "evictions/s"),
+        (f'sum by (kind) (rate(edge_cache_purged_total{R}))', "purged/s {{kind}}")],
+       x=12, y=56),
+    ts("Requests per second by cache outcome",
+       "hit, stale (served while revalidating or on origin error), revalidated (origin said 304), "
+       "miss, expired (refetched), request (client asked for fresh), bypass (route/method/rule).",
+       [(f'sum by (cache) (rate(edge_requests_total{{{O},route=~"$route"}}{R}))', "{{cache}}")],
+       unit="reqps", x=0, y=64),
     ts("Config reloads",
        "Reloads per result over the last 5 minutes, and seconds since the last successful one. "
        "A failure means the previous config keeps serving: POST /reload or the log says why.",

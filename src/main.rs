@@ -103,7 +103,7 @@ fn run_demo(start: StartOptions) -> ExitCode {
     };
     eprintln!(
         "edge demo: proxy on http://127.0.0.1:8080 in front of a sample origin on {origin}\n\
-         try:\n  curl -i http://127.0.0.1:8080/\n  curl -i http://127.0.0.1:8080/static/logo.png\n  \
+         try (twice, to see Cache-Status go from miss to hit):\n  curl -i http://127.0.0.1:8080/\n  curl -i http://127.0.0.1:8080/static/logo.png\n  \
          curl -s http://127.0.0.1:9090/metrics | grep edge_upstream_requests_total\n\
          stop with Ctrl-C; run your own with: edge -c conf/edge.yaml"
     );

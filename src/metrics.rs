@@ -222,6 +222,9 @@ impl Metrics {
             "Objects removed by purge (url, prefix, tag) or invalidated by unsafe requests.",
             &["kind"],
         );
+        for kind in ["url", "prefix", "tag", "invalidation"] {
+            cache_purged.with_label_values(&[kind]);
+        }
         Metrics {
             registry: r,
             cache_bytes,

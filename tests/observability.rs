@@ -254,6 +254,10 @@ fn prometheus_evaluates_every_dashboard_query_and_alert() {
     // A scenario in which every alert fires: low reuse (max_requests: 3), a slow origin, a dead
     // server, an origin with no live server (5xx), a refused reload; and steady traffic.
     let fast = Origin::start("fast");
+    fast.set(
+        "/hot",
+        Canned::new(200, &[("Cache-Control", "max-age=1")], "hot"),
+    );
     let slow = Origin::start("slow");
     slow.set_delay(Duration::from_millis(700));
     let (dead, dead2) = (free_port(), free_port());
@@ -274,7 +278,7 @@ routes:
     let mut edge = Edge::start(&body);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = [("/x", 20u64), ("/slow/x", 0), ("/gone/x", 50)]
+    let traffic: Vec<_> = [("/x", 20u64), ("/slow/x", 0), ("/gone/x", 50), ("/hot", 20)]
         .into_iter()
         .map(|(path, pause_ms)| {
             let (stop, addr) = (stop.clone(), edge.addr);
@@ -285,7 +289,14 @@ routes:
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    match c.send_raw(&format!("GET {path}{i} HTTP/1.1\r\nHost: a.com\r\n\r\n")) {
+                    // /hot is one object (hits, with a refresh every second); the others are
+                    // a new object per request.
+                    let target = if path == "/hot" {
+                        path.to_string()
+                    } else {
+                        format!("{path}{i}")
+                    };
+                    match c.send_raw(&format!("GET {target} HTTP/1.1\r\nHost: a.com\r\n\r\n")) {
                         Some(r) if r.header("connection") != Some("close") => {}
                         _ => c = Client::connect(addr),
                     }

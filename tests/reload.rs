@@ -148,7 +148,10 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
     let invalid = b.replace("idle_timeout: 31s", "idle_timeout: soon");
     let edge = Edge::start(&a);
     // Cached before the traffic starts, so its one fetch adds no concurrent connection.
-    steady.set("/cached", Canned::new(200, &[("Cache-Control", "max-age=3600")], "kept"));
+    steady.set(
+        "/cached",
+        Canned::new(200, &[("Cache-Control", "max-age=3600")], "kept"),
+    );
     assert_eq!(edge.get("example.com", "/cached").body, "kept");
 
     const CLIENTS: usize = 3;
@@ -182,7 +185,10 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
             refused += 1;
             let expect = if applied % 2 == 1 { "two" } else { "one" };
             assert_eq!(checker.get("example.com", "/switch").server(), expect);
-            assert!(cached_hit(&mut checker), "cache lost after refused reload {i}");
+            assert!(
+                cached_hit(&mut checker),
+                "cache lost after refused reload {i}"
+            );
             continue;
         }
         let (body, expect) = if applied % 2 == 0 {
@@ -211,7 +217,11 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
         assert_eq!(r.server(), expect, "after reload {i}");
         assert!(cached_hit(&mut checker), "cache lost after reload {i}");
     }
-    assert_eq!(steady.count("/cached"), 1, "the cached object was fetched again");
+    assert_eq!(
+        steady.count("/cached"),
+        1,
+        "the cached object was fetched again"
+    );
     assert_eq!(applied, 50);
     assert_eq!(refused, 10);
     assert!(
