@@ -48,6 +48,9 @@ pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
     if boot.admin != new.admin {
         out.push("admin.listen".to_string());
     }
+    if boot.cache.max_size != new.cache.max_size {
+        out.push("cache.max_size".to_string());
+    }
     let (b, n) = (&boot.server, &new.server);
     let fields = [
         ("server.threads", b.threads != n.threads),

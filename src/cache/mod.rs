@@ -7,6 +7,7 @@
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
+pub mod eviction;
 pub mod key;
 pub mod policy;
 pub mod status;
@@ -15,21 +16,18 @@ pub mod store;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pingora::cache::eviction::lru::Manager;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::config::CacheSettings;
+use eviction::TinyUfoEviction;
 use store::Store;
 
-/// Shards of the LRU: fewer lock collisions between threads.
-const LRU_SHARDS: usize = 16;
-
 /// The process's cache. Pingora wants `'static` parts, so they are built once and live as long
-/// as the process; a reload adjusts the size limit in place and keeps every object.
+/// as the process; a reload keeps every object (a new `max_size` needs a restart).
 pub struct Cache {
     pub store: &'static Store,
-    pub eviction: &'static Manager<LRU_SHARDS>,
+    pub eviction: &'static TinyUfoEviction,
     pub lock: &'static CacheKeyLockImpl,
     pub max_object_size: std::sync::atomic::AtomicUsize,
 }
@@ -40,8 +38,9 @@ static CACHE: OnceLock<Cache> = OnceLock::new();
 pub fn cache(settings: &CacheSettings) -> &'static Cache {
     CACHE.get_or_init(|| {
         let limit = settings.max_size.0 as usize;
-        let eviction: &'static Manager<LRU_SHARDS> =
-            Box::leak(Box::new(Manager::with_capacity(limit, 1024)));
+        // Sized for objects of 16 KiB on average; only the frequency sketch depends on it.
+        let eviction: &'static TinyUfoEviction =
+            Box::leak(Box::new(TinyUfoEviction::new(limit, limit / (16 << 10))));
         let store: &'static Store = Box::leak(Box::new(Store::new(eviction)));
         let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(
             // Age after which a lock is considered abandoned by its writer.
@@ -57,10 +56,8 @@ pub fn cache(settings: &CacheSettings) -> &'static Cache {
 }
 
 impl Cache {
-    /// Applies reloadable settings: the size limit (shrinking evicts on the next admissions)
-    /// and the largest object stored.
+    /// Applies reloadable settings: the largest object stored.
     pub fn apply(&self, settings: &CacheSettings) {
-        self.eviction.set_weight_limit(settings.max_size.0 as usize);
         self.max_object_size.store(
             settings.max_object_size.0 as usize,
             std::sync::atomic::Ordering::Relaxed,
