@@ -332,6 +332,11 @@ impl ProxyHttp for EdgeProxy {
             ctx.fwd_status.is_some(),
             ctx.client_no_cache,
         );
+        if let (Outcome::Miss { vary, .. }, Some(key)) =
+            (&mut ctx.cache, session.cache.maybe_cache_key())
+        {
+            *vary = cache(&ctx.live.config.cache).store.has_other_variants(key);
+        }
         if ctx.route_cache.is_some() {
             let meta = session.cache.maybe_cache_meta();
             let value = ctx.cache.header(meta, ctx.fwd_status);

@@ -12,8 +12,9 @@ pub enum Outcome {
     Hit,
     /// Served from cache, stale (while revalidating, or because the origin failed).
     Stale,
-    /// Not in cache: fetched (and stored if `stored`).
-    Miss { stored: bool },
+    /// Not in cache: fetched (and stored if `stored`). `vary`: other variants of the URL were
+    /// stored, just not this one.
+    Miss { stored: bool, vary: bool },
     /// Stale in cache: the origin sent a new response.
     Expired { stored: bool },
     /// Stale in cache: the origin confirmed it (304), served from cache.
@@ -36,7 +37,10 @@ impl Outcome {
         match phase {
             CachePhase::Hit => Outcome::Hit,
             CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
-            CachePhase::Miss => Outcome::Miss { stored: true },
+            CachePhase::Miss => Outcome::Miss {
+                stored: true,
+                vary: false,
+            },
             CachePhase::Expired => Outcome::Expired { stored: true },
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
             CachePhase::Bypass | CachePhase::Disabled(NoCacheReason::NeverEnabled) => {
@@ -47,7 +51,10 @@ impl Outcome {
                 }
             }
             // Enabled, then disabled: the response could not be stored.
-            CachePhase::Disabled(_) if asked_origin => Outcome::Miss { stored: false },
+            CachePhase::Disabled(_) if asked_origin => Outcome::Miss {
+                stored: false,
+                vary: false,
+            },
             _ => Outcome::None,
         }
     }
@@ -109,15 +116,13 @@ impl Outcome {
                     s.push_str(&format!("; ttl={t}"));
                 }
             }
-            Outcome::Miss { stored } | Outcome::Expired { stored } => {
-                fwd(
-                    &mut s,
-                    if matches!(self, Outcome::Miss { .. }) {
-                        "uri-miss"
-                    } else {
-                        "stale"
-                    },
-                );
+            Outcome::Miss { stored, .. } | Outcome::Expired { stored } => {
+                let why = match self {
+                    Outcome::Miss { vary: true, .. } => "vary-miss",
+                    Outcome::Miss { .. } => "uri-miss",
+                    _ => "stale",
+                };
+                fwd(&mut s, why);
                 if stored {
                     s.push_str("; stored");
                     if let Some(t) = ttl() {

@@ -60,6 +60,8 @@ struct Maps {
     /// URL (primary key) -> the combined keys of its stored variants.
     by_url: HashMap<Arc<str>, HashSet<HashBinary>>,
     by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
+    /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
+    variants: HashMap<HashBinary, HashSet<HashBinary>>,
 }
 
 pub struct Store {
@@ -142,6 +144,13 @@ impl Store {
             size_of(&obj.meta, obj.body_len, &obj.url),
             Ordering::Relaxed,
         );
+        let primary = obj.compact.primary;
+        if let Some(set) = maps.variants.get_mut(&primary) {
+            set.remove(key);
+            if set.is_empty() {
+                maps.variants.remove(&primary);
+            }
+        }
         if let Some(set) = maps.by_url.get_mut(&obj.url) {
             set.remove(key);
             if set.is_empty() {
@@ -172,6 +181,15 @@ impl Store {
             n += self.remove_locked(&mut maps, &k, true) as usize;
         }
         n
+    }
+
+    /// Whether variants of this key's URL other than the key's own are stored.
+    pub fn has_other_variants(&self, key: &CacheKey) -> bool {
+        let own = key.combined_bin();
+        self.read()
+            .variants
+            .get(&key.primary_bin())
+            .is_some_and(|set| set.iter().any(|k| *k != own))
     }
 
     /// Removes every variant stored for this URL.
@@ -536,6 +554,10 @@ impl HandleMiss for Fill {
         }
         maps.by_url
             .entry(self.url.clone())
+            .or_default()
+            .insert(self.key);
+        maps.variants
+            .entry(self.compact.primary)
             .or_default()
             .insert(self.key);
         maps.objects.insert(
