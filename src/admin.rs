@@ -116,6 +116,20 @@ impl Admin {
         for origin in live.origins.values() {
             for s in &origin.servers {
                 s.set_up(s.health().is_up());
+                let labels = [origin.name.as_str(), s.address.as_str()];
+                let m = metrics();
+                match s.state.idle.learned() {
+                    Some(t) => m
+                        .upstream_idle_learned
+                        .with_label_values(&labels)
+                        .set(t.as_secs_f64()),
+                    None => {
+                        let _ = m.upstream_idle_learned.remove_label_values(&labels);
+                    }
+                }
+                m.upstream_idle_effective
+                    .with_label_values(&labels)
+                    .set(origin.idle_limit(s).as_secs_f64());
             }
         }
         let c = cache(&live.config.cache);

@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Upstream latency buckets: 0.5 ms (a reused loopback connection) to 30 s (a read timeout).
@@ -27,6 +27,9 @@ pub struct Metrics {
     pub upstream_connect_failures: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_closed_by_edge: IntCounterVec,
+    pub upstream_connection_lost: IntCounterVec,
+    pub upstream_idle_learned: GaugeVec,
+    pub upstream_idle_effective: GaugeVec,
     pub server_up: IntGaugeVec,
     pub refused_requests: IntCounterVec,
     pub response_bytes: IntCounterVec,
@@ -124,10 +127,41 @@ impl Metrics {
         let upstream_closed_by_edge = counter(
             &r,
             "edge_upstream_connections_closed_total",
-            "Upstream connections the edge closed after a response instead of pooling, by reason \
-             (max_requests, pool_full, pooling_off).",
+            "Upstream connections not kept, by reason. Closed by the edge after a response: \
+             max_requests, pool_full, pooling_off, origin_max (the origin's Keep-Alive max). \
+             Closed by the origin: origin_close (it said Connection: close), origin_idle (found \
+             closed when reused: a race the learned idle timeout should prevent).",
             &["origin", "reason"],
         );
+        let upstream_connection_lost = counter(
+            &r,
+            "edge_upstream_connection_lost_total",
+            "Requests sent on a pooled connection the origin had already closed: retried (on a \
+             new connection; idempotent requests) or failed (could not be retried: must stay 0).",
+            &["origin", "outcome"],
+        );
+        let upstream_idle_learned = GaugeVec::new(
+            Opts::new(
+                "edge_upstream_idle_timeout_learned_seconds",
+                "The origin server's own idle timeout as learned (Keep-Alive header, probes, \
+                 closed connections); absent until learned.",
+            ),
+            &["origin", "server"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(upstream_idle_learned.clone()))
+            .expect("unique metric");
+        let upstream_idle_effective = GaugeVec::new(
+            Opts::new(
+                "edge_upstream_idle_timeout_effective_seconds",
+                "How long a pooled connection to this server may stay idle now: the configured \
+                 idle_timeout, or the learned timeout minus the margin if lower.",
+            ),
+            &["origin", "server"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(upstream_idle_effective.clone()))
+            .expect("unique metric");
         let server_up = IntGaugeVec::new(
             Opts::new(
                 "edge_origin_server_up",
@@ -243,6 +277,9 @@ impl Metrics {
             upstream_connect_failures,
             upstream_retries,
             upstream_closed_by_edge,
+            upstream_connection_lost,
+            upstream_idle_learned,
+            upstream_idle_effective,
             server_up,
             refused_requests,
             response_bytes,
@@ -283,6 +320,15 @@ pub struct OriginMetrics {
     pub closed_max_requests: IntCounter,
     pub closed_pool_full: IntCounter,
     pub closed_pooling_off: IntCounter,
+    pub closed_origin_max: IntCounter,
+    /// The origin answered with `Connection: close`.
+    pub closed_by_origin: IntCounter,
+    /// A pooled connection was found closed by the origin on reuse.
+    pub closed_origin_idle: IntCounter,
+    /// Requests that hit a pooled connection the origin had closed: retried on a new one...
+    pub lost_connection_retried: IntCounter,
+    /// ...or failed because they could not be retried (the figure that must stay at zero).
+    pub lost_connection_failed: IntCounter,
     pub duration: Histogram,
 }
 
@@ -313,6 +359,21 @@ impl OriginMetrics {
                 .upstream_closed_by_edge
                 .with_label_values(&[origin, "pooling_off"]),
             duration: m.request_duration.with_label_values(&[origin]),
+            closed_origin_max: m
+                .upstream_closed_by_edge
+                .with_label_values(&[origin, "origin_max"]),
+            closed_by_origin: m
+                .upstream_closed_by_edge
+                .with_label_values(&[origin, "origin_close"]),
+            closed_origin_idle: m
+                .upstream_closed_by_edge
+                .with_label_values(&[origin, "origin_idle"]),
+            lost_connection_retried: m
+                .upstream_connection_lost
+                .with_label_values(&[origin, "retried"]),
+            lost_connection_failed: m
+                .upstream_connection_lost
+                .with_label_values(&[origin, "failed"]),
         }
     }
 }

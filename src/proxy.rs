@@ -28,7 +28,8 @@ use crate::guard;
 use crate::live::{Edge, Live};
 use crate::logging;
 use crate::metrics::{metrics, ClientConnection};
-use crate::origin::reuse::{close_reason, CloseReason};
+use crate::origin::keepalive;
+use crate::origin::reuse::{close_reason, CloseReason, ConnUse};
 use crate::origin::router::normalize_host;
 use crate::origin::{InFlight, Origin};
 
@@ -62,6 +63,10 @@ pub struct RequestCtx {
     client_no_cache: bool,
     /// Status of the origin's response, when the origin was asked.
     fwd_status: Option<u16>,
+    /// The upstream connection in use: fd, when it was established, its ledger view.
+    upstream_conn: Option<(i32, SystemTime, ConnUse)>,
+    /// The next attempt must use a new connection (a pooled one was found closed).
+    fresh_connection: bool,
     /// Header fields of a 304 from the origin, to update the stored response with.
     not_modified: Option<http::HeaderMap>,
     cache: Outcome,
@@ -120,6 +125,8 @@ impl ProxyHttp for EdgeProxy {
             client_no_cache: false,
             fwd_status: None,
             not_modified: None,
+            upstream_conn: None,
+            fresh_connection: false,
             cache: Outcome::None,
         }
     }
@@ -381,7 +388,9 @@ impl ProxyHttp for EdgeProxy {
             );
         };
         ctx.tried.push(idx);
-        Ok(origin.servers[idx].peer())
+        let server = &origin.servers[idx];
+        let fresh = std::mem::take(&mut ctx.fresh_connection);
+        Ok(server.peer(origin.idle_limit(server), fresh))
     }
 
     async fn connected_to_upstream(
@@ -412,16 +421,17 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
-        let request_no = self.edge.ledger.record(fd, established);
+        let conn = self.edge.ledger.record(fd, established);
         let in_flight = InFlight::new(server.state.clone());
         let ka = &origin.config.keepalive;
         ctx.close = close_reason(
             origin.pooling_off(),
-            request_no,
+            &conn,
             ka.max_requests,
             in_flight.concurrency,
             ka.pool_size,
         );
+        ctx.upstream_conn = Some((fd, established, conn));
         ctx.in_flight = Some(in_flight);
         Ok(())
     }
@@ -443,6 +453,7 @@ impl ProxyHttp for EdgeProxy {
                         CloseReason::MaxRequests => origin.metrics.closed_max_requests.inc(),
                         CloseReason::PoolFull => origin.metrics.closed_pool_full.inc(),
                         CloseReason::PoolingOff => origin.metrics.closed_pooling_off.inc(),
+                        CloseReason::OriginMax => origin.metrics.closed_origin_max.inc(),
                     }
                 }
                 None => {
@@ -489,6 +500,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.fwd_status = Some(upstream.status.as_u16());
+        self.learn_from_response(upstream, ctx);
         if upstream.status == 304 && session.cache.enabled() {
             ctx.not_modified = Some(upstream.headers.clone());
         }
@@ -509,6 +521,9 @@ impl ProxyHttp for EdgeProxy {
             };
             let conn = (ctx.reused == Some(true)) as usize;
             origin.metrics.ttfb[conn][kind].observe(ttfb.as_secs_f64());
+        }
+        if let (Some(ttfb), Some(origin), Some(&idx)) = (ctx.ttfb, &ctx.origin, ctx.tried.last()) {
+            origin.servers[idx].state.idle.ttfb(ttfb);
         }
         // Hop-by-hop fields of the upstream connection are not the client's business.
         upstream.remove_header("keep-alive");
@@ -570,6 +585,7 @@ impl ProxyHttp for EdgeProxy {
                 origin.metrics.retries_connection_lost.inc();
             }
         }
+        self.note_lost_connection(session, &e, ctx, client_reused);
         e
     }
 
@@ -616,6 +632,10 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight = None;
+        if let Some((fd, established, _)) = ctx.upstream_conn {
+            // Its response is done: if it went back to the pool, it is idle from now.
+            self.edge.ledger.idle(fd, established);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let class = match status {
             100..=199 => "1xx",
@@ -711,5 +731,78 @@ fn invalidate_after_unsafe(
             .cache_purged
             .with_label_values(&["invalidation"])
             .inc_by(removed as u64);
+    }
+}
+
+impl EdgeProxy {
+    /// What the origin's response says about its connection: `Keep-Alive: timeout=, max=` and
+    /// `Connection: close`.
+    fn learn_from_response(&self, resp: &ResponseHeader, ctx: &RequestCtx) {
+        let (Some(origin), Some(&idx)) = (&ctx.origin, ctx.tried.last()) else {
+            return;
+        };
+        if let Some(ka) = resp.headers.get("keep-alive").and_then(|v| v.to_str().ok()) {
+            let (timeout, max) = keepalive::parse_keep_alive(ka);
+            if let Some(t) = timeout {
+                origin.servers[idx].state.idle.header_said(t);
+            }
+            if let (Some(max), Some((fd, established, conn))) = (max, ctx.upstream_conn) {
+                self.edge
+                    .ledger
+                    .origin_max(fd, established, conn.request_no, max);
+            }
+        }
+        let closing = resp
+            .headers
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+        if closing && ctx.close.is_none() {
+            origin.metrics.closed_by_origin.inc();
+        }
+    }
+
+    /// A request failed on a pooled connection before any response: the origin had closed it
+    /// while it was idle. Learn from its idle age, and count the request as retried (Pingora
+    /// retries idempotent requests; the retry goes on a new connection) or lost.
+    fn note_lost_connection(
+        &self,
+        session: &Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) {
+        let lost_connection = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+        if !client_reused || !lost_connection || ctx.fwd_status.is_some() {
+            return;
+        }
+        let (Some(origin), Some(&idx)) = (&ctx.origin, ctx.tried.last()) else {
+            return;
+        };
+        let server = &origin.servers[idx];
+        origin.metrics.closed_origin_idle.inc();
+        if let Some(age) = ctx.upstream_conn.and_then(|(_, _, c)| c.idle_age) {
+            if origin.config.keepalive.learn {
+                server.state.idle.found_closed_at(age);
+                server.state.idle.request_probe();
+            }
+            warn!(
+                "origin {} server {}: pooled connection idle for {:?} was closed by the origin; {} {}",
+                origin.name,
+                server.address,
+                age,
+                session.req_header().method,
+                if e.retry() { "retried on a new connection" } else { "failed (not retryable)" }
+            );
+        }
+        if e.retry() {
+            ctx.fresh_connection = true;
+            origin.metrics.lost_connection_retried.inc();
+        } else {
+            origin.metrics.lost_connection_failed.inc();
+        }
     }
 }

@@ -151,6 +151,12 @@ fn forget_removed_servers(old: &Live, new: &Live) {
                 let _ = m
                     .upstream_connect_failures
                     .remove_label_values(&[name, &s.address]);
+                let _ = m
+                    .upstream_idle_learned
+                    .remove_label_values(&[name, &s.address]);
+                let _ = m
+                    .upstream_idle_effective
+                    .remove_label_values(&[name, &s.address]);
             }
         }
     }

@@ -241,6 +241,13 @@ pub struct KeepaliveSettings {
     pub pool_size: usize,
     /// Requests sent on one upstream connection before the edge closes it.
     pub max_requests: u32,
+    /// Learn each server's own idle timeout (from `Keep-Alive: timeout=`, and by measuring
+    /// when it closes an idle connection) and close pooled connections a safety margin before
+    /// it, never later than `idle_timeout`.
+    pub learn: bool,
+    /// The safety margin before a learned timeout; default: measured (twice the smallest
+    /// recent time to first byte from that server, plus 5 ms).
+    pub margin: Option<Dur>,
 }
 
 impl Default for KeepaliveSettings {
@@ -249,6 +256,8 @@ impl Default for KeepaliveSettings {
             idle_timeout: Dur::secs(55),
             pool_size: 64,
             max_requests: 1000,
+            learn: true,
+            margin: None,
         }
     }
 }

@@ -12,10 +12,58 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::health::{probe, CHECKER_TICK};
+use super::keepalive::probe_idle_timeout;
+use super::Origin;
 use crate::live::Edge;
+use std::time::Duration;
 
 pub struct HealthChecker {
     pub edge: Arc<Edge>,
+}
+
+impl HealthChecker {
+    /// Starts the due idle-timeout probes of an origin's servers (see `keepalive`).
+    fn probe_idle_timeouts(&self, origin: &Arc<Origin>) {
+        let ka = &origin.config.keepalive;
+        if !ka.learn || origin.pooling_off() {
+            return;
+        }
+        // Beyond the configured idle timeout the origin's own does not matter: we close first.
+        let limit = ka.idle_timeout.get() + Duration::from_secs(1);
+        for server in &origin.servers {
+            if !server.state.idle.take_probe_turn() {
+                continue;
+            }
+            let (origin, server) = (origin.clone(), server.clone());
+            tokio::spawn(async move {
+                let host = origin.probe_host(&server).to_string();
+                let path = origin
+                    .health_check()
+                    .map_or("/", |h| h.path.as_str())
+                    .to_string();
+                match probe_idle_timeout(server.addr, &host, &path, limit).await {
+                    Ok(found) => {
+                        server.state.idle.probe_measured(found);
+                        if let Some(t) = found {
+                            info!(
+                                "origin {} server {} closes idle connections after {:?}; pooled \
+                                 connections to it now idle at most {:?}",
+                                origin.name,
+                                server.address,
+                                t,
+                                origin.idle_limit(&server)
+                            );
+                        }
+                    }
+                    Err(e) => log::debug!(
+                        "origin {} server {}: idle timeout probe failed: {e}",
+                        origin.name,
+                        server.address
+                    ),
+                }
+            });
+        }
+    }
 }
 
 #[async_trait]
@@ -26,6 +74,7 @@ impl BackgroundService for HealthChecker {
             let live = self.edge.snapshot();
             let now = Instant::now();
             for origin in live.origins.values() {
+                self.probe_idle_timeouts(origin);
                 let Some(hc) = origin.health_check().cloned() else {
                     continue;
                 };

@@ -4,6 +4,7 @@
 mod balance;
 pub mod checker;
 pub mod health;
+pub mod keepalive;
 pub mod reuse;
 pub mod router;
 
@@ -28,6 +29,8 @@ use health::Health;
 #[derive(Default)]
 pub struct ServerState {
     pub health: Health,
+    /// The server's own idle timeout, as learned.
+    pub idle: keepalive::IdleLearning,
     /// Requests on this server right now; bounds how many connections are kept (pool_size).
     in_flight: AtomicUsize,
 }
@@ -43,8 +46,18 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+    /// The peer for one request: pooled connections stay idle at most `idle` after it.
+    /// `fresh` forces a new connection (its own pool group), for retries after a pooled
+    /// connection was found closed.
+    pub fn peer(&self, idle: Duration, fresh: bool) -> Box<HttpPeer> {
+        let mut p = Box::new(self.peer.clone());
+        if p.options.idle_timeout != Some(Duration::ZERO) {
+            p.options.idle_timeout = Some(idle);
+        }
+        if fresh {
+            p.group_key ^= FRESH_CONNECTION_GROUP;
+        }
+        p
     }
 
     pub fn health(&self) -> &Health {
@@ -149,11 +162,25 @@ impl Origin {
         self.config.host.as_deref().unwrap_or(&server.address)
     }
 
+    /// How long a pooled connection to this server may stay idle now: the configured
+    /// `idle_timeout`, or less when the server's own timeout was learned.
+    pub fn idle_limit(&self, server: &Server) -> Duration {
+        let ka = &self.config.keepalive;
+        server.state.idle.effective_idle(
+            ka.idle_timeout.get(),
+            ka.learn,
+            ka.margin.map(|m| m.get()),
+        )
+    }
+
     /// Whether pooled reuse is switched off for this origin.
     pub fn pooling_off(&self) -> bool {
         self.config.keepalive.pool_size == 0 || self.config.keepalive.idle_timeout.get().is_zero()
     }
 }
+
+/// Flips a peer's group so that it matches no pooled connection.
+const FRESH_CONNECTION_GROUP: u64 = 0x5EED_F00D_0000_0001;
 
 /// Connections of origins with the same name and connection settings may be shared; anything
 /// else gets its own pool group. So two origins on one address never share connections (their

@@ -1,16 +1,17 @@
 //! What Pingora's pool does not give: a per-origin cap on requests per upstream connection
-//! (nginx's upstream `keepalive_requests`) and on connections kept per server (`keepalive N`).
+//! (nginx's upstream `keepalive_requests`), on connections kept per server (`keepalive N`), the
+//! origin's own `Keep-Alive: max=`, and the idle age of a pooled connection when it is reused.
 //!
 //! Pingora's pool is one LRU for all peers and reports only whether a connection was reused.
-//! The ledger below counts requests per live connection, keyed by its file descriptor and the
-//! time it was established (fd numbers are recycled; the pair is not). When a connection reaches
-//! its limit, or the server already has more requests in flight than `pool_size`, the request is
+//! The ledger below tracks each live connection, keyed by its file descriptor and the time it
+//! was established (fd numbers are recycled; the pair is not). When a connection reaches a
+//! limit, or the server already has more requests in flight than `pool_size`, the request is
 //! sent with `Connection: close`: the origin closes after answering and Pingora does not pool it.
 //! Nothing is torn down mid-request and the origin is told, so no request races a close.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why a connection is not kept after this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,39 +19,100 @@ pub enum CloseReason {
     MaxRequests,
     PoolFull,
     PoolingOff,
+    /// The origin's `Keep-Alive: max=` allows no more.
+    OriginMax,
+}
+
+struct Conn {
+    established: SystemTime,
+    requests: u32,
+    /// When its last response ended (it went back to the pool then).
+    idle_since: Option<Instant>,
+    /// The last request number the origin allows on it (`Keep-Alive: max=`).
+    origin_last: Option<u32>,
+}
+
+/// One request's view of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnUse {
+    /// Position of this request on the connection (1 = first).
+    pub request_no: u32,
+    /// How long the connection had been idle in the pool (None: new or unknown).
+    pub idle_age: Option<Duration>,
+    /// The last request number the origin allows on it, if it said.
+    pub origin_last: Option<u32>,
 }
 
 #[derive(Default)]
 pub struct ConnectionLedger {
     // One entry per upstream fd ever used; bounded by the process's fd limit.
-    conns: Mutex<HashMap<i32, (SystemTime, u32)>>,
+    conns: Mutex<HashMap<i32, Conn>>,
 }
 
 impl ConnectionLedger {
-    /// Records a request on a connection and returns its position on it (1 = first).
-    pub fn record(&self, fd: i32, established: SystemTime) -> u32 {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let e = conns.entry(fd).or_insert((established, 0));
-        if e.0 != established {
-            *e = (established, 0);
-        }
-        e.1 += 1;
-        e.1
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<i32, Conn>) -> R) -> R {
+        f(&mut self.conns.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Records a request on a connection.
+    pub fn record(&self, fd: i32, established: SystemTime) -> ConnUse {
+        self.with(|conns| {
+            let c = conns.entry(fd).or_insert(Conn {
+                established,
+                requests: 0,
+                idle_since: None,
+                origin_last: None,
+            });
+            if c.established != established {
+                *c = Conn {
+                    established,
+                    requests: 0,
+                    idle_since: None,
+                    origin_last: None,
+                };
+            }
+            c.requests += 1;
+            ConnUse {
+                request_no: c.requests,
+                idle_age: c.idle_since.take().map(|t| t.elapsed()),
+                origin_last: c.origin_last,
+            }
+        })
+    }
+
+    /// The origin allows `max` more requests after request `request_no` on this connection.
+    pub fn origin_max(&self, fd: i32, established: SystemTime, request_no: u32, max: u32) {
+        self.with(|conns| {
+            if let Some(c) = conns.get_mut(&fd).filter(|c| c.established == established) {
+                c.origin_last = Some(request_no.saturating_add(max));
+            }
+        })
+    }
+
+    /// The connection's response ended: it is idle from now.
+    pub fn idle(&self, fd: i32, established: SystemTime) {
+        self.with(|conns| {
+            if let Some(c) = conns.get_mut(&fd).filter(|c| c.established == established) {
+                c.idle_since = Some(Instant::now());
+            }
+        })
     }
 }
 
 /// The keep-or-close decision for one upstream request.
 pub fn close_reason(
     pooling_off: bool,
-    request_no: u32,
+    conn: &ConnUse,
     max_requests: u32,
     concurrency: usize,
     pool_size: usize,
 ) -> Option<CloseReason> {
     if pooling_off {
         Some(CloseReason::PoolingOff)
-    } else if request_no >= max_requests {
+    } else if conn.request_no >= max_requests {
         Some(CloseReason::MaxRequests)
+    } else if conn.origin_last.is_some_and(|last| conn.request_no >= last) {
+        Some(CloseReason::OriginMax)
     } else if concurrency > pool_size {
         Some(CloseReason::PoolFull)
     } else {
@@ -61,34 +123,55 @@ pub fn close_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn counts_per_connection_and_resets_on_fd_reuse() {
         let l = ConnectionLedger::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
         let t1 = t0 + Duration::from_millis(5);
-        assert_eq!(l.record(7, t0), 1);
-        assert_eq!(l.record(7, t0), 2);
-        assert_eq!(l.record(8, t0), 1);
+        assert_eq!(l.record(7, t0).request_no, 1);
+        l.idle(7, t0);
+        let u = l.record(7, t0);
+        assert_eq!(u.request_no, 2);
+        assert!(u.idle_age.is_some());
+        assert_eq!(l.record(8, t0).request_no, 1);
         // fd 7 closed and reopened for a new connection
-        assert_eq!(l.record(7, t1), 1);
+        assert_eq!(l.record(7, t1).request_no, 1);
     }
 
     #[test]
     fn decision() {
-        assert_eq!(close_reason(false, 1, 100, 1, 4), None);
+        let c = |request_no, origin_last| ConnUse {
+            request_no,
+            idle_age: None,
+            origin_last,
+        };
+        assert_eq!(close_reason(false, &c(1, None), 100, 1, 4), None);
         assert_eq!(
-            close_reason(false, 100, 100, 1, 4),
+            close_reason(false, &c(100, None), 100, 1, 4),
             Some(CloseReason::MaxRequests)
         );
         assert_eq!(
-            close_reason(false, 1, 100, 5, 4),
+            close_reason(false, &c(1, None), 100, 5, 4),
             Some(CloseReason::PoolFull)
         );
         assert_eq!(
-            close_reason(true, 1, 100, 1, 4),
+            close_reason(true, &c(1, None), 100, 1, 4),
             Some(CloseReason::PoolingOff)
         );
+        assert_eq!(
+            close_reason(false, &c(5, Some(5)), 100, 1, 4),
+            Some(CloseReason::OriginMax)
+        );
+        assert_eq!(close_reason(false, &c(4, Some(5)), 100, 1, 4), None);
+    }
+
+    #[test]
+    fn origin_max_counts_from_the_request_that_said_it() {
+        let l = ConnectionLedger::default();
+        let t0 = SystemTime::UNIX_EPOCH;
+        l.record(3, t0);
+        l.origin_max(3, t0, 1, 2);
+        assert_eq!(l.record(3, t0).origin_last, Some(3));
     }
 }

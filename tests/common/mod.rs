@@ -91,6 +91,9 @@ impl Canned {
 
 #[derive(Default)]
 struct OriginState {
+    probes: AtomicUsize,
+    /// Sent on every non-canned response; None: no Keep-Alive header.
+    keep_alive: Mutex<Option<String>>,
     canned: Mutex<HashMap<String, Canned>>,
     accepted: AtomicUsize,
     open: AtomicUsize,
@@ -122,6 +125,7 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
         state.health_status.store(200, Ordering::SeqCst);
+        *state.keep_alive.lock().unwrap() = Some("timeout=60".to_string());
         let (st, nm) = (state.clone(), name.to_string());
         thread::spawn(move || {
             let mut next_conn = 0u64;
@@ -130,13 +134,14 @@ impl Origin {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                st.accepted.fetch_add(1, Ordering::SeqCst);
-                st.open.fetch_add(1, Ordering::SeqCst);
                 next_conn += 1;
                 let (st, nm, id) = (st.clone(), nm.clone(), next_conn);
                 thread::spawn(move || {
-                    serve(conn, id, &nm, &st, idle);
-                    st.open.fetch_sub(1, Ordering::SeqCst);
+                    let mut counted = false;
+                    serve(conn, id, &nm, &st, idle, &mut counted);
+                    if counted {
+                        st.open.fetch_sub(1, Ordering::SeqCst);
+                    }
                 });
             }
         });
@@ -147,7 +152,15 @@ impl Origin {
         }
     }
 
-    /// TCP connections accepted so far.
+    /// Idle-timeout probe connections the edge made.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+    /// The `Keep-Alive` header value sent with responses (None: not sent).
+    pub fn set_keep_alive_header(&self, v: Option<&str>) {
+        *self.state.keep_alive.lock().unwrap() = v.map(str::to_string);
+    }
+    /// TCP connections accepted so far (the edge's probes left out).
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
     }
@@ -155,14 +168,14 @@ impl Origin {
     pub fn open(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
     }
-    /// Requests received, health checks excluded.
+    /// Requests received, health checks and probes excluded.
     pub fn requests(&self) -> Vec<Seen> {
         self.state
             .requests
             .lock()
             .unwrap()
             .iter()
-            .filter(|s| s.path != "/healthz")
+            .filter(|s| s.path != "/healthz" && s.header("user-agent") != Some(PROBE_AGENT))
             .cloned()
             .collect()
     }
@@ -175,7 +188,7 @@ impl Origin {
             .lock()
             .unwrap()
             .iter()
-            .filter(|s| s.path == "/healthz")
+            .filter(|s| s.path == "/healthz" && s.method == "GET")
             .count()
     }
     pub fn set_health(&self, status: u16) {
@@ -211,7 +224,18 @@ impl Drop for Origin {
     }
 }
 
-fn serve(conn: TcpStream, id: u64, name: &str, st: &OriginState, idle: Duration) {
+/// The edge's idle-timeout probe (see src/origin/keepalive.rs) identifies itself so: its
+/// connections are not traffic and are left out of the counts.
+pub const PROBE_AGENT: &str = "edge-keepalive-probe";
+
+fn serve(
+    conn: TcpStream,
+    id: u64,
+    name: &str,
+    st: &OriginState,
+    idle: Duration,
+    counted: &mut bool,
+) {
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
     let mut nth = 0u32;
@@ -265,6 +289,15 @@ fn serve(conn: TcpStream, id: u64, name: &str, st: &OriginState, idle: Duration)
         let Some(body) = body else { return };
         let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         nth += 1;
+        if nth == 1 {
+            if get("user-agent").as_deref() == Some(PROBE_AGENT) {
+                st.probes.fetch_add(1, Ordering::SeqCst);
+            } else {
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                st.open.fetch_add(1, Ordering::SeqCst);
+                *counted = true;
+            }
+        }
         st.requests.lock().unwrap().push(Seen {
             conn: id,
             nth,
@@ -336,8 +369,15 @@ fn serve(conn: TcpStream, id: u64, name: &str, st: &OriginState, idle: Duration)
             }
             (200, format!("{name} {method} {path} body={}\n", body.len()))
         };
+        let keep_alive = st
+            .keep_alive
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(String::new(), |v| format!("Keep-Alive: {v}\r\n"));
+        let body = if method == "HEAD" { "" } else { text.as_str() };
         let resp = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nX-Server: {name}\r\nKeep-Alive: timeout=60\r\nContent-Length: {}\r\n{}\r\n{text}",
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nX-Server: {name}\r\n{keep_alive}Content-Length: {}\r\n{}\r\n{body}",
             text.len(),
             if close { "Connection: close\r\n" } else { "" }
         );

@@ -1,0 +1,278 @@
+//! Keep-alive that never races the origin.
+//!
+//! An origin closes idle connections on its own schedule, mostly without saying so. A request
+//! sent on a pooled connection just as the origin closes it is lost; for a POST nobody may
+//! retry it. So for every server we learn its idle timeout and close pooled connections a
+//! safety margin before it:
+//!
+//! - from `Keep-Alive: timeout=N` when the origin sends it;
+//! - by measurement: a probe connection sends one request, then waits idle and times when the
+//!   server closes it (repeated periodically, so a changed origin is noticed);
+//! - from experience: a pooled connection found closed on reuse lowers the learned value to the
+//!   idle age it had.
+//!
+//! The margin covers the round trip (the request must reach the origin before its timer fires);
+//! it is measured as twice the smallest recent time to first byte from that server (an upper
+//! bound of the round trip) plus 5 ms of timer slack. The effective idle limit is the lower of
+//! the configured `idle_timeout` and the learned timeout minus the margin: learning can only
+//! shorten what the operator configured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NONE: u64 = u64::MAX;
+
+/// What has been learned about one server; survives reloads with the server.
+pub struct IdleLearning {
+    /// From the origin's `Keep-Alive: timeout=`, in ms.
+    header_ms: AtomicU64,
+    /// From probes and from connections found closed, in ms.
+    measured_ms: AtomicU64,
+    /// Running estimate of the smallest time to first byte, in µs.
+    rtt_us: AtomicU64,
+    /// When the next probe is due, in ms since the process started (0: now).
+    next_probe_ms: AtomicU64,
+}
+
+/// How often a server's idle timeout is measured again (origins get reconfigured).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl Default for IdleLearning {
+    fn default() -> Self {
+        IdleLearning {
+            header_ms: AtomicU64::new(NONE),
+            measured_ms: AtomicU64::new(NONE),
+            rtt_us: AtomicU64::new(NONE),
+            next_probe_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+fn get(a: &AtomicU64) -> Option<u64> {
+    Some(a.load(Ordering::Relaxed)).filter(|&v| v != NONE)
+}
+
+impl IdleLearning {
+    /// The server's idle timeout as learned, if anything was.
+    pub fn learned(&self) -> Option<Duration> {
+        match (get(&self.header_ms), get(&self.measured_ms)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(Duration::from_millis)
+    }
+
+    /// Whether a probe is due now; if so, the next one is scheduled (one prober at a time).
+    pub fn take_probe_turn(&self) -> bool {
+        let now = now_ms();
+        let due = self.next_probe_ms.load(Ordering::Relaxed);
+        due <= now
+            && self
+                .next_probe_ms
+                .compare_exchange(
+                    due,
+                    now + PROBE_INTERVAL.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Measure again soon (a pooled connection was found closed: the origin may have changed).
+    pub fn request_probe(&self) {
+        self.next_probe_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn header_said(&self, timeout: Duration) {
+        self.header_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A probe measured the timeout (or found none within its limit: `None`).
+    pub fn probe_measured(&self, timeout: Option<Duration>) {
+        self.measured_ms.store(
+            timeout.map_or(NONE, |t| t.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A pooled connection was found closed after being idle for `age`: the timeout is at
+    /// most that.
+    pub fn found_closed_at(&self, age: Duration) {
+        self.measured_ms
+            .fetch_min(age.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Feeds a time to first byte; the estimate follows the minimum and creeps up 1/64 per
+    /// sample when larger ones keep coming (a slower path is noticed within ~100 requests).
+    pub fn ttfb(&self, t: Duration) {
+        let sample = t.as_micros() as u64;
+        let _ = self
+            .rtt_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == NONE {
+                    sample
+                } else {
+                    sample.min(old + old / 64 + 1)
+                })
+            });
+    }
+
+    pub fn margin(&self, override_margin: Option<Duration>) -> Duration {
+        override_margin.unwrap_or_else(|| {
+            let rtt = get(&self.rtt_us).map_or(Duration::ZERO, Duration::from_micros);
+            rtt * 2 + Duration::from_millis(5)
+        })
+    }
+
+    /// How long a pooled connection to this server may stay idle.
+    pub fn effective_idle(
+        &self,
+        configured: Duration,
+        learn: bool,
+        margin: Option<Duration>,
+    ) -> Duration {
+        if !learn {
+            return configured;
+        }
+        match self.learned() {
+            Some(t) => configured.min(t.saturating_sub(self.margin(margin))),
+            None => configured,
+        }
+    }
+}
+
+/// `Keep-Alive: timeout=5, max=100` -> (timeout, max).
+pub fn parse_keep_alive(v: &str) -> (Option<Duration>, Option<u32>) {
+    let (mut timeout, mut max) = (None, None);
+    for part in v.split(',') {
+        let Some((k, val)) = part.split_once('=') else {
+            continue;
+        };
+        let val = val.trim().trim_matches('"');
+        match k.trim().to_ascii_lowercase().as_str() {
+            "timeout" => timeout = val.parse::<u64>().ok().map(Duration::from_secs),
+            "max" => max = val.parse().ok(),
+            _ => {}
+        }
+    }
+    (timeout, max)
+}
+
+/// Measures a server's idle timeout: sends `HEAD path`, then waits up to `limit` for the
+/// server to close the idle connection. `Ok(None)`: it stayed open (no timeout below `limit`).
+pub async fn probe_idle_timeout(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<Option<Duration>, String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let req =
+        format!("HEAD {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edge-keepalive-probe\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    // Read the response header (HEAD: no body).
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read_header = async {
+        loop {
+            let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed before answering".to_string());
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(());
+            }
+            if head.len() > 64 << 10 {
+                return Err("response header too large".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_header)
+        .await
+        .map_err(|_| "no answer within 10s".to_string())??;
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    if text.contains("\r\nconnection: close") {
+        return Err("the server closes after every response".to_string());
+    }
+    let idle_since = std::time::Instant::now();
+    match tokio::time::timeout(limit, s.read(&mut buf)).await {
+        Err(_) => Ok(None),
+        Ok(Ok(0)) | Ok(Err(_)) => Ok(Some(idle_since.elapsed())),
+        Ok(Ok(_)) => Err("unexpected data on an idle connection".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_header() {
+        assert_eq!(
+            parse_keep_alive("timeout=5, max=100"),
+            (Some(Duration::from_secs(5)), Some(100))
+        );
+        assert_eq!(parse_keep_alive("max=3"), (None, Some(3)));
+        assert_eq!(parse_keep_alive("bogus"), (None, None));
+    }
+
+    #[test]
+    fn learned_value_only_shortens_the_configured_one() {
+        let l = IdleLearning::default();
+        let configured = Duration::from_secs(55);
+        assert_eq!(l.effective_idle(configured, true, None), configured);
+        l.ttfb(Duration::from_millis(10));
+        l.header_said(Duration::from_secs(5));
+        assert_eq!(
+            l.effective_idle(configured, true, None),
+            Duration::from_millis(5000 - 25)
+        );
+        l.probe_measured(Some(Duration::from_millis(1000)));
+        assert_eq!(
+            l.effective_idle(configured, true, None),
+            Duration::from_millis(1000 - 25)
+        );
+        l.found_closed_at(Duration::from_millis(800));
+        assert_eq!(l.learned(), Some(Duration::from_millis(800)));
+        assert_eq!(
+            l.effective_idle(Duration::from_millis(100), true, None),
+            Duration::from_millis(100),
+            "never longer than configured"
+        );
+        assert_eq!(l.effective_idle(configured, false, None), configured);
+        assert_eq!(
+            l.effective_idle(configured, true, Some(Duration::from_millis(300))),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn rtt_tracks_the_minimum_and_creeps_up() {
+        let l = IdleLearning::default();
+        l.ttfb(Duration::from_millis(10));
+        l.ttfb(Duration::from_millis(2));
+        assert_eq!(l.margin(None), Duration::from_millis(9));
+        for _ in 0..200 {
+            l.ttfb(Duration::from_millis(20));
+        }
+        assert!(l.margin(None) > Duration::from_millis(30));
+    }
+}
