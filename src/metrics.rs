@@ -128,7 +128,8 @@ impl Metrics {
             &r,
             "edge_upstream_connections_closed_total",
             "Upstream connections not kept, by reason. Closed by the edge after a response: \
-             max_requests, pool_full, pooling_off, origin_max (the origin's Keep-Alive max). \
+             max_requests, pool_full, pooling_off, origin_max (the origin's Keep-Alive max), \
+             stale_for_unsafe (a POST refused a pooled connection idle past the learned limit). \
              Closed by the origin: origin_close (it said Connection: close), origin_idle (found \
              closed when reused: a race the learned idle timeout should prevent).",
             &["origin", "reason"],
@@ -325,6 +326,8 @@ pub struct OriginMetrics {
     pub closed_by_origin: IntCounter,
     /// A pooled connection was found closed by the origin on reuse.
     pub closed_origin_idle: IntCounter,
+    /// A non-retryable request refused a pooled connection idle past the current limit.
+    pub closed_stale_for_unsafe: IntCounter,
     /// Requests that hit a pooled connection the origin had closed: retried on a new one...
     pub lost_connection_retried: IntCounter,
     /// ...or failed because they could not be retried (the figure that must stay at zero).
@@ -368,6 +371,9 @@ impl OriginMetrics {
             closed_origin_idle: m
                 .upstream_closed_by_edge
                 .with_label_values(&[origin, "origin_idle"]),
+            closed_stale_for_unsafe: m
+                .upstream_closed_by_edge
+                .with_label_values(&[origin, "stale_for_unsafe"]),
             lost_connection_retried: m
                 .upstream_connection_lost
                 .with_label_values(&[origin, "retried"]),

@@ -381,21 +381,29 @@ impl ProxyHttp for EdgeProxy {
         } else {
             String::new()
         };
-        let Some(idx) = origin.pick(key.as_bytes(), &ctx.tried) else {
-            return Error::e_explain(
-                ErrorType::ConnectRefused,
-                format!("origin {}: every server was tried", origin.name),
-            );
-        };
-        ctx.tried.push(idx);
-        let server = &origin.servers[idx];
+        // After a pooled connection turned out closed (or too old for this request), the same
+        // server is asked again, on a new connection: the server is fine, the connection was not.
         let fresh = std::mem::take(&mut ctx.fresh_connection);
+        let idx = match ctx.tried.last() {
+            Some(&last) if fresh => last,
+            _ => {
+                let Some(idx) = origin.pick(key.as_bytes(), &ctx.tried) else {
+                    return Error::e_explain(
+                        ErrorType::ConnectRefused,
+                        format!("origin {}: every server was tried", origin.name),
+                    );
+                };
+                ctx.tried.push(idx);
+                idx
+            }
+        };
+        let server = &origin.servers[idx];
         Ok(server.peer(origin.idle_limit(server), fresh))
     }
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
@@ -407,10 +415,31 @@ impl ProxyHttp for EdgeProxy {
         };
         let server = &origin.servers[idx];
         server.health().connect_succeeded();
-        ctx.reused = Some(reused);
         let timing = digest
             .and_then(|d| d.timing_digest.first())
             .and_then(|t| t.as_ref());
+        let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
+        let conn = self.edge.ledger.record(fd, established);
+        if reused && !replayable(session) {
+            // A request nobody may retry never rides a pooled connection that has been idle
+            // past the current limit (it was pooled under an older, longer one): it takes
+            // another connection instead. Nothing was sent, so this refusal is always safe.
+            let limit = origin.idle_limit(server);
+            if conn.idle_age.is_some_and(|age| age > limit) {
+                ctx.fresh_connection = true;
+                origin.metrics.closed_stale_for_unsafe.inc();
+                let mut e = Error::explain(
+                    STALE_POOLED_CONNECTION,
+                    format!(
+                        "pooled connection idle {:?} > {limit:?}",
+                        conn.idle_age.unwrap_or_default()
+                    ),
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        ctx.reused = Some(reused);
         if reused {
             origin.metrics.reused.inc();
         } else {
@@ -420,8 +449,6 @@ impl ProxyHttp for EdgeProxy {
                 origin.metrics.connect.observe(t.as_secs_f64());
             }
         }
-        let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
-        let conn = self.edge.ledger.record(fd, established);
         let in_flight = InFlight::new(server.state.clone());
         let ka = &origin.config.keepalive;
         ctx.close = close_reason(
@@ -531,6 +558,23 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The origin has sent its last byte: its idle timer runs from about now, and the
+            // connection goes back to the pool.
+            if let Some((fd, established, _)) = ctx.upstream_conn.take() {
+                self.edge.ledger.idle(fd, established);
+            }
+        }
+        Ok(None)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -574,6 +618,10 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &STALE_POOLED_CONNECTION {
+            // Refused before sending anything (see connected_to_upstream): retry is safe.
+            return e;
+        }
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
@@ -632,8 +680,8 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight = None;
-        if let Some((fd, established, _)) = ctx.upstream_conn {
-            // Its response is done: if it went back to the pool, it is idle from now.
+        if let Some((fd, established, _)) = ctx.upstream_conn.take() {
+            // A response without a body end seen above: idle from now at the latest.
             self.edge.ledger.idle(fd, established);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -805,4 +853,13 @@ impl EdgeProxy {
             origin.metrics.lost_connection_failed.inc();
         }
     }
+}
+
+/// The error by which a non-retryable request refuses a pooled connection idle too long.
+const STALE_POOLED_CONNECTION: ErrorType = ErrorType::Custom("stale pooled connection");
+
+/// Whether the request may be sent again if its connection fails: an idempotent method and a
+/// body Pingora can still replay.
+fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
 }

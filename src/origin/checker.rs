@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::health::{probe, CHECKER_TICK};
-use super::keepalive::probe_idle_timeout;
+use super::keepalive::{probe_idle_timeout, PROBE_SAMPLES};
 use super::Origin;
 use crate::live::Edge;
 use std::time::Duration;
@@ -41,25 +41,39 @@ impl HealthChecker {
                     .health_check()
                     .map_or("/", |h| h.path.as_str())
                     .to_string();
-                match probe_idle_timeout(server.addr, &host, &path, limit).await {
-                    Ok(found) => {
-                        server.state.idle.probe_measured(found);
-                        if let Some(t) = found {
-                            info!(
-                                "origin {} server {} closes idle connections after {:?}; pooled \
-                                 connections to it now idle at most {:?}",
-                                origin.name,
-                                server.address,
-                                t,
-                                origin.idle_limit(&server)
-                            );
-                        }
+                // Several connections at once: the earliest close is the timeout, the spread
+                // is the origin's timer slack.
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..PROBE_SAMPLES {
+                    let (host, path) = (host.clone(), path.clone());
+                    let addr = server.addr;
+                    set.spawn(async move { probe_idle_timeout(addr, &host, &path, limit).await });
+                }
+                let mut samples = Vec::new();
+                while let Some(r) = set.join_next().await {
+                    match r {
+                        Ok(Ok(found)) => samples.push(found),
+                        Ok(Err(e)) => log::debug!(
+                            "origin {} server {}: idle timeout probe failed: {e}",
+                            origin.name,
+                            server.address
+                        ),
+                        Err(_) => {}
                     }
-                    Err(e) => log::debug!(
-                        "origin {} server {}: idle timeout probe failed: {e}",
+                }
+                if samples.is_empty() {
+                    return;
+                }
+                server.state.idle.probe_measured(&samples);
+                if let Some(t) = server.state.idle.learned() {
+                    info!(
+                        "origin {} server {} closes idle connections after {:?}; pooled \
+                         connections to it now idle at most {:?}",
                         origin.name,
-                        server.address
-                    ),
+                        server.address,
+                        t,
+                        origin.idle_limit(&server)
+                    );
                 }
             });
         }

@@ -29,8 +29,14 @@ const NONE: u64 = u64::MAX;
 pub struct IdleLearning {
     /// From the origin's `Keep-Alive: timeout=`, in ms.
     header_ms: AtomicU64,
-    /// From probes and from connections found closed, in ms.
+    /// From the last probe round: the earliest close among its samples, in ms.
     measured_ms: AtomicU64,
+    /// How much the samples of the last probe round spread, in ms: the origin's timer slack.
+    jitter_ms: AtomicU64,
+    /// The shortest idle age at which a pooled connection was found closed, in ms, and when
+    /// (ms since start); it caps what probes say for `FOUND_CLOSED_MEMORY`.
+    found_closed_ms: AtomicU64,
+    found_closed_at_ms: AtomicU64,
     /// Running estimate of the smallest time to first byte, in µs.
     rtt_us: AtomicU64,
     /// When the next probe is due, in ms since the process started (0: now).
@@ -39,6 +45,13 @@ pub struct IdleLearning {
 
 /// How often a server's idle timeout is measured again (origins get reconfigured).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Probe connections per measurement; the earliest close counts, the spread is the slack.
+pub const PROBE_SAMPLES: usize = 3;
+
+/// How long a connection found closed early keeps capping the learned value (then probes
+/// alone decide again, so a lengthened origin timeout is noticed).
+const FOUND_CLOSED_MEMORY: Duration = Duration::from_secs(600);
 
 fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -55,6 +68,9 @@ impl Default for IdleLearning {
             measured_ms: AtomicU64::new(NONE),
             rtt_us: AtomicU64::new(NONE),
             next_probe_ms: AtomicU64::new(0),
+            jitter_ms: AtomicU64::new(0),
+            found_closed_ms: AtomicU64::new(NONE),
+            found_closed_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -64,13 +80,18 @@ fn get(a: &AtomicU64) -> Option<u64> {
 }
 
 impl IdleLearning {
-    /// The server's idle timeout as learned, if anything was.
+    /// The server's idle timeout as learned, if anything was: the lowest of what the header
+    /// said, what the last probes measured, and (recently) what a closed connection showed.
     pub fn learned(&self) -> Option<Duration> {
-        match (get(&self.header_ms), get(&self.measured_ms)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map(Duration::from_millis)
+        let found = get(&self.found_closed_ms).filter(|_| {
+            now_ms().saturating_sub(self.found_closed_at_ms.load(Ordering::Relaxed))
+                < FOUND_CLOSED_MEMORY.as_millis() as u64
+        });
+        [get(&self.header_ms), get(&self.measured_ms), found]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Duration::from_millis)
     }
 
     /// Whether a probe is due now; if so, the next one is scheduled (one prober at a time).
@@ -99,19 +120,37 @@ impl IdleLearning {
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// A probe measured the timeout (or found none within its limit: `None`).
-    pub fn probe_measured(&self, timeout: Option<Duration>) {
-        self.measured_ms.store(
-            timeout.map_or(NONE, |t| t.as_millis() as u64),
-            Ordering::Relaxed,
-        );
+    /// A probe round measured these close times (`None`: a connection stayed open past the
+    /// probe's limit).
+    pub fn probe_measured(&self, samples: &[Option<Duration>]) {
+        let closed: Vec<u64> = samples
+            .iter()
+            .flatten()
+            .map(|t| t.as_millis() as u64)
+            .collect();
+        match (closed.iter().min(), closed.iter().max()) {
+            (Some(&lo), Some(&hi)) => {
+                self.measured_ms.store(lo, Ordering::Relaxed);
+                self.jitter_ms.store(hi - lo, Ordering::Relaxed);
+            }
+            _ => {
+                self.measured_ms.store(NONE, Ordering::Relaxed);
+                self.jitter_ms.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A pooled connection was found closed after being idle for `age`: the timeout is at
-    /// most that.
+    /// most that, whatever probes say, for a while.
     pub fn found_closed_at(&self, age: Duration) {
-        self.measured_ms
-            .fetch_min(age.as_millis() as u64, Ordering::Relaxed);
+        let age = age.as_millis() as u64;
+        let prev = get(&self.found_closed_ms).filter(|_| {
+            now_ms().saturating_sub(self.found_closed_at_ms.load(Ordering::Relaxed))
+                < FOUND_CLOSED_MEMORY.as_millis() as u64
+        });
+        self.found_closed_ms
+            .store(prev.map_or(age, |p| p.min(age)), Ordering::Relaxed);
+        self.found_closed_at_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Feeds a time to first byte; the estimate follows the minimum and creeps up 1/64 per
@@ -129,10 +168,18 @@ impl IdleLearning {
             });
     }
 
+    /// Twice the round trip (the request must reach the origin before its timer fires, and
+    /// our idle clock starts half a round trip after the origin's), plus the origin's timer
+    /// slack, plus 5 ms for our own timers. The slack is the spread the probe samples showed,
+    /// but at least a tenth of the timeout: a busy origin's timers fire late by tens of
+    /// milliseconds, so any one measurement can overstate when it closes (seen on loopback:
+    /// 300 ms timers closing at 300 to 330 ms). A tenth less idle time costs almost no reuse.
     pub fn margin(&self, override_margin: Option<Duration>) -> Duration {
         override_margin.unwrap_or_else(|| {
             let rtt = get(&self.rtt_us).map_or(Duration::ZERO, Duration::from_micros);
-            rtt * 2 + Duration::from_millis(5)
+            let spread = Duration::from_millis(self.jitter_ms.load(Ordering::Relaxed));
+            let slack = spread.max(self.learned().unwrap_or_default() / 10);
+            rtt * 2 + slack + Duration::from_millis(5)
         })
     }
 
@@ -241,14 +288,18 @@ mod tests {
         assert_eq!(l.effective_idle(configured, true, None), configured);
         l.ttfb(Duration::from_millis(10));
         l.header_said(Duration::from_secs(5));
+        // margin: 2 x 10 ms round trip + a tenth of 5 s + 5 ms
         assert_eq!(
             l.effective_idle(configured, true, None),
-            Duration::from_millis(5000 - 25)
+            Duration::from_millis(5000 - 525)
         );
-        l.probe_measured(Some(Duration::from_millis(1000)));
+        l.probe_measured(&[
+            Some(Duration::from_millis(1000)),
+            Some(Duration::from_millis(1000)),
+        ]);
         assert_eq!(
             l.effective_idle(configured, true, None),
-            Duration::from_millis(1000 - 25)
+            Duration::from_millis(1000 - 125)
         );
         l.found_closed_at(Duration::from_millis(800));
         assert_eq!(l.learned(), Some(Duration::from_millis(800)));
@@ -265,11 +316,49 @@ mod tests {
     }
 
     #[test]
+    fn probes_take_the_earliest_close_and_their_spread_widens_the_margin() {
+        let l = IdleLearning::default();
+        l.probe_measured(&[
+            Some(Duration::from_millis(320)),
+            Some(Duration::from_millis(300)),
+            None,
+        ]);
+        assert_eq!(l.learned(), Some(Duration::from_millis(300)));
+        assert_eq!(
+            l.margin(None),
+            Duration::from_millis(30 + 5),
+            "a tenth beats a 20 ms spread"
+        );
+        l.probe_measured(&[
+            Some(Duration::from_millis(300)),
+            Some(Duration::from_millis(380)),
+        ]);
+        assert_eq!(
+            l.margin(None),
+            Duration::from_millis(80 + 5),
+            "a wide spread beats a tenth"
+        );
+        l.found_closed_at(Duration::from_millis(290));
+        l.probe_measured(&[Some(Duration::from_millis(310))]);
+        assert_eq!(
+            l.learned(),
+            Some(Duration::from_millis(290)),
+            "a failure caps later probes"
+        );
+        l.probe_measured(&[None, None]);
+        assert_eq!(l.learned(), Some(Duration::from_millis(290)));
+    }
+
+    #[test]
     fn rtt_tracks_the_minimum_and_creeps_up() {
         let l = IdleLearning::default();
         l.ttfb(Duration::from_millis(10));
         l.ttfb(Duration::from_millis(2));
-        assert_eq!(l.margin(None), Duration::from_millis(9));
+        assert_eq!(
+            l.margin(None),
+            Duration::from_millis(9),
+            "nothing learned yet: no slack"
+        );
         for _ in 0..200 {
             l.ttfb(Duration::from_millis(20));
         }
