@@ -113,16 +113,29 @@ panels = [
        "miss, expired (refetched), request (client asked for fresh), bypass (route/method/rule).",
        [(f'sum by (cache) (rate(edge_requests_total{{{O},route=~"$route"}}{R}))', "{{cache}}")],
        unit="reqps", x=0, y=64),
+    ts("Upstream idle timeouts: learned and effective",
+       "Each server's own idle timeout as the edge learned it, and how long its pooled connections "
+       "may now stay idle (the configured idle_timeout, or the learned one minus a safety margin). "
+       "Effective should stay below learned.",
+       [(f'max by (origin, server) (edge_upstream_idle_timeout_learned_seconds{{{O}}})', "learned {{origin}} {{server}}"),
+        (f'max by (origin, server) (edge_upstream_idle_timeout_effective_seconds{{{O}}})', "effective {{origin}} {{server}}")],
+       unit="s", x=12, y=64),
+    ts("Requests that met a closed pooled connection",
+       "retried: an idempotent request found its pooled connection closed by the origin and was "
+       "retried on a new one (costs a round trip). failed: it could not be retried. Good: failed "
+       "at zero, retried near zero (learning keeps connections clear of origins' timeouts).",
+       [(f'sum by (origin, outcome) (rate(edge_upstream_connection_lost_total{{{O}}}{R}))', "{{origin}} {{outcome}}")],
+       unit="ops", x=0, y=72),
     ts("Config reloads",
        "Reloads per result over the last 5 minutes, and seconds since the last successful one. "
        "A failure means the previous config keeps serving: POST /reload or the log says why.",
        [('sum by (result) (increase(edge_config_reloads_total[5m]))', "{{result}}"),
         ('time() - max(edge_config_last_reload_success_timestamp_seconds > 0)', "seconds since last success")],
-       x=0, y=48),
+       x=0, y=80),
     ts("Config version in force",
        "One line per config version (hash of the file); a step shows when it changed.",
        [('max by (version) (edge_config_info)', "{{version}}")],
-       x=12, y=48, minv=0, maxv=1),
+       x=12, y=80, minv=0, maxv=1),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1
