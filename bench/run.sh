@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# bench/run.sh: edge beside nginx (the classic caching reverse proxy) and a bare Pingora proxy,
+# measured in turns within one run on this machine. Prints a markdown table (also saved to
+# $RUN/table.md) for BENCHMARKS.md.
+#
+#   bash bench/run.sh                      # everything (~4 minutes)
+#   DURATION=5 SCENARIOS="pass1k" bash bench/run.sh
+#
+# Scenarios (wrk, $CONNS connections, $WRK_THREADS thread, $DURATION s after a warm-up):
+#   hit1k, hit100k : one cacheable object, served from the proxy's cache
+#   pass1k         : an uncacheable (no-store) 1 KiB object, every request goes to the origin
+#   miss1k         : a new URL per request against an origin that answers after $MISS_DELAY_MS
+#                    ms (every request is a cache miss; measures the fill path and reuse)
+# Per proxy: req/s, requests per CPU-second of the proxy's processes (the fair figure when wrk,
+# origin and proxy share 2 cores), p50/p99 latency, upstream TCP connections opened (counted at
+# the origin), peak RSS (VmHWM summed over the proxy's processes).
+#
+# Only processes started here are stopped (by PID); loopback only; every load is time-bounded.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+RUN=${RUN:-/tmp/edge-bench}
+SHM=${SHM:-/dev/shm/edge-bench}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+WORKERS=${WORKERS:-2}                       # proxy threads / nginx workers
+MISS_DELAY_MS=${MISS_DELAY_MS:-10}
+SCENARIOS=${SCENARIOS:-"hit1k hit100k pass1k miss1k"}
+PROXIES=${PROXIES:-"nginx pingora edge"}
+BARE=${BARE:-$ROOT/../shared/bench/bare-pingora}   # optional: the bare Pingora anchor
+PORT_ORIGIN=19180; PORT_SLOW=19190
+declare -A PORT=([nginx]=19181 [pingora]=19183 [edge]=19185)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- setup
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v cmake >/dev/null || need+=(cmake)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+    || die "apt-get install failed"
+fi
+log "building edge and the bench origin (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin edge --example bench_origin) || die "build failed"
+EDGE=$ROOT/target/release/edge
+SLOW=$ROOT/target/release/examples/bench_origin
+BARE_BIN=""
+if [[ -f $BARE/Cargo.toml ]]; then
+  log "building bare-pingora from $BARE"
+  CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
+    && BARE_BIN=$RUN/bare-target/release/bare-pingora
+fi
+[[ -z $BARE_BIN ]] && PROXIES=${PROXIES//pingora/} && log "no bare-pingora: skipped"
+
+mkdir -p "$RUN" "$SHM/www/nostore"
+head -c 1024 /dev/zero | tr '\0' 'a' >"$SHM/www/1k"
+head -c 102400 /dev/zero | tr '\0' 'b' >"$SHM/www/100k"
+cp "$SHM/www/1k" "$SHM/www/nostore/1k"
+
+declare -A PID=()
+stop() { local p=${PID[$1]:-}; [[ -n $p ]] || return 0
+  kill -TERM "$p" 2>/dev/null; for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; unset "PID[$1]"; }
+stop_all() { for n in "${!PID[@]}"; do stop "$n"; done; }
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+launch() { local name=$1 port=$2; shift 2; "$@" >"$RUN/$name.out" 2>&1 & PID[$name]=$!
+  wait_port "$port" || die "$name did not listen on $port (see $RUN/$name.out)"; }
+
+# The origin: nginx serving tmpfs, counting connections per scenario tag.
+mkdir -p "$RUN/origin"
+cat >"$RUN/origin/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $RUN/origin/nginx.pid; error_log $RUN/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+  sendfile on; keepalive_requests 100000; keepalive_timeout 65;
+  log_format conn '\$connection \$connection_requests \$http_x_bench';
+  server {
+    listen 127.0.0.1:$PORT_ORIGIN backlog=4096;
+    access_log $RUN/origin/access.log conn buffer=64k flush=1s;
+    root $SHM/www;
+    location / { add_header Cache-Control "max-age=3600"; }
+    location /nostore/ { add_header Cache-Control "no-store"; }
+  }
+}
+CONF
+launch origin $PORT_ORIGIN nginx -e "$RUN/origin/error.log" -p "$RUN/origin" -c "$RUN/origin/nginx.conf"
+launch slow $PORT_SLOW "$SLOW" 127.0.0.1:$PORT_SLOW "$MISS_DELAY_MS"
+
+start_proxy() {  # name upstream_port
+  local name=$1 up=$2 port=${PORT[$1]} d="$RUN/$1"; rm -rf "$d" "$SHM/cache-$1"; mkdir -p "$d"
+  case $name in
+  nginx)
+    cat >"$d/nginx.conf" <<CONF
+worker_processes $WORKERS; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off; sendfile on; tcp_nopush off; tcp_nodelay on; keepalive_requests 100000;
+  proxy_cache_path $SHM/cache-nginx levels=1:2 keys_zone=edge:10m max_size=512m inactive=10m use_temp_path=off;
+  upstream origin { server 127.0.0.1:$up; keepalive 64; }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_cache edge; }
+  }
+}
+CONF
+    launch "$name" "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" ;;
+  pingora)
+    local mode=nocache; [[ $SCENARIO == hit* ]] && mode=cache
+    BP_THREADS=$WORKERS launch "$name" "$port" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$up" "$mode" ;;
+  edge)
+    cat >"$d/edge.yaml" <<CONF
+server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
+listen: ["127.0.0.1:$port"]
+log: {level: warn, access: false}
+cache: {max_size: 512MiB}
+origins:
+  o:
+    servers: ["127.0.0.1:$up"]
+    keepalive: {idle_timeout: 60s, pool_size: 128, max_requests: 100000}
+routes:
+  - {origin: o}
+CONF
+    launch "$name" "$port" "$EDGE" -c "$d/edge.yaml" ;;
+  esac
+}
+
+tree() { local p=$1; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree "$c"; done; }
+cpu_ticks() { local t=0 v; for p in $(tree "$1"); do v=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
+rss_mib() { local kb=0 v; for p in $(tree "$1"); do v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null) && kb=$((kb+${v:-0})); done; awk -v k=$kb 'BEGIN{printf "%.1f", k/1024}'; }
+to_ms() { awk -v t="$1" 'BEGIN{v=t+0; if(t~/us$/)v/=1000; else if(t~/ms$/)v=v; else if(t~/s$/)v*=1000; printf "%.2f",v}'; }
+
+# A Lua script giving wrk a new URL per request (misses).
+cat >"$RUN/unique.lua" <<'LUA'
+local n = 0
+request = function() n = n + 1; return wrk.format("GET", "/m/" .. n .. "/" .. math.random(1e9)) end
+LUA
+
+run_wrk() {  # port path secs tag out [lua]
+  local extra=(); [[ -n ${6:-} ]] && extra=(-s "$6")
+  timeout $(($3 + 20)) wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3s" --timeout 5s --latency "${extra[@]}" \
+    -H "X-Bench: $4" "http://127.0.0.1:$1$2" >"$5" 2>&1
+}
+
+CLK=$(getconf CLK_TCK)
+echo "| proxy | scenario | req/s | req/CPU-s | p50 ms | p99 ms | errors | upstream conns | peak RSS MiB |" >"$RUN/table.md"
+echo "|---|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
+for SCENARIO in $SCENARIOS; do
+  case $SCENARIO in
+    hit1k) path=/1k; up=$PORT_ORIGIN; lua="" ;;
+    hit100k) path=/100k; up=$PORT_ORIGIN; lua="" ;;
+    pass1k) path=/nostore/1k; up=$PORT_ORIGIN; lua="" ;;
+    miss1k) path=/; up=$PORT_SLOW; lua=$RUN/unique.lua ;;
+  esac
+  for p in $PROXIES; do
+    start_proxy "$p" "$up"
+    port=${PORT[$p]}; tag="$p-$SCENARIO"
+    if [[ $SCENARIO == miss1k ]]; then before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}'); fi
+    run_wrk "$port" "$path" "$WARMUP" "warm-$tag" /dev/null "$lua"
+    c0=$(cpu_ticks "${PID[$p]}")
+    [[ $SCENARIO == miss1k ]] && before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}')
+    run_wrk "$port" "$path" "$DURATION" "$tag" "$RUN/wrk-$tag.txt" "$lua"
+    c1=$(cpu_ticks "${PID[$p]}")
+    f=$RUN/wrk-$tag.txt
+    reqs=$(awk '/requests in/{print $1}' "$f"); rps=$(awk '/^Requests\/sec:/{print $2}' "$f")
+    p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$f")"); p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$f")")
+    errs=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",","");n+=$4+$6+$8+$10} END{print n+0}' "$f")
+    cpu_s=$(awk -v d=$((c1-c0)) -v hz=$CLK 'BEGIN{printf "%.2f", d/hz}')
+    per_cpu=$(awk -v r="${reqs:-0}" -v c="$cpu_s" 'BEGIN{ if (c>0) printf "%.0f", r/c; else print "n/a"}')
+    if [[ $SCENARIO == miss1k ]]; then
+      after=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}')
+      conns=$(( after - before - 1 ))   # less the /__stats request's own connection
+    else
+      sleep 1.3   # nginx flushes its access log every second
+      conns=$(awk -v t="$tag" '$3==t && $2==1 {n++} END{print n+0}' "$RUN/origin/access.log")
+    fi
+    rss=$(rss_mib "${PID[$p]}")
+    log "$p $SCENARIO: $rps req/s, $per_cpu req/CPU-s, p99 ${p99} ms, $conns upstream conns"
+    echo "| $p | $SCENARIO | ${rps:-0} | $per_cpu | $p50 | $p99 | $errs | $conns | $rss |" >>"$RUN/table.md"
+    stop "$p"
+  done
+done
+echo
+echo "bench: $(nproc) cores, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $WORKERS proxy threads, miss delay ${MISS_DELAY_MS} ms, $(date -u +%F)"
+cat "$RUN/table.md"
