@@ -75,8 +75,8 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 launch() { local name=$1 port=$2; shift 2; "$@" >"$RUN/$name.out" 2>&1 & PID[$name]=$!
   wait_port "$port" || die "$name did not listen on $port (see $RUN/$name.out)"; }
 
-# The origin: nginx serving tmpfs, counting connections per scenario tag.
-mkdir -p "$RUN/origin"
+# The origin: nginx serving tmpfs, counting connections per scenario tag (a fresh log per run).
+rm -rf "$RUN/origin"; mkdir -p "$RUN/origin"
 cat >"$RUN/origin/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $RUN/origin/nginx.pid; error_log $RUN/origin/error.log warn;
 events { worker_connections 4096; }
@@ -121,6 +121,7 @@ CONF
     cat >"$d/edge.yaml" <<CONF
 server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
 listen: ["127.0.0.1:$port"]
+admin: {listen: "127.0.0.1:$((port + 10))"}
 log: {level: warn, access: false}
 cache: {max_size: 512MiB}
 origins:
@@ -184,6 +185,7 @@ for SCENARIO in $SCENARIOS; do
       conns=$(awk -v t="$tag" '$3==t && $2==1 {n++} END{print n+0}' "$RUN/origin/access.log")
     fi
     rss=$(rss_mib "${PID[$p]}")
+    [[ $p == edge ]] && curl -s "http://127.0.0.1:$((port + 10))/metrics" >"$RUN/metrics-$tag.txt"
     log "$p $SCENARIO: $rps req/s, $per_cpu req/CPU-s, p99 ${p99} ms, $conns upstream conns"
     echo "| $p | $SCENARIO | ${rps:-0} | $per_cpu | $p50 | $p99 | $errs | $conns | $rss |" >>"$RUN/table.md"
     stop "$p"

@@ -820,10 +820,12 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) {
-        let lost_connection = matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        );
+        // Only the origin's side: a client that goes away mid-request is not the origin's close.
+        let lost_connection = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
         if !client_reused || !lost_connection || ctx.fwd_status.is_some() {
             return;
         }

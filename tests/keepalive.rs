@@ -204,3 +204,46 @@ fn client_keepalive_requests_limits_requests_per_connection() {
     assert_eq!(r3.header("connection"), Some("close"));
     assert!(c.wait_for_close(Duration::from_secs(5)).is_some());
 }
+
+#[test]
+fn a_client_leaving_mid_request_is_not_mistaken_for_an_origin_close() {
+    let o = Origin::start("o");
+    o.set_delay(Duration::from_millis(300));
+    // Without the cache (which would go on fetching for the store), the edge gives up the
+    // upstream request as soon as the client is gone.
+    let edge = Edge::start(
+        &web(&o, "idle_timeout: 30s")
+            .replace("{origin: web}", "{origin: web, cache: {enabled: false}}"),
+    );
+    // Warm a pooled connection, then leave while the next request waits for the origin.
+    o.set_delay(Duration::ZERO);
+    assert_eq!(edge.get("example.com", "/warm").status, 200);
+    o.set_delay(Duration::from_millis(300));
+    let mut c = edge.client();
+    c.send_raw_no_wait("GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert!(wait_until(Duration::from_secs(5), || o.request_count() == 2));
+    c.reset(); // the client gives up while the edge waits for the origin
+               // The edge logs the abandoned request once it is over.
+    assert!(wait_until(Duration::from_secs(5), || edge
+        .log()
+        .contains(" /slow ")));
+    let m = edge.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "edge_upstream_connection_lost_total{origin=\"web\",outcome=\"failed\"}"
+        ),
+        0.0
+    );
+    let effective = metric_value(
+        &m,
+        &format!(
+            "edge_upstream_idle_timeout_effective_seconds{{origin=\"web\",server=\"{}\"}}",
+            o.addr
+        ),
+    );
+    assert!(
+        effective > 25.0,
+        "a client disconnect shortened the idle limit to {effective}s"
+    );
+}

@@ -461,6 +461,32 @@ impl Client {
         self.read_response_to(method).expect("a response")
     }
 
+    /// Sends bytes as they are, without reading anything back.
+    pub fn send_raw_no_wait(&mut self, raw: &str) {
+        self.stream.write_all(raw.as_bytes()).expect("request sent");
+    }
+
+    /// Closes the connection with a reset (as load generators and browsers do when they give up).
+    pub fn reset(self) {
+        use std::os::unix::io::AsRawFd;
+        #[repr(C)]
+        struct Linger {
+            onoff: i32,
+            secs: i32,
+        }
+        let l = Linger { onoff: 1, secs: 0 };
+        // SOL_SOCKET = 1, SO_LINGER = 13 on Linux.
+        unsafe {
+            libc_setsockopt(
+                self.stream.as_raw_fd(),
+                1,
+                13,
+                &l as *const Linger as *const std::ffi::c_void,
+                std::mem::size_of::<Linger>() as u32,
+            );
+        }
+    }
+
     /// Sends bytes as they are and reads one response; None if the connection closed first.
     pub fn send_raw(&mut self, raw: &str) -> Option<Response> {
         self.stream.write_all(raw.as_bytes()).ok()?;
@@ -765,6 +791,14 @@ impl Drop for Edge {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "setsockopt"]
+    fn libc_setsockopt(
+        fd: i32,
+        level: i32,
+        name: i32,
+        value: *const std::ffi::c_void,
+        len: u32,
+    ) -> i32;
 }
 
 /// Runs `edge -t -c` on config text; returns (exit code, stderr).
