@@ -75,7 +75,7 @@ impl Metrics {
             &r,
             "edge_requests_total",
             "Client requests answered, by route, origin, status class (2xx..5xx) and cache outcome \
-             (hit, stale, revalidated, miss, expired, request, bypass, none).",
+             (hit, stale, revalidated, miss, expired, pass, request, bypass, none).",
             &["route", "origin", "status", "cache"],
         );
         let response_bytes = counter(

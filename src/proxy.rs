@@ -216,7 +216,7 @@ impl ProxyHttp for EdgeProxy {
         session.cache.enable(
             c.store,
             Some(c.eviction),
-            None,
+            Some(c.predictor),
             Some(c.lock),
             Some({
                 let mut o = CacheOptionOverrides::default();
@@ -339,6 +339,12 @@ impl ProxyHttp for EdgeProxy {
             ctx.fwd_status.is_some(),
             ctx.client_no_cache,
         );
+        if matches!(ctx.cache, Outcome::Miss { stored: false, .. })
+            && session.cache.predicted_uncacheable_reason().is_some()
+        {
+            // Known uncacheable: it went straight to the origin, skipping the lock.
+            ctx.cache = Outcome::Pass;
+        }
         if let (Outcome::Miss { vary, .. }, Some(key)) =
             (&mut ctx.cache, session.cache.maybe_cache_key())
         {

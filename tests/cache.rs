@@ -74,10 +74,16 @@ fn what_must_not_be_stored_is_not() {
     o.set("/auth-public", cc("public, max-age=60", "x"));
     let edge = edge_for(&o, "", "");
     for p in ["/nostore", "/private", "/cookie", "/vary-star", "/none"] {
-        for _ in 0..2 {
-            let r = edge.get("example.com", p);
-            assert_eq!(status_of(&r), "edge; fwd=uri-miss; fwd-status=200", "{p}");
-        }
+        let r = edge.get("example.com", p);
+        assert_eq!(status_of(&r), "edge; fwd=uri-miss; fwd-status=200", "{p}");
+        // Remembered as uncacheable: the next one goes straight to the origin, without the
+        // cache lock (hit-for-pass).
+        let r = edge.get("example.com", p);
+        assert_eq!(
+            status_of(&r),
+            "edge; fwd=uri-miss; fwd-status=200; detail=uncacheable",
+            "{p}"
+        );
         assert_eq!(o.count(p), 2, "{p} was served from cache");
     }
     for _ in 0..2 {
@@ -704,4 +710,25 @@ fn head_requests_on_cold_objects_all_get_answers() {
     for h in handles {
         assert_eq!(h.join().unwrap(), 200);
     }
+}
+
+#[test]
+fn a_url_that_becomes_cacheable_is_cached_again() {
+    let o = Origin::start("o");
+    o.set("/flip", cc("no-store", "a"));
+    let edge = edge_for(&o, "", "");
+    edge.get("example.com", "/flip");
+    assert!(status_of(&edge.get("example.com", "/flip")).contains("detail=uncacheable"));
+    o.set("/flip", cc("max-age=60", "b"));
+    // The bypassed request sees a cacheable response: the URL is off the list.
+    edge.get("example.com", "/flip");
+    let mut stored = false;
+    for _ in 0..3 {
+        let r = edge.get("example.com", "/flip");
+        stored |= status_of(&r).contains("hit");
+    }
+    assert!(
+        stored,
+        "the URL stayed uncacheable after its responses became cacheable"
+    );
 }

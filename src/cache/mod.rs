@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::Predictor;
 
 use crate::config::CacheSettings;
 use eviction::TinyUfoEviction;
@@ -29,6 +30,10 @@ pub struct Cache {
     pub store: &'static Store,
     pub eviction: &'static TinyUfoEviction,
     pub lock: &'static CacheKeyLockImpl,
+    /// Remembers URLs whose responses were uncacheable, so their next requests go straight to
+    /// the origin without queueing on the cache lock (Varnish's hit-for-pass). Pingora takes
+    /// a URL off the list as soon as one of its responses is cacheable again.
+    pub predictor: &'static Predictor<16>,
     pub max_object_size: std::sync::atomic::AtomicUsize,
 }
 
@@ -46,13 +51,21 @@ pub fn cache(settings: &CacheSettings) -> &'static Cache {
             // Age after which a lock is considered abandoned by its writer.
             Duration::from_secs(60),
         )));
+        let predictor: &'static Predictor<16> =
+            Box::leak(Box::new(Predictor::new(4096, Some(per_request_reason))));
         Cache {
+            predictor,
             store,
             eviction,
             lock,
             max_object_size: (settings.max_object_size.0 as usize).into(),
         }
     })
+}
+
+/// Reasons that belong to one request, not to the URL: not remembered.
+fn per_request_reason(reason: &'static str) -> bool {
+    reason == "authorization"
 }
 
 impl Cache {

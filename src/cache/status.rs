@@ -21,6 +21,8 @@ pub enum Outcome {
     Revalidated,
     /// The request does not use the cache (route setting, method, bypass rule).
     Bypass,
+    /// The URL's responses were uncacheable lately: straight to the origin, no lock.
+    Pass,
     /// The client asked for a fresh response (`Cache-Control: no-cache`).
     ClientRevalidate,
     /// Answered by the edge itself (refusal, no route, error).
@@ -68,6 +70,7 @@ impl Outcome {
             Outcome::Expired { .. } => "expired",
             Outcome::Revalidated => "revalidated",
             Outcome::Bypass => "bypass",
+            Outcome::Pass => "pass",
             Outcome::ClientRevalidate => "request",
             Outcome::None => "none",
         }
@@ -132,6 +135,10 @@ impl Outcome {
             }
             Outcome::ClientRevalidate => fwd(&mut s, "request"),
             Outcome::Bypass => fwd(&mut s, "bypass"),
+            Outcome::Pass => {
+                fwd(&mut s, "uri-miss");
+                s.push_str("; detail=uncacheable");
+            }
             Outcome::None => s.push_str("; detail=edge-generated"),
         }
         s
