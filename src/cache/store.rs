@@ -542,10 +542,14 @@ impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         self.written += data.len();
         if !data.is_empty() {
+            // A copy sized to the data: the chunk Pingora hands over may be a slice of a much
+            // larger read buffer, which a stored slice would keep alive (seen: 1 KiB objects
+            // holding ~6 KiB each), and the size accounting would be wrong.
+            let owned = Bytes::copy_from_slice(&data);
             self.chunks
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(data);
+                .push(owned);
         }
         // Wake readers even when not complete: they have new chunks to read.
         self.progress.send_replace(eof);
