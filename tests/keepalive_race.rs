@@ -89,25 +89,23 @@ fn gaps(center: Duration, spread: Duration, n: usize, seed: usize) -> Vec<Durati
         .collect()
 }
 
-/// `clients` keep-alive clients each send `posts` POSTs separated by `gap` pauses; returns the
-/// number of POSTs that did not get a 200.
-fn post_with_gaps(
+/// `clients` keep-alive clients each send `n` requests (built by `request(client, i)`)
+/// separated by idle gaps; returns how many did not get a 200.
+fn requests_with_gaps(
     edge: SocketAddr,
     clients: usize,
-    posts: usize,
+    n: usize,
     center: Duration,
     spread: Duration,
+    request: fn(usize, usize) -> String,
 ) -> usize {
     let handles: Vec<_> = (0..clients)
         .map(|w| {
             thread::spawn(move || {
                 let mut failed = 0;
                 let mut c = Client::connect(edge);
-                for (i, gap) in gaps(center, spread, posts, w).into_iter().enumerate() {
-                    let req = format!(
-                        "POST /order/{w}/{i} HTTP/1.1\r\nHost: shop.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nbuy=1"
-                    );
-                    match c.send_raw(&req) {
+                for (i, gap) in gaps(center, spread, n, w).into_iter().enumerate() {
+                    match c.send_raw(&request(w, i)) {
                         Some(r) if r.status == 200 => {}
                         _ => {
                             failed += 1;
@@ -124,35 +122,14 @@ fn post_with_gaps(
     handles.into_iter().map(|h| h.join().unwrap()).sum()
 }
 
-/// As `post_with_gaps`, with GETs (idempotent: retryable).
-fn gets_with_gaps(
-    edge: SocketAddr,
-    clients: usize,
-    n: usize,
-    center: Duration,
-    spread: Duration,
-) -> usize {
-    let handles: Vec<_> = (0..clients)
-        .map(|w| {
-            thread::spawn(move || {
-                let mut failed = 0;
-                let mut c = Client::connect(edge);
-                for (i, gap) in gaps(center, spread, n, w).into_iter().enumerate() {
-                    let req = format!("GET /item/{w}/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-                    match c.send_raw(&req) {
-                        Some(r) if r.status == 200 => {}
-                        _ => {
-                            failed += 1;
-                            c = Client::connect(edge);
-                        }
-                    }
-                    thread::sleep(gap);
-                }
-                failed
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).sum()
+fn post(w: usize, i: usize) -> String {
+    format!(
+        "POST /order/{w}/{i} HTTP/1.1\r\nHost: shop.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nbuy=1"
+    )
+}
+
+fn get(w: usize, i: usize) -> String {
+    format!("GET /item/{w}/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n")
 }
 
 fn edge_before(relay: &Relay, learn: bool) -> Edge {
@@ -215,16 +192,17 @@ fn learned_idle_timeouts_lose_no_post() {
     let spread = Duration::from_millis(15);
     let center = Duration::from_millis(315);
     let (off_failed, on_failed, header_failed, get_failed) = thread::scope(|s| {
-        let d = s.spawn(|| gets_with_gaps(off_get.addr, CLIENTS, 30, center, spread));
-        let a = s.spawn(|| post_with_gaps(off.addr, CLIENTS, 30, center, spread));
-        let b = s.spawn(|| post_with_gaps(on.addr, CLIENTS, 30, center, spread));
+        let d = s.spawn(|| requests_with_gaps(off_get.addr, CLIENTS, 30, center, spread, get));
+        let a = s.spawn(|| requests_with_gaps(off.addr, CLIENTS, 30, center, spread, post));
+        let b = s.spawn(|| requests_with_gaps(on.addr, CLIENTS, 30, center, spread, post));
         let c = s.spawn(|| {
-            post_with_gaps(
+            requests_with_gaps(
                 on_header.addr,
                 CLIENTS,
                 6,
                 Duration::from_millis(1015),
                 spread,
+                post,
             )
         });
         (
