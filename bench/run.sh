@@ -28,6 +28,7 @@ CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}                       # proxy threads / nginx workers
 MISS_DELAY_MS=${MISS_DELAY_MS:-10}
+CACHE_SIZE=${CACHE_SIZE:-512MiB}            # edge's cache.max_size
 SCENARIOS=${SCENARIOS:-"hit1k hit100k pass1k miss1k"}
 PROXIES=${PROXIES:-"nginx pingora edge"}
 BARE=${BARE:-$ROOT/../shared/bench/bare-pingora}   # optional: the bare Pingora anchor
@@ -123,7 +124,7 @@ server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
 listen: ["127.0.0.1:$port"]
 admin: {listen: "127.0.0.1:$((port + 10))"}
 log: {level: warn, access: false}
-cache: {max_size: 512MiB}
+cache: {max_size: $CACHE_SIZE}
 origins:
   o:
     servers: ["127.0.0.1:$up"]
