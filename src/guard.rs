@@ -6,6 +6,8 @@
 //! Host, and paths that climb out of the root (`..`, also percent-encoded), which an origin's
 //! file server might resolve differently than our router did.
 
+use std::borrow::Cow;
+
 use pingora::http::RequestHeader;
 
 use crate::config::{valid_host, ClientSettings};
@@ -78,6 +80,7 @@ fn check_path(raw: &[u8]) -> Result<(), Refusal> {
     }
     let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
     let decoded = percent_decode(path).ok_or(refuse(400, "bad_path"))?;
+    let decoded: &[u8] = &decoded;
     if decoded.iter().any(|&b| b == 0 || b == b'\\') {
         return Err(refuse(400, "bad_path"));
     }
@@ -88,7 +91,8 @@ fn check_path(raw: &[u8]) -> Result<(), Refusal> {
 }
 
 /// Decodes `%XX` escapes, twice, so `%252e%252e` cannot sneak `..` past a decoding origin.
-fn percent_decode(p: &[u8]) -> Option<Vec<u8>> {
+/// Most paths have no escapes: they are borrowed, not copied.
+fn percent_decode(p: &[u8]) -> Option<Cow<'_, [u8]>> {
     fn once(p: &[u8]) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(p.len());
         let mut i = 0;
@@ -106,14 +110,14 @@ fn percent_decode(p: &[u8]) -> Option<Vec<u8>> {
         Some(out)
     }
     if !p.contains(&b'%') {
-        return Some(p.to_vec());
+        return Some(Cow::Borrowed(p));
     }
     let first = once(p)?;
     if first.contains(&b'%') {
         // A second layer that is not valid escaping is left as is: it is data, not a trick.
-        return Some(once(&first).unwrap_or(first));
+        return Some(Cow::Owned(once(&first).unwrap_or(first)));
     }
-    Some(first)
+    Some(Cow::Owned(first))
 }
 
 #[cfg(test)]

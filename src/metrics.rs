@@ -46,10 +46,17 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
 }
 
+/// Registers a metric and hands it back (a clone shares the same series).
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition"),
+    )
 }
 
 fn histogram(
@@ -59,13 +66,14 @@ fn histogram(
     labels: &[&str],
     buckets: &[f64],
 ) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
+    register(
+        r,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("metric definition"),
     )
-    .expect("metric definition");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
 }
 
 impl Metrics {
@@ -141,70 +149,74 @@ impl Metrics {
              new connection; idempotent requests) or failed (could not be retried: must stay 0).",
             &["origin", "outcome"],
         );
-        let upstream_idle_learned = GaugeVec::new(
-            Opts::new(
-                "edge_upstream_idle_timeout_learned_seconds",
-                "The origin server's own idle timeout as learned (Keep-Alive header, probes, \
+        let upstream_idle_learned = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "edge_upstream_idle_timeout_learned_seconds",
+                    "The origin server's own idle timeout as learned (Keep-Alive header, probes, \
                  closed connections); absent until learned.",
-            ),
-            &["origin", "server"],
-        )
-        .expect("metric definition");
-        r.register(Box::new(upstream_idle_learned.clone()))
-            .expect("unique metric");
-        let upstream_idle_effective = GaugeVec::new(
+                ),
+                &["origin", "server"],
+            )
+            .expect("metric definition"),
+        );
+        let upstream_idle_effective = register(
+            &r,
+            GaugeVec::new(
             Opts::new(
                 "edge_upstream_idle_timeout_effective_seconds",
                 "How long a pooled connection to this server may stay idle now: the configured \
                  idle_timeout, or the learned timeout minus the margin if lower.",
             ),
             &["origin", "server"],
-        )
-        .expect("metric definition");
-        r.register(Box::new(upstream_idle_effective.clone()))
-            .expect("unique metric");
-        let server_up = IntGaugeVec::new(
+        ).expect("metric definition"),
+        );
+        let server_up = register(
+            &r,
+            IntGaugeVec::new(
             Opts::new(
                 "edge_origin_server_up",
                 "1 if an origin server is taking traffic, 0 if health checks or failures took it out.",
             ),
             &["origin", "server"],
-        )
-        .expect("metric definition");
-        r.register(Box::new(server_up.clone()))
-            .expect("unique metric");
+        ).expect("metric definition"),
+        );
         let refused_requests = counter(
             &r,
             "edge_refused_requests_total",
             "Client requests refused by the edge before reaching an origin, by reason.",
             &["reason"],
         );
-        let client_connections = IntCounter::new(
-            "edge_client_connections_total",
-            "Client connections that sent at least one request.",
-        )
-        .expect("metric definition");
-        r.register(Box::new(client_connections.clone()))
-            .expect("unique metric");
-        let client_connections_open = IntGauge::new(
-            "edge_client_connections_open",
-            "Client connections open now (that sent at least one request).",
-        )
-        .expect("metric definition");
-        r.register(Box::new(client_connections_open.clone()))
-            .expect("unique metric");
-        let client_requests_per_connection = Histogram::with_opts(
-            HistogramOpts::new(
-                "edge_client_requests_per_connection",
-                "Requests served on a client connection, observed when it closes.",
+        let client_connections = register(
+            &r,
+            IntCounter::new(
+                "edge_client_connections_total",
+                "Client connections that sent at least one request.",
             )
-            .buckets(vec![
-                1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0,
-            ]),
-        )
-        .expect("metric definition");
-        r.register(Box::new(client_requests_per_connection.clone()))
-            .expect("unique metric");
+            .expect("metric definition"),
+        );
+        let client_connections_open = register(
+            &r,
+            IntGauge::new(
+                "edge_client_connections_open",
+                "Client connections open now (that sent at least one request).",
+            )
+            .expect("metric definition"),
+        );
+        let client_requests_per_connection = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "edge_client_requests_per_connection",
+                    "Requests served on a client connection, observed when it closes.",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0,
+                ]),
+            )
+            .expect("metric definition"),
+        );
         let reloads = counter(
             &r,
             "edge_config_reloads_total",
@@ -215,27 +227,26 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        let last_reload_success = Gauge::with_opts(Opts::new(
-            "edge_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config reload (0 if none since start).",
-        ))
-        .expect("metric definition");
-        r.register(Box::new(last_reload_success.clone()))
-            .expect("unique metric");
-        let config_info = IntGaugeVec::new(
+        let last_reload_success = register(
+            &r,
+            Gauge::with_opts(Opts::new(
+                "edge_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config reload (0 if none since start).",
+            ))
+            .expect("metric definition"),
+        );
+        let config_info = register(
+            &r,
+            IntGaugeVec::new(
             Opts::new(
                 "edge_config_info",
                 "Always 1; the version label identifies the config in force (a hash of its text).",
             ),
             &["version"],
-        )
-        .expect("metric definition");
-        r.register(Box::new(config_info.clone()))
-            .expect("unique metric");
+        ).expect("metric definition"),
+        );
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("metric definition");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
+            register(&r, IntGauge::new(name, help).expect("metric definition"))
         };
         let cache_bytes = gauge(
             "edge_cache_size_bytes",

@@ -257,8 +257,10 @@ fn learned_idle_timeouts_lose_no_post() {
         "edge_upstream_idle_timeout_effective_seconds{{origin=\"shop\",server=\"{}\"}}",
         silent_relay.addr
     ));
+    // Against what is learned now: a probe round during the run may have moved it.
+    let learned_now = learned(&on);
     assert!(
-        effective > 0.2 && effective < t,
-        "effective idle {effective}s vs learned {t}s"
+        effective > 0.2 && effective < learned_now,
+        "effective idle {effective}s vs learned {learned_now}s"
     );
 }

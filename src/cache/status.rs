@@ -76,11 +76,6 @@ impl Outcome {
         }
     }
 
-    /// Whether the response came from the cache.
-    pub fn is_hit(self) -> bool {
-        matches!(self, Outcome::Hit | Outcome::Stale | Outcome::Revalidated)
-    }
-
     /// The `Cache-Status` value; `fwd_status` is the origin's status when it was asked.
     pub fn header(self, meta: Option<&CacheMeta>, fwd_status: Option<u16>) -> String {
         let ttl = || {

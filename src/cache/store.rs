@@ -220,15 +220,27 @@ impl Store {
             .is_some_and(|set| set.iter().any(|k| *k != own))
     }
 
-    /// Removes every variant stored for this URL.
-    pub fn purge_url(&self, url: &str) -> usize {
-        let keys: Vec<HashBinary> = self
-            .read()
-            .by_url
-            .get(url)
+    /// Removes the objects an index lists under `name` (a URL, a tag).
+    fn purge_indexed(
+        &self,
+        index: impl Fn(&Maps) -> &HashMap<Arc<str>, HashSet<HashBinary>>,
+        name: &str,
+    ) -> usize {
+        let keys: Vec<HashBinary> = index(&self.read())
+            .get(name)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         self.remove_many(keys)
+    }
+
+    /// Removes every variant stored for this URL.
+    pub fn purge_url(&self, url: &str) -> usize {
+        self.purge_indexed(|m| &m.by_url, url)
+    }
+
+    /// Removes every object tagged `tag` by its origin.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        self.purge_indexed(|m| &m.by_tag, tag)
     }
 
     /// Removes every object whose URL starts with `prefix`.
@@ -240,17 +252,6 @@ impl Store {
             .filter(|(u, _)| u.starts_with(prefix))
             .flat_map(|(_, s)| s.iter().copied())
             .collect();
-        self.remove_many(keys)
-    }
-
-    /// Removes every object tagged `tag` by its origin.
-    pub fn purge_tag(&self, tag: &str) -> usize {
-        let keys: Vec<HashBinary> = self
-            .read()
-            .by_tag
-            .get(tag)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
         self.remove_many(keys)
     }
 

@@ -810,6 +810,13 @@ fn check_cache(ck: &mut Checker, c: &CacheSettings) {
             &[key("cache"), key("max_object_size")],
             "must be more than 0 and at most max_size",
         );
+    } else if c.max_object_size.0 > 64 << 20 {
+        // The eviction policy weighs objects in KiB with 16 bits: larger ones would be
+        // under-counted, and max_size would no longer bound memory.
+        ck.error(
+            &[key("cache"), key("max_object_size")],
+            format!("at most 64MiB, got {} bytes", c.max_object_size.0),
+        );
     }
     if http::HeaderName::from_bytes(c.targeted_field.as_bytes()).is_err() {
         ck.error(

@@ -118,3 +118,13 @@ fn hosts() {
     assert!(!valid_host("host:port"));
     assert!(!valid_host(""));
 }
+
+#[test]
+fn cache_object_size_is_bounded_by_the_eviction_weights() {
+    let text = format!("{GOOD}cache: {{max_size: 1GiB, max_object_size: 100MiB}}\n");
+    let errs = errors(&text);
+    assert!(
+        errs[0].contains("cache.max_object_size: at most 64MiB"),
+        "{errs:?}"
+    );
+}
