@@ -189,12 +189,12 @@ fn learned_idle_timeouts_lose_no_post() {
     // arrives after the origin closed: idle gaps within a round trip of the moment the origin
     // closes, which is its 300 ms timer plus its scheduling slack. Gaps of 300-330 ms straddle
     // it; the 16 ms round trip is the window.
-    let spread = Duration::from_millis(15);
-    let center = Duration::from_millis(315);
+    let spread = Duration::from_millis(20);
+    let center = Duration::from_millis(320);
     let (off_failed, on_failed, header_failed, get_failed) = thread::scope(|s| {
         let d = s.spawn(|| requests_with_gaps(off_get.addr, CLIENTS, 30, center, spread, get));
-        let a = s.spawn(|| requests_with_gaps(off.addr, CLIENTS, 30, center, spread, post));
-        let b = s.spawn(|| requests_with_gaps(on.addr, CLIENTS, 30, center, spread, post));
+        let a = s.spawn(|| requests_with_gaps(off.addr, CLIENTS, 45, center, spread, post));
+        let b = s.spawn(|| requests_with_gaps(on.addr, CLIENTS, 45, center, spread, post));
         let c = s.spawn(|| {
             requests_with_gaps(
                 on_header.addr,
@@ -212,7 +212,7 @@ fn learned_idle_timeouts_lose_no_post() {
             d.join().unwrap(),
         )
     });
-    let total = CLIENTS * 30;
+    let total = CLIENTS * 45;
     eprintln!(
         "POSTs failed: learning off {off_failed}/{total} (origin lost {}), learning on {on_failed}/{total}, \
          learning on with Keep-Alive header {header_failed}/{}",
