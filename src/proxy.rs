@@ -20,8 +20,10 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::cache::fresh;
 use crate::cache::key as cache_key;
 use crate::cache::status::Outcome;
+use crate::cache::store::FreshHit;
 use crate::cache::{cache, policy};
 use crate::config::{Balance, RouteCache};
 use crate::guard;
@@ -198,8 +200,15 @@ impl ProxyHttp for EdgeProxy {
         ctx.route = Some(route.name.clone());
         ctx.origin = ctx.live.origins.get(&route.origin).cloned();
         ctx.route_cache = Some(route.cache.clone());
+        let hit = fresh::lookup(req, &host, &route.cache, &ctx.live.config.cache);
         ctx.host = host;
-        Ok(false)
+        match hit {
+            Some(hit) => {
+                self.serve_fresh_hit(session, ctx, hit).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -350,15 +359,8 @@ impl ProxyHttp for EdgeProxy {
         {
             *vary = cache(&ctx.live.config.cache).store.has_other_variants(key);
         }
-        if ctx.route_cache.is_some() {
-            let meta = session.cache.maybe_cache_meta();
-            let value = ctx.cache.header(meta, ctx.fwd_status);
-            resp.insert_header("cache-status", value)?;
-        }
-        // Fields meant for this cache alone.
-        resp.remove_header(ctx.live.config.cache.targeted_field.as_str());
-        resp.remove_header("surrogate-key");
-        resp.remove_header("cache-tag");
+        let fresh_until = session.cache.maybe_cache_meta().map(|m| m.fresh_until());
+        client_cache_fields(resp, ctx, fresh_until)?;
         let req = session.req_header();
         if !req.method.is_safe() && resp.status.as_u16() < 400 {
             invalidate_after_unsafe(req, resp, &ctx.host, ctx.route_cache.as_deref(), &ctx.live);
@@ -747,6 +749,23 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// What the client is told about the cache (`Cache-Status`), less the fields meant for this
+/// cache alone. `fresh_until`: of the stored response involved, if any.
+fn client_cache_fields(
+    resp: &mut ResponseHeader,
+    ctx: &RequestCtx,
+    fresh_until: Option<SystemTime>,
+) -> Result<()> {
+    if ctx.route_cache.is_some() {
+        let value = ctx.cache.header(fresh_until, ctx.fwd_status);
+        resp.insert_header("cache-status", value)?;
+    }
+    resp.remove_header(ctx.live.config.cache.targeted_field.as_str());
+    resp.remove_header("surrogate-key");
+    resp.remove_header("cache-tag");
+    Ok(())
+}
+
 /// RFC 9111 section 4.4: a successful unsafe request invalidates the stored responses for its
 /// URI, and for `Location` and `Content-Location` when they are on the same host.
 fn invalidate_after_unsafe(
@@ -789,6 +808,35 @@ fn invalidate_after_unsafe(
 }
 
 impl EdgeProxy {
+    /// Answers with a fresh stored response (see `cache::fresh`), as pingora-cache's hit path
+    /// would have.
+    async fn serve_fresh_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        hit: FreshHit,
+    ) -> Result<()> {
+        ctx.cache = Outcome::Hit;
+        let mut header = fresh::response_header(&hit);
+        client_cache_fields(&mut header, ctx, Some(hit.fresh_until))?;
+        if session.req_header().method == http::Method::HEAD {
+            return session.write_response_header(Box::new(header), true).await;
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        let last = hit.body.len().saturating_sub(1);
+        if hit.body.is_empty() {
+            return session.write_response_body(None, true).await;
+        }
+        for (i, chunk) in hit.body.iter().enumerate() {
+            session
+                .write_response_body(Some(chunk.clone()), i == last)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// What the origin's response says about its connection: `Keep-Alive: timeout=, max=` and
     /// `Connection: close`.
     fn learn_from_response(&self, resp: &ResponseHeader, ctx: &RequestCtx) {

@@ -52,6 +52,67 @@ fn a_fresh_object_is_served_from_cache_with_age_and_cache_status() {
     assert!(wait_until(Duration::from_secs(5), || edge.metric(hits) == 1.0));
 }
 
+/// Plain GETs and HEADs of fresh objects are answered straight from the store; conditional
+/// and range requests take pingora-cache's hit path. Clients must not be able to tell them apart.
+#[test]
+fn both_hit_paths_answer_alike() {
+    let o = Origin::start("o");
+    let with_length = Canned::new(
+        200,
+        &[
+            ("Cache-Control", "max-age=60"),
+            ("ETag", "\"v1\""),
+            ("Surrogate-Key", "t1"),
+        ],
+        &"x".repeat(3000),
+    );
+    o.set("/length", with_length);
+    // No Content-Length: stored from a chunked response, several chunks.
+    let mut chunked = cc("max-age=60", &"y".repeat(50_000));
+    chunked.chunks = 5;
+    o.set("/chunked", chunked);
+    let edge = edge_for(&o, "", "");
+    let mut c = Client::connect(edge.addr);
+    let comparable = |r: &Response| {
+        let mut h = r.headers.clone();
+        h.remove("age");
+        h.remove("cache-status");
+        h
+    };
+    for p in ["/length", "/chunked"] {
+        let miss = c.get("example.com", p);
+        assert!(status_of(&miss).contains("stored"), "{}", status_of(&miss));
+        let plain = c.get("example.com", p);
+        let conditional = c.request("GET", "example.com", p, &["If-None-Match: \"other\""]);
+        let head = c.request("HEAD", "example.com", p, &[]);
+        for r in [&plain, &conditional, &head] {
+            assert_eq!(r.status, 200, "{p}");
+            assert!(
+                status_of(r).starts_with("edge; hit; ttl="),
+                "{p}: {}",
+                status_of(r)
+            );
+            assert!(r.header("age").is_some(), "{p}: a hit carries Age");
+            assert_eq!(
+                r.header("surrogate-key"),
+                None,
+                "{p}: meant for the cache alone"
+            );
+        }
+        assert_eq!(plain.body, miss.body, "{p}");
+        assert_eq!(conditional.body, miss.body, "{p}");
+        assert_eq!(head.body, "", "{p}");
+        assert_eq!(comparable(&plain), comparable(&conditional), "{p}");
+        assert_eq!(comparable(&plain), comparable(&head), "{p}");
+        assert_eq!(o.count(p), 1, "{p}: one origin request");
+    }
+    // Both paths count hits the same way, and keep the connection.
+    let hits =
+        "edge_requests_total{cache=\"hit\",origin=\"web\",route=\"routes[0]\",status=\"2xx\"}";
+    assert!(wait_until(Duration::from_secs(5), || edge.metric(hits) == 6.0));
+    assert_eq!(o.accepted(), 1);
+}
+
 #[test]
 fn what_must_not_be_stored_is_not() {
     let o = Origin::start("o");

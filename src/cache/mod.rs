@@ -3,11 +3,13 @@
 //! coalescing (its cache lock) and ranges.
 //!
 //! - `store`: the storage (bounded, streaming, purge indexes);
+//! - `fresh`: fresh hits answered from the store without pingora-cache's machinery;
 //! - `key`: what identifies an object;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
 pub mod eviction;
+pub mod fresh;
 pub mod key;
 pub mod policy;
 pub mod status;

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use pingora::cache::{CacheMeta, CachePhase, NoCacheReason};
+use pingora::cache::{CachePhase, NoCacheReason};
 
 /// The cache's part in one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +77,12 @@ impl Outcome {
     }
 
     /// The `Cache-Status` value; `fwd_status` is the origin's status when it was asked.
-    pub fn header(self, meta: Option<&CacheMeta>, fwd_status: Option<u16>) -> String {
+    /// `fresh_until`: of the stored response involved, if any.
+    pub fn header(self, fresh_until: Option<SystemTime>, fwd_status: Option<u16>) -> String {
         let ttl = || {
-            meta.map(|m| {
+            fresh_until.map(|until| {
                 let now = SystemTime::now();
-                match m.fresh_until().duration_since(now) {
+                match until.duration_since(now) {
                     Ok(d) => d.as_secs() as i64,
                     Err(e) => -(e.duration().as_secs() as i64),
                 }

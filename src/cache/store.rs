@@ -14,10 +14,11 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -38,12 +39,48 @@ pub const OBJECT_OVERHEAD: usize = 6 << 10;
 
 type Meta = (Vec<u8>, Vec<u8>);
 
+/// Bodies up to this size are stored in one piece (copied once when the fill completes);
+/// larger ones keep the chunks they arrived in, so a fill never holds two copies of a big body.
+const COALESCE_MAX: usize = 4 << 20;
+
+/// When a stored response stops being fresh and what its age counts from, kept beside the
+/// serialized meta for `Store::fresh_hit`.
+#[derive(Clone, Copy)]
+struct Freshness {
+    fresh_until: SystemTime,
+    /// Age is counted from here (the response's arrival or its last revalidation).
+    epoch: SystemTime,
+    /// The response varies by request fields: only pingora-cache's lookup picks the variant.
+    varies: bool,
+}
+
+impl Freshness {
+    fn of(meta: &CacheMeta) -> Freshness {
+        Freshness {
+            fresh_until: meta.fresh_until(),
+            epoch: meta.epoch(),
+            varies: meta.variance().is_some() || meta.headers().contains_key(http::header::VARY),
+        }
+    }
+}
+
+/// A stored response that is fresh now, as `Store::fresh_hit` hands it out.
+pub struct FreshHit {
+    /// The stored header, as the origin sent it (the caller adds Age and its own fields).
+    pub header: ResponseHeader,
+    pub body: Arc<Vec<Bytes>>,
+    pub age: Duration,
+    pub fresh_until: SystemTime,
+}
+
 /// A complete object.
 struct Object {
     meta: Meta,
     /// The stored response header, parsed: a hit clones it instead of decompressing `meta.1`
     /// (pingora's header serialization is zstd; decompressing it was ~40% of a hit's CPU).
     header: ResponseHeader,
+    /// What a fresh hit needs from `meta` without deserializing it.
+    freshness: Freshness,
     body: Arc<Vec<Bytes>>,
     body_len: usize,
     url: Arc<str>,
@@ -211,6 +248,30 @@ impl Store {
         n
     }
 
+    /// The object stored under this primary key if it can be served as it is at `now`: complete,
+    /// fresh, not varying by request fields. Counts the use for eviction, as a hit through
+    /// pingora-cache would. Anything else (stale, varying, still being written, absent) is
+    /// `None`, and pingora-cache's full lookup decides.
+    pub fn fresh_hit(&self, primary: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let maps = self.read();
+        let obj = maps.objects.get(primary)?;
+        let f = obj.freshness;
+        if f.varies || f.fresh_until < now {
+            return None;
+        }
+        let hit = FreshHit {
+            header: obj.header.clone(),
+            body: obj.body.clone(),
+            age: now.duration_since(f.epoch).unwrap_or_default(),
+            fresh_until: f.fresh_until,
+        };
+        let weight = size_of(&obj.meta, obj.body_len, &obj.url);
+        let entry = CacheEntryKey::key_only(obj.compact.clone());
+        drop(maps);
+        self.eviction.access(&entry, weight, f.fresh_until);
+        Some(hit)
+    }
+
     /// Whether variants of this key's URL other than the key's own are stored.
     pub fn has_other_variants(&self, key: &CacheKey) -> bool {
         let own = key.combined_bin();
@@ -328,6 +389,7 @@ impl Storage for Store {
         };
         let handler = Fill {
             header: meta.response_header().clone(),
+            freshness: Freshness::of(meta),
             store: self,
             key: k,
             id,
@@ -382,6 +444,7 @@ impl Storage for Store {
         let new = serialized.0.len() + serialized.1.len();
         obj.meta = serialized;
         obj.header = meta.response_header().clone();
+        obj.freshness = Freshness::of(meta);
         if new >= old {
             self.bytes.fetch_add(new - old, Ordering::Relaxed);
         } else {
@@ -528,6 +591,7 @@ impl HandleHit for Hit {
 /// Writes one object; readers follow it as it fills.
 struct Fill {
     header: ResponseHeader,
+    freshness: Freshness,
     store: &'static Store,
     key: HashBinary,
     id: u64,
@@ -561,12 +625,17 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        // Cheap: chunks are reference-counted; streaming readers keep reading the shared list.
-        let body = self
+        // Chunks are reference-counted; streaming readers keep reading the shared list.
+        let mut body = self
             .chunks
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if body.len() > 1 && self.written <= COALESCE_MAX {
+            // One contiguous body: a hit is then one write after the header instead of one per
+            // chunk the origin happened to send (a 100 KiB object arrives in ~7 of them).
+            body = vec![Bytes::from(body.concat())];
+        }
         let size = size_of(&self.meta, self.written, &self.url);
         let mut maps = self.store.write();
         let still_wanted = maps
@@ -600,6 +669,7 @@ impl HandleMiss for Fill {
             self.key,
             Object {
                 header: self.header.clone(),
+                freshness: self.freshness,
                 meta: self.meta.clone(),
                 body: Arc::new(body),
                 body_len: self.written,

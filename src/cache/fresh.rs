@@ -1,0 +1,74 @@
+//! Fresh hits served straight from the store, before pingora-cache is involved.
+//!
+//! pingora-cache's hit path (cache lock setup, key hashing twice, meta rebuild, hit handler,
+//! range and conditional filters) cost about twice the CPU of the response itself: a 1 KiB hit
+//! ran at ~38k requests per CPU-second against ~60k for a response written directly by the
+//! proxy. Most hits need none of that machinery: a plain GET or HEAD of a fresh object that does
+//! not vary. Those are answered here; everything else (conditional and range requests, client
+//! revalidation, stale or varying objects, objects still being written) falls through to
+//! pingora-cache unchanged, which keeps every RFC 9111 behaviour in one place.
+
+use std::time::SystemTime;
+
+use http::header;
+use pingora::cache::key::CacheHashKey;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::store::FreshHit;
+use super::{cache, key, policy};
+use crate::config::{CacheSettings, RouteCache};
+
+/// Request fields that need pingora-cache's handling of a hit (conditional requests, ranges) or
+/// its refusal of one (credentials, a request body to read first).
+const NEEDS_FULL_PATH: [header::HeaderName; 9] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::AUTHORIZATION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+];
+
+/// The stored response for this request if it can be served as it is, now.
+pub fn lookup(
+    req: &RequestHeader,
+    host: &str,
+    route: &RouteCache,
+    settings: &CacheSettings,
+) -> Option<FreshHit> {
+    if policy::bypass_reason(req, route).is_some()
+        || NEEDS_FULL_PATH.iter().any(|h| req.headers.contains_key(h))
+        || policy::client_wants_revalidation(req)
+    {
+        return None;
+    }
+    let primary = key::for_request(req, host, &route.key).primary_bin();
+    cache(settings).store.fresh_hit(&primary, SystemTime::now())
+}
+
+/// The header sent for a fresh hit, as pingora-cache's hit path builds it: the stored header,
+/// its Age (RFC 9111 section 4), HTTP/1.1 framing, Accept-Ranges.
+pub fn response_header(hit: &FreshHit) -> ResponseHeader {
+    let mut h = hit.header.clone();
+    // An integer always makes a valid header value.
+    let _ = h.insert_header(header::AGE, hit.age.as_secs());
+    h.set_version(http::Version::HTTP_11);
+    let no_body = matches!(h.status.as_u16(), 204 | 304) || h.status.is_informational();
+    // None: no Content-Length; Some(false): one that is not a number.
+    let length_valid = h
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().is_ok_and(|v| v.parse::<u64>().is_ok()));
+    if !no_body && length_valid.is_none() {
+        let _ = h.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+    // A complete 200 of known length could be served in ranges (pingora-cache says so too,
+    // as nginx does).
+    if h.status == http::StatusCode::OK && length_valid == Some(true) {
+        let _ = h.insert_header(header::ACCEPT_RANGES, "bytes");
+    }
+    h
+}
