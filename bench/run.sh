@@ -5,6 +5,7 @@
 #
 #   bash bench/run.sh                      # everything (~4 minutes)
 #   DURATION=5 SCENARIOS="pass1k" bash bench/run.sh
+#   bash bench/ab.sh pingora /tmp/edge-before target/release/edge   # repeated, alternating
 #
 # Scenarios (wrk, $CONNS connections, $WRK_THREADS thread, $DURATION s after a warm-up):
 #   hit1k, hit100k : one cacheable object, served from the proxy's cache
@@ -50,10 +51,10 @@ if ((${#need[@]})); then
 fi
 log "building edge and the bench origin (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin edge --example bench_origin) || die "build failed"
-EDGE=$ROOT/target/release/edge
+EDGE=${EDGE_BIN:-$ROOT/target/release/edge}   # EDGE_BIN: measure another build (bench/ab.sh)
 SLOW=$ROOT/target/release/examples/bench_origin
 BARE_BIN=""
-if [[ -f $BARE/Cargo.toml ]]; then
+if [[ -f $BARE/Cargo.toml && $PROXIES == *pingora* ]]; then
   log "building bare-pingora from $BARE"
   CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
     && BARE_BIN=$RUN/bare-target/release/bare-pingora
