@@ -138,6 +138,16 @@ impl Admin {
         m.cache_objects.set(c.store.objects() as i64);
         m.cache_evictions.set(c.evicted_items() as i64);
         m.cache_evicted_bytes.set(c.evicted_bytes() as i64);
+        // jemalloc's statistics are a snapshot refreshed by advancing its epoch.
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_ok() {
+            if let Ok(b) = stats::allocated::read() {
+                m.memory_allocated.set(b as i64);
+            }
+            if let Ok(b) = stats::resident::read() {
+                m.memory_resident.set(b as i64);
+            }
+        }
     }
 }
 

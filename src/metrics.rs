@@ -42,6 +42,8 @@ pub struct Metrics {
     pub cache_evictions: IntGauge,
     pub cache_evicted_bytes: IntGauge,
     pub cache_purged: IntCounterVec,
+    pub memory_allocated: IntGauge,
+    pub memory_resident: IntGauge,
     pub last_reload_success: Gauge,
     pub config_info: IntGaugeVec,
 }
@@ -262,6 +264,15 @@ impl Metrics {
             "edge_cache_evicted_bytes_total",
             "Bytes evicted to stay within cache.max_size, since start.",
         );
+        let memory_allocated = gauge(
+            "edge_memory_allocated_bytes",
+            "Heap memory in use by live allocations (jemalloc's stats.allocated).",
+        );
+        let memory_resident = gauge(
+            "edge_memory_resident_bytes",
+            "Memory the allocator keeps in RAM (jemalloc's stats.resident): live allocations plus \
+             its caches, metadata and fragmentation; close to the process's RSS.",
+        );
         let cache_purged = counter(
             &r,
             "edge_cache_purged_total",
@@ -278,6 +289,8 @@ impl Metrics {
             cache_evictions,
             cache_evicted_bytes,
             cache_purged,
+            memory_allocated,
+            memory_resident,
             reloads,
             last_reload_success,
             config_info,

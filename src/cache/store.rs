@@ -33,9 +33,10 @@ use tokio::sync::watch;
 /// Memory per object beyond its body and serialized header (the parsed header kept for hits,
 /// index and map entries, TinyUFO's entry, allocator slack), counted in its size so that
 /// `max_size` bounds the memory the cache really takes. Measured with bench/run.sh's miss
-/// scenario (1 KiB objects, `cache.max_size: 32MiB`): 16k objects took ~120 MB of RSS, ~7.3 KiB
-/// each, of which body and header are ~1.2 KiB.
-pub const OBJECT_OVERHEAD: usize = 6 << 10;
+/// scenario (1 KiB objects, `CACHE_SIZE=2GiB`, jemalloc): 59.7k objects took 239 MiB of RSS over
+/// the idle process, ~4.2 KiB each, of which body, serialized header and URL are ~1.2 KiB.
+/// `cargo run --release --example object_cost` shows the store's own share (~3.1 KiB).
+pub const OBJECT_OVERHEAD: usize = 3 << 10;
 
 type Meta = (Vec<u8>, Vec<u8>);
 
@@ -138,6 +139,16 @@ fn stub_header() -> &'static [u8] {
             .map(|(_, h)| h)
             .unwrap_or_default()
     })
+}
+
+/// The response header as stored: parsed from its serialized form, so that it owns its bytes.
+/// The header Pingora hands over holds slices of the whole upstream read buffer (4 KiB or more,
+/// with the start of the body); keeping it would pin that buffer for the object's lifetime:
+/// measured ~4.7 KiB per cached object, more than a small object's body and header together.
+fn owned_header(serialized: &Meta) -> Result<ResponseHeader> {
+    Ok(CacheMeta::deserialize(&serialized.0, &serialized.1)?
+        .response_header()
+        .clone())
 }
 
 /// Builds the `CacheMeta` of a hit from the stored internal fields and the parsed header.
@@ -388,7 +399,7 @@ impl Storage for Store {
             progress: Arc::new(tx),
         };
         let handler = Fill {
-            header: meta.response_header().clone(),
+            header: owned_header(&serialized)?,
             freshness: Freshness::of(meta),
             store: self,
             key: k,
@@ -436,6 +447,7 @@ impl Storage for Store {
     ) -> Result<bool> {
         let k = key.combined_bin();
         let serialized = meta.serialize()?;
+        let header = owned_header(&serialized)?;
         let mut maps = self.write();
         let Some(obj) = maps.objects.get_mut(&k) else {
             return Ok(false);
@@ -443,7 +455,7 @@ impl Storage for Store {
         let old = obj.meta.0.len() + obj.meta.1.len();
         let new = serialized.0.len() + serialized.1.len();
         obj.meta = serialized;
-        obj.header = meta.response_header().clone();
+        obj.header = header;
         obj.freshness = Freshness::of(meta);
         if new >= old {
             self.bytes.fetch_add(new - old, Ordering::Relaxed);
