@@ -229,8 +229,9 @@ fn learned_idle_timeouts_lose_no_post() {
         "no GET met the race: the retry path was not exercised"
     );
     assert_eq!(lost(&off_get), 0.0);
+    // Seen from 2 to 27 losses per run on this machine: at least one shows the race is real.
     assert!(
-        off_failed >= 3,
+        off_failed >= 1,
         "the race did not show without learning ({off_failed} failures): the test proves nothing"
     );
     assert_eq!(

@@ -56,6 +56,10 @@ impl Server {
         }
         if fresh {
             p.group_key ^= FRESH_CONNECTION_GROUP;
+            // Not pooled afterwards either: pooled under the flipped group, it would be what
+            // the next "fresh" retry picks up, possibly closed by then (seen: a GET retried
+            // onto a second stale connection, and failed).
+            p.options.idle_timeout = Some(Duration::ZERO);
         }
         p
     }
