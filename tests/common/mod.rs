@@ -240,7 +240,15 @@ fn serve(
     let mut reader = BufReader::new(conn);
     let mut nth = 0u32;
     loop {
-        reader.get_ref().set_read_timeout(Some(idle)).ok();
+        // The keep-alive timeout runs between requests; a new connection waits longer for its
+        // first one, as nginx's client_header_timeout (a stalled machine must not make a new
+        // connection look like the keep-alive race).
+        let limit = if nth == 0 {
+            idle.max(Duration::from_secs(10))
+        } else {
+            idle
+        };
+        reader.get_ref().set_read_timeout(Some(limit)).ok();
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return, // closed by the peer, or idle for too long
