@@ -71,6 +71,8 @@ pub struct RequestCtx {
     fresh_connection: bool,
     /// Header fields of a 304 from the origin, to update the stored response with.
     not_modified: Option<http::HeaderMap>,
+    /// The cache key, when the fresh-hit lookup built it (see `cache::fresh`).
+    cache_key: Option<CacheKey>,
     cache: Outcome,
 }
 
@@ -129,6 +131,7 @@ impl ProxyHttp for EdgeProxy {
             not_modified: None,
             upstream_conn: None,
             fresh_connection: false,
+            cache_key: None,
             cache: Outcome::None,
         }
     }
@@ -200,9 +203,10 @@ impl ProxyHttp for EdgeProxy {
         ctx.route = Some(route.name.clone());
         ctx.origin = ctx.live.origins.get(&route.origin).cloned();
         ctx.route_cache = Some(route.cache.clone());
-        let hit = fresh::lookup(req, &host, &route.cache, &ctx.live.config.cache);
+        let found = fresh::lookup(req, &host, &route.cache, &ctx.live.config.cache);
         ctx.host = host;
-        match hit {
+        ctx.cache_key = found.key;
+        match found.hit {
             Some(hit) => {
                 self.serve_fresh_hit(session, ctx, hit).await?;
                 Ok(true)
@@ -240,6 +244,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        // Built already when the fast path looked for a fresh hit.
+        if let Some(key) = ctx.cache_key.take() {
+            return Ok(key);
+        }
         let settings = ctx
             .route_cache
             .as_ref()

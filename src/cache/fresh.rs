@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use http::header;
 use pingora::cache::key::CacheHashKey;
+use pingora::cache::CacheKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::store::FreshHit;
@@ -32,21 +33,37 @@ const NEEDS_FULL_PATH: [header::HeaderName; 9] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// What the fast path found: the hit, if any, and the cache key it built on the way, which
+/// pingora-cache's path reuses instead of building and hashing it again.
+pub struct Lookup {
+    pub hit: Option<FreshHit>,
+    pub key: Option<CacheKey>,
+}
+
 /// The stored response for this request if it can be served as it is, now.
 pub fn lookup(
     req: &RequestHeader,
     host: &str,
     route: &RouteCache,
     settings: &CacheSettings,
-) -> Option<FreshHit> {
+) -> Lookup {
     if policy::bypass_reason(req, route).is_some()
         || NEEDS_FULL_PATH.iter().any(|h| req.headers.contains_key(h))
         || policy::client_wants_revalidation(req)
     {
-        return None;
+        return Lookup {
+            hit: None,
+            key: None,
+        };
     }
-    let primary = key::for_request(req, host, &route.key).primary_bin();
-    cache(settings).store.fresh_hit(&primary, SystemTime::now())
+    let key = key::for_request(req, host, &route.key);
+    let hit = cache(settings)
+        .store
+        .fresh_hit(&key.primary_bin(), SystemTime::now());
+    Lookup {
+        hit,
+        key: Some(key),
+    }
 }
 
 /// The header sent for a fresh hit, as pingora-cache's hit path builds it: the stored header,
