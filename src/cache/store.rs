@@ -505,6 +505,11 @@ impl HandleHit for Hit {
                     Ok(c)
                 }
                 Some((start, end)) => {
+                    // The range is sent: without this, the next read returned an empty slice
+                    // forever and a range hit never finished (the connection hung).
+                    if *start >= *end {
+                        return Ok(None);
+                    }
                     // Walk chunks, slicing the ones that overlap [start, end).
                     let mut offset = 0;
                     for c in body.iter() {
