@@ -125,6 +125,7 @@ server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
 listen: ["127.0.0.1:$port"]
 admin: {listen: "127.0.0.1:$((port + 10))"}
 log: {level: warn, access: false}
+client: {keepalive_requests: 100000}   # as nginx's keepalive_requests above
 cache: {max_size: $CACHE_SIZE}
 origins:
   o:

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod express;
 pub mod guard;
 pub mod live;
 pub mod logging;

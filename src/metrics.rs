@@ -34,6 +34,8 @@ pub struct Metrics {
     pub refused_requests: IntCounterVec,
     pub response_bytes: IntCounterVec,
     pub client_connections: IntCounter,
+    /// Fresh hits answered by the express lane (also counted in `requests`).
+    pub express_hits: IntCounter,
     pub client_connections_open: IntGauge,
     pub client_requests_per_connection: Histogram,
     pub reloads: IntCounterVec,
@@ -190,6 +192,15 @@ impl Metrics {
             "Client requests refused by the edge before reaching an origin, by reason.",
             &["reason"],
         );
+        let express_hits = register(
+            &r,
+            IntCounter::new(
+                "edge_express_hits_total",
+                "Fresh cache hits answered on the client connection before the proxy session \
+                 (also counted in edge_requests_total as cache=\"hit\").",
+            )
+            .expect("metric definition"),
+        );
         let client_connections = register(
             &r,
             IntCounter::new(
@@ -309,6 +320,7 @@ impl Metrics {
             refused_requests,
             response_bytes,
             client_connections,
+            express_hits,
             client_connections_open,
             client_requests_per_connection,
         }

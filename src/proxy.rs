@@ -701,29 +701,12 @@ impl ProxyHttp for EdgeProxy {
             self.edge.ledger.idle(fd, established);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
         let origin = ctx.origin.as_ref().map_or("-", |o| o.name.as_str());
         let route = ctx.route.as_deref().unwrap_or("-");
         let cache = ctx.cache.label();
         let bytes = session.body_bytes_sent();
-        let m = metrics();
-        m.requests
-            .with_label_values(&[route, origin, class, cache])
-            .inc();
-        m.response_bytes
-            .with_label_values(&[origin, cache])
-            .inc_by(bytes as u64);
         let total = ctx.started.elapsed();
-        if let Some(o) = &ctx.origin {
-            o.metrics.duration.observe(total.as_secs_f64());
-        }
+        count_request(route, ctx.origin.as_deref(), status, cache, bytes, total);
         let log = &ctx.live.config.log;
         if log.access && log::log_enabled!(target: "access", log::Level::Info) {
             let req = session.req_header();
@@ -754,6 +737,37 @@ impl ProxyHttp for EdgeProxy {
             };
             info!(target: "access", "{}", entry.render(log.access_format));
         }
+    }
+}
+
+/// Counts a finished request in the request, byte and duration metrics (the proxy's requests
+/// and the express lane's alike).
+pub(crate) fn count_request(
+    route: &str,
+    origin: Option<&Origin>,
+    status: u16,
+    cache: &str,
+    bytes: usize,
+    total: Duration,
+) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    };
+    let origin_name = origin.map_or("-", |o| o.name.as_str());
+    let m = metrics();
+    m.requests
+        .with_label_values(&[route, origin_name, class, cache])
+        .inc();
+    m.response_bytes
+        .with_label_values(&[origin_name, cache])
+        .inc_by(bytes as u64);
+    if let Some(o) = origin {
+        o.metrics.duration.observe(total.as_secs_f64());
     }
 }
 

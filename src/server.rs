@@ -11,6 +11,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::express::EdgeApp;
 use crate::live::Edge;
 use crate::origin::checker::HealthChecker;
 use crate::proxy::EdgeProxy;
@@ -97,11 +98,9 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
     let edge = Edge::new(config, source, path);
     crate::reload::set_config_version(&edge.snapshot().version);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy { edge: edge.clone() },
-        "edge proxy",
-    );
+    // Fresh hits are answered on the express lane in front of the proxy (see `express`).
+    let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });
+    let mut proxy = Service::new("edge proxy".to_string(), EdgeApp::new(proxy, edge.clone()));
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

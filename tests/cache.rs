@@ -82,10 +82,14 @@ fn both_hit_paths_answer_alike() {
     for p in ["/length", "/chunked"] {
         let miss = c.get("example.com", p);
         assert!(status_of(&miss).contains("stored"), "{}", status_of(&miss));
+        // Three paths: the express lane (plain, head: /length only, it has a Content-Length),
+        // the proxy's fresh-hit path (a field the lane leaves to the proxy), pingora-cache's hit
+        // path (a condition that does not match).
         let plain = c.get("example.com", p);
+        let in_proxy = c.request("GET", "example.com", p, &["Pragma: x-trace"]);
         let conditional = c.request("GET", "example.com", p, &["If-None-Match: \"other\""]);
         let head = c.request("HEAD", "example.com", p, &[]);
-        for r in [&plain, &conditional, &head] {
+        for r in [&plain, &in_proxy, &conditional, &head] {
             assert_eq!(r.status, 200, "{p}");
             assert!(
                 status_of(r).starts_with("edge; hit; ttl="),
@@ -100,17 +104,81 @@ fn both_hit_paths_answer_alike() {
             );
         }
         assert_eq!(plain.body, miss.body, "{p}");
+        assert_eq!(in_proxy.body, miss.body, "{p}");
         assert_eq!(conditional.body, miss.body, "{p}");
         assert_eq!(head.body, "", "{p}");
+        assert_eq!(comparable(&plain), comparable(&in_proxy), "{p}");
         assert_eq!(comparable(&plain), comparable(&conditional), "{p}");
         assert_eq!(comparable(&plain), comparable(&head), "{p}");
         assert_eq!(o.count(p), 1, "{p}: one origin request");
     }
-    // Both paths count hits the same way, and keep the connection.
+    // Every path counts hits the same way, and keeps the connection.
     let hits =
         "edge_requests_total{cache=\"hit\",origin=\"web\",route=\"routes[0]\",status=\"2xx\"}";
-    assert!(wait_until(Duration::from_secs(5), || edge.metric(hits) == 6.0));
+    assert!(wait_until(Duration::from_secs(5), || edge.metric(hits) == 8.0));
+    assert_eq!(edge.metric("edge_express_hits_total"), 2.0);
     assert_eq!(o.accepted(), 1);
+}
+
+/// The express lane answers plain requests for fresh objects and hands everything else to the
+/// proxy, which answers it as before (refusals included); it keeps the client keep-alive
+/// limits.
+#[test]
+fn the_express_lane_takes_only_plain_requests() {
+    let o = Origin::start("o");
+    o.set(
+        "/e",
+        Canned::new(
+            200,
+            &[("Cache-Control", "max-age=60"), ("ETag", "\"e1\"")],
+            "express",
+        ),
+    );
+    let edge = edge_for(&o, "", "client: {keepalive_requests: 4}\n");
+    assert_eq!(edge.get("example.com", "/e").body, "express");
+    let express = || edge.metric("edge_express_hits_total");
+    let mut c = edge.client();
+    let cases: [(&str, u16, bool); 14] = [
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, true),
+        ("GET /e HTTP/1.1\r\nHost: EXAMPLE.com:80\r\nConnection: keep-alive\r\nCookie: a=1\r\n\r\n", 200, true),
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\nRange: bytes=0-1\r\n\r\n", 206, false),
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\nIf-None-Match: \"e1\"\r\n\r\n", 304, false),
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic eDp5\r\n\r\n", 200, false),
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\nCache-Control: max-age=3600\r\n\r\n", 200, false),
+        ("GET /e HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n", 200, false),
+        ("GET /e?x=%7Cy HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, false),
+        ("GET /x/../e HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false),
+        ("GET /x/%2e%2e/e HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false),
+        ("GET /e HTTP/1.1\r\nHost: example.com\r\nHost: example.com\r\n\r\n", 400, false),
+        ("GET /e HTTP/1.1\r\nHost: bad_host!\r\n\r\n", 400, false),
+        ("GET /e HTTP/1.1\r\n\r\n", 400, false),
+        ("POST /e HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n", 200, false),
+    ];
+    for (raw, status, on_lane) in cases {
+        let before = express();
+        let r = c.send_raw(raw).unwrap_or_else(|| {
+            // Refusals close the connection: the next case gets a new one.
+            panic!("no response to {raw:?}")
+        });
+        assert_eq!(r.status, status, "{raw:?}");
+        assert_eq!(
+            express() - before,
+            if on_lane { 1.0 } else { 0.0 },
+            "{raw:?}"
+        );
+        if r.header("connection") == Some("close") {
+            c = edge.client();
+        }
+    }
+    // keepalive_requests: 4 holds on the lane: the fourth response closes the connection.
+    let mut c = edge.client();
+    for i in 1..=4 {
+        let r = c.get("example.com", "/e");
+        assert_eq!(r.body, "express");
+        let expected = if i < 4 { "keep-alive" } else { "close" };
+        assert_eq!(r.header("connection"), Some(expected), "request {i}");
+    }
+    assert!(c.wait_for_close(Duration::from_secs(5)).is_some());
 }
 
 #[test]

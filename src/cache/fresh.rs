@@ -69,7 +69,7 @@ pub fn lookup(
 /// The header sent for a fresh hit, as pingora-cache's hit path builds it: the stored header,
 /// its Age (RFC 9111 section 4), HTTP/1.1 framing, Accept-Ranges.
 pub fn response_header(hit: &FreshHit) -> ResponseHeader {
-    let mut h = hit.header.clone();
+    let mut h = ResponseHeader::clone(&hit.header);
     // An integer always makes a valid header value.
     let _ = h.insert_header(header::AGE, hit.age.as_secs());
     h.set_version(http::Version::HTTP_11);

@@ -35,6 +35,13 @@ pub fn url(host: &str, path_and_query: &str, query: QueryKey) -> String {
     out
 }
 
+/// The key of a request whose route keys on the URL alone (no header or cookie values); None
+/// when the route's key needs more than the URL. Equal to `for_request` for such routes.
+pub fn for_url_only(host: &str, target: &str, settings: &CacheKeySettings) -> Option<CacheKey> {
+    (settings.headers.is_empty() && settings.cookies.is_empty())
+        .then(|| CacheKey::new(url(host, target, settings.query), ""))
+}
+
 /// Value of one cookie in the request's Cookie headers.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers
@@ -71,6 +78,7 @@ pub fn for_request(req: &RequestHeader, host: &str, settings: &CacheKeySettings)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::cache::key::CacheHashKey;
 
     #[test]
     fn query_modes() {
@@ -105,6 +113,17 @@ mod tests {
             Some("http://a.com/x?q=1\nx-device:mobile\ncookie:lang=fr")
         );
         assert_eq!(cookie(&r, "z"), Some("9"));
+        assert!(for_url_only("a.com", "/x?q=1", &settings).is_none());
+        let url_only = CacheKeySettings {
+            query: QueryKey::Sort,
+            headers: vec![],
+            cookies: vec![],
+        };
+        let r = RequestHeader::build("GET", b"/x?q=1&a=2", None).unwrap();
+        assert_eq!(
+            for_url_only("a.com", "/x?q=1&a=2", &url_only).map(|k| k.primary_bin()),
+            Some(for_request(&r, "a.com", &url_only).primary_bin())
+        );
         assert_eq!(cookie(&r, "b"), None);
     }
 }

@@ -68,10 +68,17 @@ impl Freshness {
 /// A stored response that is fresh now, as `Store::fresh_hit` hands it out.
 pub struct FreshHit {
     /// The stored header, as the origin sent it (the caller adds Age and its own fields).
-    pub header: ResponseHeader,
+    /// Shared: a hit that only serializes it (see `express`) need not copy it.
+    pub header: Arc<ResponseHeader>,
     pub body: Arc<Vec<Bytes>>,
     pub age: Duration,
     pub fresh_until: SystemTime,
+}
+
+impl FreshHit {
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(|c| c.len()).sum()
+    }
 }
 
 /// A complete object.
@@ -79,7 +86,7 @@ struct Object {
     meta: Meta,
     /// The stored response header, parsed: a hit clones it instead of decompressing `meta.1`
     /// (pingora's header serialization is zstd; decompressing it was ~40% of a hit's CPU).
-    header: ResponseHeader,
+    header: Arc<ResponseHeader>,
     /// What a fresh hit needs from `meta` without deserializing it.
     freshness: Freshness,
     body: Arc<Vec<Bytes>>,
@@ -399,7 +406,7 @@ impl Storage for Store {
             progress: Arc::new(tx),
         };
         let handler = Fill {
-            header: owned_header(&serialized)?,
+            header: Arc::new(owned_header(&serialized)?),
             freshness: Freshness::of(meta),
             store: self,
             key: k,
@@ -447,7 +454,7 @@ impl Storage for Store {
     ) -> Result<bool> {
         let k = key.combined_bin();
         let serialized = meta.serialize()?;
-        let header = owned_header(&serialized)?;
+        let header = Arc::new(owned_header(&serialized)?);
         let mut maps = self.write();
         let Some(obj) = maps.objects.get_mut(&k) else {
             return Ok(false);
@@ -607,7 +614,7 @@ impl HandleHit for Hit {
 
 /// Writes one object; readers follow it as it fills.
 struct Fill {
-    header: ResponseHeader,
+    header: Arc<ResponseHeader>,
     freshness: Freshness,
     store: &'static Store,
     key: HashBinary,
