@@ -25,6 +25,7 @@ use bytes::{BufMut, BytesMut};
 use log::info;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::cache::key::CacheHashKey;
+use pingora::cache::CacheKey;
 use pingora::protocols::http::{date, ServerSession};
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
@@ -39,8 +40,9 @@ use crate::live::{Edge, Live};
 use crate::logging;
 use crate::metrics::{metrics, ClientConnection};
 use crate::origin::router::normalize_host;
+use crate::origin::router::Route;
 use crate::origin::Origin;
-use crate::proxy::{count_request, EdgeProxy};
+use crate::proxy::{count_request, EdgeProxy, Handoff};
 
 /// Request fields that take a request off the lane: a body to read, conditions and ranges
 /// (pingora-cache answers those), credentials, client cache directives, protocol switches.
@@ -135,15 +137,28 @@ impl HttpServerApp for EdgeApp {
         let started = Instant::now();
         let live = self.edge.snapshot();
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let Some(express) = plan(&buf, &mut fields, &live) else {
-            let mut s = ServerSession::new_http1(stream);
-            s.set_keepalive(idle);
-            s.set_keepalive_reuses_remaining(reuses);
-            s.set_connection_user_context(conn_ctx);
-            if let ServerSession::H1(h1) = &mut s {
-                h1.set_pipelined_prefix(buf);
+        let express = match plan(&buf, &mut fields, &live) {
+            Ok(express) => express,
+            Err(looked_up) => {
+                let conn_ctx = match looked_up {
+                    None => conn_ctx,
+                    Some(key) => Some(Box::new(Handoff {
+                        conn: conn_ctx
+                            .and_then(|c| c.downcast::<Arc<ClientConnection>>().ok())
+                            .map(|c| *c),
+                        live: live.clone(),
+                        looked_up: Some(key),
+                    }) as Box<dyn Any + Send + Sync>),
+                };
+                let mut s = ServerSession::new_http1(stream);
+                s.set_keepalive(idle);
+                s.set_keepalive_reuses_remaining(reuses);
+                s.set_connection_user_context(conn_ctx);
+                if let ServerSession::H1(h1) = &mut s {
+                    h1.set_pipelined_prefix(buf);
+                }
+                return self.proxy.process_new_http(s, shutdown).await;
             }
-            return self.proxy.process_new_http(s, shutdown).await;
         };
 
         // Client keep-alive as the proxy's early_request_filter sets it.
@@ -161,10 +176,12 @@ impl HttpServerApp for EdgeApp {
         let mut out = BytesMut::with_capacity(1024 + COPY_BODY_MAX.min(express.hit.body_len()));
         write_head(&mut out, &express.hit, hidden, keep);
         let body: &[bytes::Bytes] = if express.head { &[] } else { &express.hit.body };
+        // Counted before the client can see the answer, so a client (a test) that reads the
+        // counter after the response finds it counted.
+        metrics().express_hits.inc();
         let written = send(&mut stream, out, body).await;
         let bytes = if written { express.hit.body_len() } else { 0 };
         let bytes = if express.head { 0 } else { bytes };
-        metrics().express_hits.inc();
         count_request(
             express.route,
             express.origin.map(|o| o.as_ref()),
@@ -237,12 +254,32 @@ async fn read_some(
     }
 }
 
-/// The hit to send for these request bytes, if the lane may answer them.
+/// The hit to send for these request bytes, if the lane may answer them. Otherwise the cache
+/// key it looked up without finding a fresh object, if it got that far (the proxy need not
+/// look again).
 fn plan<'b>(
     buf: &'b [u8],
     fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
     live: &'b Live,
-) -> Option<Express<'b>> {
+) -> Result<Express<'b>, Option<CacheKey>> {
+    eligible(buf, fields, live)
+        .ok_or(None)
+        .and_then(|(request, route)| lookup(request, route, live))
+}
+
+/// A request the lane may answer if its object is fresh in the store.
+struct Plain<'b> {
+    head: bool,
+    host: &'b str,
+    normalized: String,
+    target: &'b str,
+}
+
+fn eligible<'b>(
+    buf: &'b [u8],
+    fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
+    live: &'b Live,
+) -> Option<(Plain<'b>, &'b Route)> {
     let mut req = httparse::Request::new(fields);
     // A partial or odd request, or pipelined bytes behind it: the proxy's parser decides.
     let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
@@ -295,18 +332,36 @@ fn plan<'b>(
     if !rc.enabled || !rc.bypass.cookies.is_empty() || !rc.bypass.headers.is_empty() {
         return None;
     }
-    let key = key::for_url_only(&normalized, target, &rc.key)?;
-    let hit = cache(&live.config.cache)
-        .store
-        .fresh_hit(&key.primary_bin(), SystemTime::now())?;
-    if !framed_by_length(&hit) {
-        return None;
-    }
-    Some(Express {
-        hit,
+    let plain = Plain {
         head,
         host,
+        normalized,
         target,
+    };
+    Some((plain, route))
+}
+
+fn lookup<'b>(
+    req: Plain<'b>,
+    route: &'b Route,
+    live: &'b Live,
+) -> Result<Express<'b>, Option<CacheKey>> {
+    let key = key::for_url_only(&req.normalized, req.target, &route.cache.key).ok_or(None)?;
+    let Some(hit) = cache(&live.config.cache)
+        .store
+        .fresh_hit(&key.primary_bin(), SystemTime::now())
+    else {
+        return Err(Some(key));
+    };
+    if !framed_by_length(&hit) {
+        // Stored, fresh, but framed otherwise: the proxy's fresh-hit path sends it.
+        return Err(None);
+    }
+    Ok(Express {
+        hit,
+        head: req.head,
+        host: req.host,
+        target: req.target,
         route: &route.name,
         origin: live.origins.get(&route.origin),
     })

@@ -73,6 +73,8 @@ pub struct RequestCtx {
     not_modified: Option<http::HeaderMap>,
     /// The cache key, when the fresh-hit lookup built it (see `cache::fresh`).
     cache_key: Option<CacheKey>,
+    /// The key the express lane already looked up without a fresh hit (see `Handoff`).
+    looked_up: Option<CacheKey>,
     cache: Outcome,
 }
 
@@ -83,6 +85,15 @@ impl RequestCtx {
             _ => "-",
         }
     }
+}
+
+/// What the express lane hands the proxy with a request it passes on (as the connection's
+/// context): the client connection, and the cache key it built and found no fresh hit for, so
+/// the proxy does not build, hash and look it up again.
+pub(crate) struct Handoff {
+    pub conn: Option<Arc<ClientConnection>>,
+    pub live: Arc<Live>,
+    pub looked_up: Option<CacheKey>,
 }
 
 /// A short plain-text response written by the edge itself.
@@ -132,6 +143,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_conn: None,
             fresh_connection: false,
             cache_key: None,
+            looked_up: None,
             cache: Outcome::None,
         }
     }
@@ -177,8 +189,17 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         prev: Box<dyn Any + Send + Sync>,
     ) {
-        if let Ok(conn) = prev.downcast::<Arc<ClientConnection>>() {
-            ctx.conn = Some(*conn);
+        match prev.downcast::<Arc<ClientConnection>>() {
+            Ok(conn) => ctx.conn = Some(*conn),
+            Err(prev) => {
+                if let Ok(h) = prev.downcast::<Handoff>() {
+                    ctx.conn = h.conn;
+                    // Only valid under the config the lane looked it up with.
+                    if Arc::ptr_eq(&h.live, &ctx.live) {
+                        ctx.looked_up = h.looked_up;
+                    }
+                }
+            }
         }
     }
 
@@ -203,7 +224,14 @@ impl ProxyHttp for EdgeProxy {
         ctx.route = Some(route.name.clone());
         ctx.origin = ctx.live.origins.get(&route.origin).cloned();
         ctx.route_cache = Some(route.cache.clone());
-        let found = fresh::lookup(req, &host, &route.cache, &ctx.live.config.cache);
+        let found = match ctx.looked_up.take() {
+            // The express lane built this key and found no fresh hit a moment ago.
+            Some(key) => fresh::Lookup {
+                hit: None,
+                key: Some(key),
+            },
+            None => fresh::lookup(req, &host, &route.cache, &ctx.live.config.cache),
+        };
         ctx.host = host;
         ctx.cache_key = found.key;
         match found.hit {
