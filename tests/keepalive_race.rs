@@ -260,8 +260,10 @@ fn learned_idle_timeouts_lose_no_post() {
     ));
     // Against what is learned now: a probe round during the run may have moved it.
     let learned_now = learned(&on);
+    // Below what was learned, by a margin that stays sane (it grows with the RTT, which a
+    // loaded machine stretches).
     assert!(
-        effective > 0.2 && effective < learned_now,
+        effective > learned_now / 2.0 && effective < learned_now,
         "effective idle {effective}s vs learned {learned_now}s"
     );
 }

@@ -235,10 +235,12 @@ fn fifty_reloads_under_traffic_drop_nothing_and_keep_warm_connections() {
         errors.len(),
         ok + errors.len()
     );
-    // Three clients, one request in flight each: three connections at most, ever, whatever
-    // the reloads did around them.
+    // Three clients, one request in flight each: three connections at most, whatever the
+    // reloads did around them (a regression that re-keys the pool per reload opens ~150), plus
+    // one: Pingora drops a pooled connection when its idle watcher still holds it at the
+    // moment it is taken ("failed to acquire reusable stream", seen once under load).
     assert!(
-        steady.accepted() <= CLIENTS,
+        steady.accepted() <= CLIENTS + 1,
         "reloads that did not touch `steady` opened new connections to it: {} (had {steady_conns} before)",
         steady.accepted()
     );
