@@ -101,12 +101,14 @@ panels = [
          f'sum(rate(edge_response_bytes_total{{cache!~"none|bypass",{O}}}{R}))', "bytes")],
        unit="percentunit", x=0, y=56, minv=0, maxv=1),
     ts("Cache size and evictions",
-       "Memory held by cached objects (bounded by cache.max_size) beside the process's memory, objects, "
+       "Memory held by cached objects (bounded by cache.max_size) beside the process's memory and the "
+       "bodies kept in memory files for sendfile (RAM that RSS does not show), objects, "
        "and evictions per second. "
        "Steady evictions with a falling hit ratio mean max_size is too small for the working set.",
        [('edge_cache_size_bytes', "bytes"),
         ('edge_memory_resident_bytes', "process memory (resident)"),
         ('edge_memory_allocated_bytes', "heap in use"),
+        ('edge_cache_file_bytes', "bodies in memory files (outside RSS)"),
         ('edge_cache_objects', "objects"),
         (f'rate(edge_cache_evictions_total{R})', "evictions/s"),
         (f'sum by (kind) (rate(edge_cache_purged_total{R}))', "purged/s {{kind}}")],

@@ -138,6 +138,10 @@ impl Admin {
         m.cache_objects.set(c.store.objects() as i64);
         m.cache_evictions.set(c.evicted_items() as i64);
         m.cache_evicted_bytes.set(c.evicted_bytes() as i64);
+        m.cache_file_bytes
+            .set(crate::cache::body_file::bytes_in_files() as i64);
+        m.cache_files
+            .set(crate::cache::body_file::files_open() as i64);
         // jemalloc's statistics are a snapshot refreshed by advancing its epoch.
         use tikv_jemalloc_ctl::{epoch, stats};
         if epoch::advance().is_ok() {

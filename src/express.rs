@@ -32,6 +32,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cache::body_file::BodyFile;
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
 use crate::cache::{cache, key};
@@ -173,13 +174,21 @@ impl HttpServerApp for EdgeApp {
         conn.request();
 
         let hidden = live.config.cache.targeted_field.as_str();
-        let mut out = BytesMut::with_capacity(1024 + COPY_BODY_MAX.min(express.hit.body_len()));
+        let inline = if express.hit.file.is_some() {
+            0
+        } else {
+            COPY_BODY_MAX.min(express.hit.body_len())
+        };
+        let mut out = BytesMut::with_capacity(1024 + inline);
         write_head(&mut out, &express.hit, hidden, keep);
         let body: &[bytes::Bytes] = if express.head { &[] } else { &express.hit.body };
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
         metrics().express_hits.inc();
-        let written = send(&mut stream, out, body).await;
+        let file = (!express.head)
+            .then_some(express.hit.file.as_deref())
+            .flatten();
+        let written = send(&mut stream, out, body, file).await;
         let bytes = if written { express.hit.body_len() } else { 0 };
         let bytes = if express.head { 0 } else { bytes };
         count_request(
@@ -444,8 +453,36 @@ fn write_head(out: &mut BytesMut, hit: &FreshHit, hidden: &str, keep: bool) {
     });
 }
 
-/// Writes the header and the body; small bodies ride in the header's buffer.
-async fn send(stream: &mut Stream, mut head: BytesMut, body: &[bytes::Bytes]) -> bool {
+/// Writes the header and the body: a body in a memory file with `sendfile`, a small one in the
+/// header's buffer, others with a vectored write.
+async fn send(
+    stream: &mut Stream,
+    mut head: BytesMut,
+    body: &[bytes::Bytes],
+    file: Option<&BodyFile>,
+) -> bool {
+    // Only on a plain TCP socket: sendfile would bypass TLS.
+    if let Some(file) = file.filter(|_| stream.get_ssl_digest().is_none()) {
+        if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
+            return false;
+        }
+        let Ok(mut sent) = file.send_to(stream.id(), 0) else {
+            return false;
+        };
+        // The socket filled up: the rest is written from the mapping the usual way, which
+        // waits for the socket to drain.
+        for chunk in body {
+            if sent >= chunk.len() {
+                sent -= chunk.len();
+                continue;
+            }
+            if stream.write_all(&chunk[sent..]).await.is_err() {
+                return false;
+            }
+            sent = 0;
+        }
+        return stream.flush().await.is_ok();
+    }
     let total: usize = body.iter().map(|c| c.len()).sum();
     if total <= COPY_BODY_MAX {
         for chunk in body {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub cache_evictions: IntGauge,
     pub cache_evicted_bytes: IntGauge,
     pub cache_purged: IntCounterVec,
+    pub cache_file_bytes: IntGauge,
+    pub cache_files: IntGauge,
     pub memory_allocated: IntGauge,
     pub memory_resident: IntGauge,
     pub last_reload_success: Gauge,
@@ -275,6 +277,16 @@ impl Metrics {
             "edge_cache_evicted_bytes_total",
             "Bytes evicted to stay within cache.max_size, since start.",
         );
+        let cache_file_bytes = gauge(
+            "edge_cache_file_bytes",
+            "Cached bodies held in memory files for sendfile (64 KiB and up): RAM the process's \
+             RSS does not show. Part of edge_cache_size_bytes.",
+        );
+        let cache_files = gauge(
+            "edge_cache_files",
+            "Memory files holding cached bodies (one file descriptor each; at most a quarter of \
+             the descriptor limit).",
+        );
         let memory_allocated = gauge(
             "edge_memory_allocated_bytes",
             "Heap memory in use by live allocations (jemalloc's stats.allocated).",
@@ -300,6 +312,8 @@ impl Metrics {
             cache_evictions,
             cache_evicted_bytes,
             cache_purged,
+            cache_file_bytes,
+            cache_files,
             memory_allocated,
             memory_resident,
             reloads,

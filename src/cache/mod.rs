@@ -8,6 +8,7 @@
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
+pub mod body_file;
 pub mod eviction;
 pub mod fresh;
 pub mod key;

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
+use super::body_file::BodyFile;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
@@ -71,6 +72,8 @@ pub struct FreshHit {
     /// Shared: a hit that only serializes it (see `express`) need not copy it.
     pub header: Arc<ResponseHeader>,
     pub body: Arc<Vec<Bytes>>,
+    /// The body's memory file, for bodies large enough to have one (see `body_file`).
+    pub file: Option<Arc<BodyFile>>,
     pub age: Duration,
     pub fresh_until: SystemTime,
 }
@@ -90,6 +93,7 @@ struct Object {
     /// What a fresh hit needs from `meta` without deserializing it.
     freshness: Freshness,
     body: Arc<Vec<Bytes>>,
+    file: Option<Arc<BodyFile>>,
     body_len: usize,
     url: Arc<str>,
     tags: Vec<Arc<str>>,
@@ -280,6 +284,7 @@ impl Store {
         let hit = FreshHit {
             header: obj.header.clone(),
             body: obj.body.clone(),
+            file: obj.file.clone(),
             age: now.duration_since(f.epoch).unwrap_or_default(),
             fresh_until: f.fresh_until,
         };
@@ -655,10 +660,17 @@ impl HandleMiss for Fill {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if body.len() > 1 && self.written <= COALESCE_MAX {
-            // One contiguous body: a hit is then one write after the header instead of one per
-            // chunk the origin happened to send (a 100 KiB object arrives in ~7 of them).
-            body = vec![Bytes::from(body.concat())];
+        let mut file = None;
+        if self.written <= COALESCE_MAX {
+            if let Some((f, mapped)) = BodyFile::store(&body, self.written) {
+                // Large: in a memory file the express lane sends with sendfile.
+                body = vec![mapped];
+                file = Some(f);
+            } else if body.len() > 1 {
+                // One contiguous body: a hit is then one write after the header instead of one
+                // per chunk the origin happened to send (a 100 KiB object arrives in ~7).
+                body = vec![Bytes::from(body.concat())];
+            }
         }
         let size = size_of(&self.meta, self.written, &self.url);
         let mut maps = self.store.write();
@@ -696,6 +708,7 @@ impl HandleMiss for Fill {
                 freshness: self.freshness,
                 meta: self.meta.clone(),
                 body: Arc::new(body),
+                file,
                 body_len: self.written,
                 url: self.url.clone(),
                 tags: self.tags.clone(),
