@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cache::body_file::BodyFile;
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
-use crate::cache::{cache, key};
+use crate::cache::{cache, fresh, key};
 use crate::guard;
 use crate::live::{Edge, Live};
 use crate::logging;
@@ -45,23 +45,10 @@ use crate::origin::router::Route;
 use crate::origin::Origin;
 use crate::proxy::{count_request, EdgeProxy, Handoff};
 
-/// Request fields that take a request off the lane: a body to read, conditions and ranges
-/// (pingora-cache answers those), credentials, client cache directives, protocol switches.
-const NEEDS_PROXY: [&str; 13] = [
-    "content-length",
-    "transfer-encoding",
-    "expect",
-    "upgrade",
-    "range",
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
-    "authorization",
-    "cache-control",
-    "pragma",
-];
+/// Request fields that take a request off the lane, beyond those that take it off the proxy's
+/// fresh-hit path too (`fresh::NEEDS_FULL_PATH`: a body, conditions, ranges, credentials): client
+/// cache directives (the proxy judges them) and protocol switches.
+const NEEDS_PROXY: [&str; 4] = ["expect", "upgrade", "cache-control", "pragma"];
 
 /// Fields of the stored header a hit never repeats: the lane writes its own Age, Date and
 /// Connection, and fields meant for this cache alone are not the client's.
@@ -118,12 +105,12 @@ impl HttpServerApp for EdgeApp {
         }
         // What Pingora's own read would wait: the keep-alive timeout between requests
         // (Some(0): no limit), else the read timeout.
-        let wait = match session.get_keepalive() {
+        let idle = session.get_keepalive();
+        let wait = match idle {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),
             None => session.get_read_timeout(),
         };
-        let idle = session.get_keepalive();
         let reuses = session.get_keepalive_reuses_remaining();
         let conn_ctx = session.take_connection_user_context();
         let ServerSession::H1(h1) = session else {
@@ -144,9 +131,7 @@ impl HttpServerApp for EdgeApp {
                 let conn_ctx = match looked_up {
                     None => conn_ctx,
                     Some(key) => Some(Box::new(Handoff {
-                        conn: conn_ctx
-                            .and_then(|c| c.downcast::<Arc<ClientConnection>>().ok())
-                            .map(|c| *c),
+                        conn: client_connection(conn_ctx),
                         live: live.clone(),
                         looked_up: Some(key),
                     }) as Box<dyn Any + Send + Sync>),
@@ -167,10 +152,8 @@ impl HttpServerApp for EdgeApp {
         let remaining = reuses.unwrap_or(client.keepalive_requests.saturating_sub(1));
         let keepalive = client.keepalive_timeout.get();
         let keep = !keepalive.is_zero() && remaining > 0 && !*shutdown.borrow();
-        let conn = conn_ctx
-            .and_then(|c| c.downcast::<Arc<ClientConnection>>().ok())
-            .map(|c| *c)
-            .unwrap_or_else(|| Arc::new(ClientConnection::open()));
+        let conn =
+            client_connection(conn_ctx).unwrap_or_else(|| Arc::new(ClientConnection::open()));
         conn.request();
 
         let hidden = live.config.cache.targeted_field.as_str();
@@ -189,8 +172,11 @@ impl HttpServerApp for EdgeApp {
             .then_some(express.hit.file.as_deref())
             .flatten();
         let written = send(&mut stream, out, body, file).await;
-        let bytes = if written { express.hit.body_len() } else { 0 };
-        let bytes = if express.head { 0 } else { bytes };
+        let bytes = if written && !express.head {
+            express.hit.body_len()
+        } else {
+            0
+        };
         count_request(
             express.route,
             express.origin.map(|o| o.as_ref()),
@@ -207,6 +193,8 @@ impl HttpServerApp for EdgeApp {
             let _ = stream.shutdown().await;
             return None;
         }
+        // HttpPersistentSettings (how the next request on this connection starts) can only be
+        // built from a session.
         let mut next = ServerSession::new_http1(stream);
         next.set_keepalive(Some(keepalive.as_secs().max(1)));
         next.set_keepalive_reuses_remaining(Some(remaining));
@@ -229,6 +217,11 @@ impl HttpServerApp for EdgeApp {
     async fn http_cleanup(&self) {
         self.proxy.http_cleanup().await
     }
+}
+
+/// The client connection carried in the connection's context, if any.
+fn client_connection(ctx: Option<Box<dyn Any + Send + Sync>>) -> Option<Arc<ClientConnection>> {
+    ctx?.downcast::<Arc<ClientConnection>>().ok().map(|c| *c)
 }
 
 /// Reads what the client has sent (at least one byte). False when the client closed, the wait
@@ -321,7 +314,11 @@ fn eligible<'b>(
             if !f.value.eq_ignore_ascii_case(b"keep-alive") {
                 return None;
             }
-        } else if NEEDS_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        } else if NEEDS_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || fresh::NEEDS_FULL_PATH
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
+        {
             return None;
         }
     }

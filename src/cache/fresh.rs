@@ -21,7 +21,7 @@ use crate::config::{CacheSettings, RouteCache};
 
 /// Request fields that need pingora-cache's handling of a hit (conditional requests, ranges) or
 /// its refusal of one (credentials, a request body to read first).
-const NEEDS_FULL_PATH: [header::HeaderName; 9] = [
+pub const NEEDS_FULL_PATH: [header::HeaderName; 9] = [
     header::RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
