@@ -282,6 +282,9 @@ fn eligible<'b>(
     fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
     live: &'b Live,
 ) -> Option<(Plain<'b>, &'b Route)> {
+    if !live.config.cache.express_lane {
+        return None;
+    }
     let mut req = httparse::Request::new(fields);
     // A partial or odd request, or pipelined bytes behind it: the proxy's parser decides.
     let httparse::Status::Complete(len) = req.parse(buf).ok()? else {

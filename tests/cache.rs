@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn edge_for(o: &Origin, route_extra: &str, top: &str) -> Edge {
-    Edge::start(&format!(
+fn edge_config(o: &Origin, route_extra: &str, top: &str) -> String {
+    format!(
         "{top}origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web{route_extra}}}\n",
         o.addr
-    ))
+    )
+}
+
+fn edge_for(o: &Origin, route_extra: &str, top: &str) -> Edge {
+    Edge::start(&edge_config(o, route_extra, top))
 }
 
 fn cc(value: &str, body: &str) -> Canned {
@@ -192,6 +196,21 @@ fn the_express_lane_takes_only_plain_requests() {
     assert_eq!(r.body, "");
     // The fourth request of the connection (keepalive_requests: 4): the last.
     assert_eq!(r.header("connection"), Some("close"));
+    // The operator's switch, on reload: off, the same hit goes through the proxy.
+    edge.rewrite(&edge_config(
+        &o,
+        "",
+        "client: {keepalive_requests: 4}\ncache: {express_lane: false}\n",
+    ));
+    assert_eq!(edge.reload().status, 200);
+    // (The POST above invalidated /e: stored again first.)
+    edge.get("example.com", "/e");
+    let before = express();
+    let r = edge.get("example.com", "/e");
+    assert!(status_of(&r).starts_with("edge; hit"), "{}", status_of(&r));
+    assert_eq!(express(), before, "the lane is off");
+    edge.rewrite(&edge_config(&o, "", "client: {keepalive_requests: 4}\n"));
+    assert_eq!(edge.reload().status, 200);
     // keepalive_requests: 4 holds on the lane: the fourth response closes the connection.
     let mut c = edge.client();
     for i in 1..=4 {

@@ -145,6 +145,10 @@ pub struct CacheSettings {
     /// A response header that targets this cache only (RFC 9213), before `CDN-Cache-Control`
     /// and `Cache-Control`. It is removed from responses to clients.
     pub targeted_field: String,
+    /// Answer plain fresh hits on the client connection, before the proxy session (see
+    /// `express`). `false` sends every request through the proxy's phases (for debugging;
+    /// responses are the same, hits cost more CPU). Reloadable.
+    pub express_lane: bool,
 }
 
 impl Default for CacheSettings {
@@ -154,6 +158,7 @@ impl Default for CacheSettings {
             max_object_size: Size(8 << 20),
             lock_timeout: Dur::secs(5),
             targeted_field: "edge-cache-control".into(),
+            express_lane: true,
         }
     }
 }
