@@ -16,6 +16,7 @@
 //! nothing itself: a request the guard would refuse is simply handed over.
 
 use std::any::Any;
+use std::fmt::Write as _;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cache::body_file::BodyFile;
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
-use crate::cache::{cache, fresh, key};
+use crate::cache::{self, cache, fresh, key};
 use crate::guard;
 use crate::live::{Edge, Live};
 use crate::logging;
@@ -43,22 +44,23 @@ use crate::metrics::{metrics, ClientConnection};
 use crate::origin::router::normalize_host;
 use crate::origin::router::Route;
 use crate::origin::Origin;
-use crate::proxy::{count_request, EdgeProxy, Handoff};
+use crate::proxy::{client_keepalive, count_request, EdgeProxy, Handoff};
 
 /// Request fields that take a request off the lane, beyond those that take it off the proxy's
 /// fresh-hit path too (`fresh::NEEDS_FULL_PATH`: a body, conditions, ranges, credentials): client
 /// cache directives (the proxy judges them) and protocol switches.
 const NEEDS_PROXY: [&str; 4] = ["expect", "upgrade", "cache-control", "pragma"];
 
-/// Fields of the stored header a hit never repeats: the lane writes its own Age, Date and
-/// Connection, and fields meant for this cache alone are not the client's.
+/// Fields of the stored header a hit never repeats: the lane writes its own Age, Date,
+/// Connection and Cache-Status, and tags for purge are meant for this cache alone (the route's
+/// targeted field too, see `write_head`), as the proxy's `client_cache_fields` does.
 const REPLACED: [&str; 6] = [
     "age",
     "date",
     "connection",
     "cache-status",
-    "surrogate-key",
-    "cache-tag",
+    cache::SURROGATE_KEY,
+    cache::CACHE_TAG,
 ];
 
 /// Bodies up to this size are copied behind the header and sent in one write; larger ones are
@@ -85,10 +87,8 @@ impl EdgeApp {
 
 /// A request the lane will answer.
 struct Express<'a> {
+    req: Plain<'a>,
     hit: FreshHit,
-    head: bool,
-    host: &'a str,
-    target: &'a str,
     route: &'a str,
     origin: Option<&'a Arc<Origin>>,
 }
@@ -147,11 +147,8 @@ impl HttpServerApp for EdgeApp {
             }
         };
 
-        // Client keep-alive as the proxy's early_request_filter sets it.
-        let client = &live.config.client;
-        let remaining = reuses.unwrap_or(client.keepalive_requests.saturating_sub(1));
-        let keepalive = client.keepalive_timeout.get();
-        let keep = !keepalive.is_zero() && remaining > 0 && !*shutdown.borrow();
+        let (keepalive, remaining) = client_keepalive(&live.config.client, reuses);
+        let keep = keepalive.is_some() && remaining > 0 && !*shutdown.borrow();
         let conn =
             client_connection(conn_ctx).unwrap_or_else(|| Arc::new(ClientConnection::open()));
         conn.request();
@@ -164,15 +161,19 @@ impl HttpServerApp for EdgeApp {
         };
         let mut out = BytesMut::with_capacity(1024 + inline);
         write_head(&mut out, &express.hit, hidden, keep);
-        let body: &[bytes::Bytes] = if express.head { &[] } else { &express.hit.body };
+        let body: &[bytes::Bytes] = if express.req.head {
+            &[]
+        } else {
+            &express.hit.body
+        };
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
         metrics().express_hits.inc();
-        let file = (!express.head)
+        let file = (!express.req.head)
             .then_some(express.hit.file.as_deref())
             .flatten();
         let written = send(&mut stream, out, body, file).await;
-        let bytes = if written && !express.head {
+        let bytes = if written && !express.req.head {
             express.hit.body_len()
         } else {
             0
@@ -196,7 +197,7 @@ impl HttpServerApp for EdgeApp {
         // HttpPersistentSettings (how the next request on this connection starts) can only be
         // built from a session.
         let mut next = ServerSession::new_http1(stream);
-        next.set_keepalive(Some(keepalive.as_secs().max(1)));
+        next.set_keepalive(keepalive);
         next.set_keepalive_reuses_remaining(Some(remaining));
         let mut settings = HttpPersistentSettings::for_session(&next);
         settings.set_user_context(Box::new(conn) as Box<dyn Any + Send + Sync>);
@@ -367,10 +368,8 @@ fn lookup<'b>(
         return Err(None);
     }
     Ok(Express {
+        req,
         hit,
-        head: req.head,
-        host: req.host,
-        target: req.target,
         route: &route.name,
         origin: live.origins.get(&route.origin),
     })
@@ -381,24 +380,25 @@ fn plain_target_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
-/// The stored response can be sent as it is: a status without a body, or a valid
-/// Content-Length and no Transfer-Encoding (anything else is framed by the proxy's writer).
+/// The stored response can be sent as it is: a status without a body, or one Content-Length
+/// that matches the stored body, and no Transfer-Encoding (anything else is framed by the
+/// proxy's writer).
 fn framed_by_length(hit: &FreshHit) -> bool {
     let h = &hit.header;
     if h.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return false;
     }
-    if matches!(h.status.as_u16(), 204 | 304) || h.status.is_informational() {
-        return true;
-    }
-    let mut lengths = h.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    match (lengths.next(), lengths.next()) {
-        (Some(v), None) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n == hit.body_len()),
-        _ => false,
+    match fresh::framing(h) {
+        fresh::Framing::NoBody => true,
+        fresh::Framing::Length(n) => {
+            n == hit.body_len() as u64
+                && h.headers
+                    .get_all(http::header::CONTENT_LENGTH)
+                    .iter()
+                    .count()
+                    == 1
+        }
+        fresh::Framing::Chunked | fresh::Framing::BadLength => false,
     }
 }
 
@@ -406,7 +406,7 @@ fn framed_by_length(hit: &FreshHit) -> bool {
 /// (original case), Age, Accept-Ranges for a complete 200, Cache-Status, Date, Connection.
 fn write_head(out: &mut BytesMut, hit: &FreshHit, hidden: &str, keep: bool) {
     let h = &hit.header;
-    let accept_ranges = h.status == http::StatusCode::OK;
+    let accept_ranges = fresh::accepts_ranges(h);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(h.status.as_str().as_bytes());
     out.put_u8(b' ');
@@ -436,9 +436,8 @@ fn write_head(out: &mut BytesMut, hit: &FreshHit, hidden: &str, keep: bool) {
             field(name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    out.put_slice(b"age: ");
-    out.put_slice(hit.age.as_secs().to_string().as_bytes());
-    out.put_slice(b"\r\n");
+    // Writing into a BytesMut cannot fail.
+    let _ = write!(out, "age: {}\r\n", hit.age.as_secs());
     if accept_ranges {
         out.put_slice(b"accept-ranges: bytes\r\n");
     }
@@ -520,9 +519,9 @@ fn access_log(
             .get_socket_digest()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_else(|| "-".to_string()),
-        method: if express.head { "HEAD" } else { "GET" },
-        host: express.host,
-        path: express.target.to_string(),
+        method: if express.req.head { "HEAD" } else { "GET" },
+        host: express.req.host,
+        path: express.req.target.to_string(),
         status: express.hit.header.status.as_u16(),
         bytes,
         route: express.route,

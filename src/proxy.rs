@@ -25,7 +25,7 @@ use crate::cache::key as cache_key;
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
 use crate::cache::{cache, policy};
-use crate::config::{Balance, RouteCache};
+use crate::config::{Balance, ClientSettings, RouteCache};
 use crate::guard;
 use crate::live::{Edge, Live};
 use crate::logging;
@@ -153,20 +153,12 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Client keep-alive, as nginx's keepalive_timeout / keepalive_requests. Pingora keeps
-        // the remaining count across requests of a connection and closes at zero.
-        let client = &ctx.live.config.client;
-        let idle = client.keepalive_timeout.get();
-        if idle.is_zero() {
-            session.set_keepalive(None);
-        } else {
-            // Whole seconds: Pingora's unit. Some(0) would mean "forever", so round up.
-            session.set_keepalive(Some(idle.as_secs().max(1)));
-        }
-        if session.get_keepalive_reuses_remaining().is_none() {
-            let limit = client.keepalive_requests;
-            session.set_keepalive_reuses_remaining(Some(limit.saturating_sub(1)));
-        }
+        let (idle, remaining) = client_keepalive(
+            &ctx.live.config.client,
+            session.get_keepalive_reuses_remaining(),
+        );
+        session.set_keepalive(idle);
+        session.set_keepalive_reuses_remaining(Some(remaining));
         ctx.conn
             .get_or_insert_with(|| Arc::new(ClientConnection::open()))
             .request();
@@ -768,6 +760,21 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// Client keep-alive, as nginx's keepalive_timeout / keepalive_requests, in Pingora's terms:
+/// the idle timeout in whole seconds (None: no keep-alive), and the requests the connection may
+/// still carry after this one. Pingora carries `remaining` from request to request (one less
+/// each time) and closes at zero; None means this is the connection's first request.
+pub(crate) fn client_keepalive(
+    client: &ClientSettings,
+    remaining: Option<u32>,
+) -> (Option<u64>, u32) {
+    let idle = client.keepalive_timeout.get();
+    // Whole seconds: Pingora's unit. Some(0) would mean "forever", so round up.
+    let idle = (!idle.is_zero()).then(|| idle.as_secs().max(1));
+    let remaining = remaining.unwrap_or(client.keepalive_requests.saturating_sub(1));
+    (idle, remaining)
+}
+
 /// Counts a finished request in the request, byte and duration metrics (the proxy's requests
 /// and the express lane's alike).
 pub(crate) fn count_request(
@@ -811,8 +818,8 @@ fn client_cache_fields(
         resp.insert_header("cache-status", value)?;
     }
     resp.remove_header(ctx.live.config.cache.targeted_field.as_str());
-    resp.remove_header("surrogate-key");
-    resp.remove_header("cache-tag");
+    resp.remove_header(crate::cache::SURROGATE_KEY);
+    resp.remove_header(crate::cache::CACHE_TAG);
     Ok(())
 }
 

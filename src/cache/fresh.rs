@@ -66,6 +66,39 @@ pub fn lookup(
     }
 }
 
+/// How a stored response's body is delimited on the way to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A status that has no body (1xx, 204, 304).
+    NoBody,
+    /// Its (first) Content-Length.
+    Length(u64),
+    /// No Content-Length: sent chunked.
+    Chunked,
+    /// A Content-Length that is not a number: sent as stored.
+    BadLength,
+}
+
+pub fn framing(h: &ResponseHeader) -> Framing {
+    if matches!(h.status.as_u16(), 204 | 304) || h.status.is_informational() {
+        return Framing::NoBody;
+    }
+    match h.headers.get(header::CONTENT_LENGTH) {
+        None => Framing::Chunked,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Framing::BadLength, Framing::Length),
+    }
+}
+
+/// A complete 200 of known length can be served in ranges (pingora-cache says so too, as nginx
+/// does).
+pub fn accepts_ranges(h: &ResponseHeader) -> bool {
+    h.status == http::StatusCode::OK && matches!(framing(h), Framing::Length(_))
+}
+
 /// The header sent for a fresh hit, as pingora-cache's hit path builds it: the stored header,
 /// its Age (RFC 9111 section 4), HTTP/1.1 framing, Accept-Ranges.
 pub fn response_header(hit: &FreshHit) -> ResponseHeader {
@@ -73,18 +106,10 @@ pub fn response_header(hit: &FreshHit) -> ResponseHeader {
     // An integer always makes a valid header value.
     let _ = h.insert_header(header::AGE, hit.age.as_secs());
     h.set_version(http::Version::HTTP_11);
-    let no_body = matches!(h.status.as_u16(), 204 | 304) || h.status.is_informational();
-    // None: no Content-Length; Some(false): one that is not a number.
-    let length_valid = h
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .map(|v| v.to_str().is_ok_and(|v| v.parse::<u64>().is_ok()));
-    if !no_body && length_valid.is_none() {
+    if framing(&h) == Framing::Chunked {
         let _ = h.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
-    // A complete 200 of known length could be served in ranges (pingora-cache says so too,
-    // as nginx does).
-    if h.status == http::StatusCode::OK && length_valid == Some(true) {
+    if accepts_ranges(&h) {
         let _ = h.insert_header(header::ACCEPT_RANGES, "bytes");
     }
     h

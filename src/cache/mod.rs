@@ -4,6 +4,7 @@
 //!
 //! - `store`: the storage (bounded, streaming, purge indexes);
 //! - `fresh`: fresh hits answered from the store without pingora-cache's machinery;
+//! - `body_file`: large bodies in memory files, sent with sendfile;
 //! - `key`: what identifies an object;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
@@ -24,6 +25,11 @@ use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
 
 use crate::config::CacheSettings;
+
+/// Response fields that tag objects for purge by tag: `Surrogate-Key` (tags separated by
+/// spaces) and `Cache-Tag` (by commas). Read by the store, never sent to clients.
+pub const SURROGATE_KEY: &str = "surrogate-key";
+pub const CACHE_TAG: &str = "cache-tag";
 use eviction::TinyUfoEviction;
 use store::Store;
 

@@ -173,14 +173,14 @@ fn tags_of(meta: &CacheMeta) -> Vec<Arc<str>> {
     let h = &meta.response_header().headers;
     let mut tags: Vec<Arc<str>> = Vec::new();
     for v in h
-        .get_all("surrogate-key")
+        .get_all(super::SURROGATE_KEY)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
         tags.extend(v.split_ascii_whitespace().map(Arc::from));
     }
     for v in h
-        .get_all("cache-tag")
+        .get_all(super::CACHE_TAG)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
