@@ -55,6 +55,15 @@ fn budget() -> usize {
     })
 }
 
+/// Tells the operator once per process that bodies fall back to the heap: they are still
+/// served, only with a copy.
+fn warn_once(msg: &str) {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !TOLD.swap(true, Ordering::Relaxed) {
+        log::warn!("{msg}");
+    }
+}
+
 /// A body in a read-only mapped memory file.
 pub struct BodyFile {
     file: File,
@@ -93,11 +102,20 @@ impl BodyFile {
         }
         if OPEN.fetch_add(1, Ordering::Relaxed) >= budget() {
             OPEN.fetch_sub(1, Ordering::Relaxed);
+            warn_once(&format!(
+                "cache: {} body files open, a quarter of the descriptor limit: larger bodies now \
+                 stay on the heap and are copied to clients (raise the limit, e.g. LimitNOFILE)",
+                budget()
+            ));
             return None;
         }
         let made = Self::make(chunks, len);
         if made.is_none() {
             OPEN.fetch_sub(1, Ordering::Relaxed);
+            warn_once(&format!(
+                "cache: could not keep a body in a memory file ({}): such bodies stay on the heap",
+                std::io::Error::last_os_error()
+            ));
         }
         made
     }
