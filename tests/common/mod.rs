@@ -27,13 +27,24 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A free loopback port (bound and released; the tiny race is acceptable on a test machine).
+/// A free loopback port (bound and released; the tiny race with other processes is acceptable
+/// on a test machine). Never one this test process was given before: the kernel can hand the
+/// same released port to two calls in a row (an edge once got it for both its listen and
+/// admin addresses).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One request as the origin received it.
