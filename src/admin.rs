@@ -1,6 +1,6 @@
 //! The admin listener: `GET /metrics` for Prometheus, `GET /healthz` for load balancers,
-//! `POST /reload` and `GET /config` for operators. Bind it to loopback or a private interface:
-//! it has no authentication.
+//! `POST /reload`, `POST /purge` and `GET /config` for operators. Bind it to loopback or a
+//! private interface: it has no authentication.
 
 use std::sync::Arc;
 
@@ -9,11 +9,10 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::cache::{cache, key as cache_key};
-use crate::live::Edge;
-use crate::metrics::metrics;
-use crate::origin::router::normalize_host;
+use crate::cache::key as cache_key;
+use crate::host::normalize_host;
 use crate::reload::reload;
+use crate::state::Edge;
 
 pub struct Admin {
     pub edge: Arc<Edge>,
@@ -79,7 +78,7 @@ impl Admin {
             .ok_or("expected ?url=<absolute URL>, ?prefix=<absolute URL prefix> or ?tag=<tag>")?;
         let value = query_decode(value).ok_or("bad percent-encoding")?;
         let live = self.edge.snapshot();
-        let store = cache(&live.config.cache).store;
+        let store = self.edge.cache.store;
         match name {
             "url" => {
                 let (host, target) = split_url(&value)
@@ -109,49 +108,14 @@ impl Admin {
         }
     }
 
-    /// Health gauges are derived at scrape time: passive marks expire by the clock, not by an
-    /// event, so only a read at scrape time shows them exactly.
+    /// Figures read at scrape time rather than counted as they happen: server health (passive
+    /// marks expire by the clock, not by an event), learned idle timeouts, the cache's size,
+    /// memory.
     fn refresh_gauges(&self) {
-        let live = self.edge.snapshot();
-        for origin in live.origins.values() {
-            for s in &origin.servers {
-                s.set_up(s.health().is_up());
-                let labels = [origin.name.as_str(), s.address.as_str()];
-                let m = metrics();
-                match s.state.idle.learned() {
-                    Some(t) => m
-                        .upstream_idle_learned
-                        .with_label_values(&labels)
-                        .set(t.as_secs_f64()),
-                    None => {
-                        let _ = m.upstream_idle_learned.remove_label_values(&labels);
-                    }
-                }
-                m.upstream_idle_effective
-                    .with_label_values(&labels)
-                    .set(origin.idle_limit(s).as_secs_f64());
-            }
-        }
-        let c = cache(&live.config.cache);
-        let m = metrics();
-        m.cache_bytes.set(c.store.bytes() as i64);
-        m.cache_objects.set(c.store.objects() as i64);
-        m.cache_evictions.set(c.evicted_items() as i64);
-        m.cache_evicted_bytes.set(c.evicted_bytes() as i64);
-        m.cache_file_bytes
-            .set(crate::cache::body_file::bytes_in_files() as i64);
-        m.cache_files
-            .set(crate::cache::body_file::files_open() as i64);
-        // jemalloc's statistics are a snapshot refreshed by advancing its epoch.
-        use tikv_jemalloc_ctl::{epoch, stats};
-        if epoch::advance().is_ok() {
-            if let Ok(b) = stats::allocated::read() {
-                m.memory_allocated.set(b as i64);
-            }
-            if let Ok(b) = stats::resident::read() {
-                m.memory_resident.set(b as i64);
-            }
-        }
+        let m = &self.edge.metrics;
+        m.upstream.refresh(self.edge.snapshot().origins.values());
+        m.cache.refresh(&self.edge.cache);
+        m.process.refresh_memory();
     }
 }
 
@@ -164,7 +128,7 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 self.refresh_gauges();
-                text(200, "text/plain; version=0.0.4", metrics().render())
+                text(200, "text/plain; version=0.0.4", self.edge.metrics.render())
             }
             ("GET", "/healthz") => text(200, "text/plain", b"ok\n".to_vec()),
             ("POST", "/reload") => {
@@ -207,8 +171,10 @@ impl ServeHttp for Admin {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
                 match self.purge(&query) {
                     Ok((kind, n)) => {
-                        metrics()
-                            .cache_purged
+                        self.edge
+                            .metrics
+                            .cache
+                            .purged
                             .with_label_values(&[kind])
                             .inc_by(n as u64);
                         text(200, "text/plain", format!("purged {n}\n").into_bytes())

@@ -16,52 +16,39 @@
 //! nothing itself: a request the guard would refuse is simply handed over.
 
 use std::any::Any;
-use std::fmt::Write as _;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
-use log::info;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
-use pingora::protocols::http::{date, ServerSession};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::body_file::BodyFile;
+use crate::cache::hit::{self, HitHead, RawRequest};
+use crate::cache::key;
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
-use crate::cache::{self, cache, fresh, key};
+use crate::client::{self, ClientConnection};
 use crate::guard;
-use crate::live::{Edge, Live};
-use crate::logging;
-use crate::metrics::{metrics, ClientConnection};
-use crate::origin::router::normalize_host;
+use crate::host::normalize_host;
+use crate::logging::AccessEntry;
 use crate::origin::router::Route;
 use crate::origin::Origin;
-use crate::proxy::{client_keepalive, count_request, EdgeProxy, Handoff};
+use crate::proxy::{EdgeProxy, Handoff};
+use crate::served::Served;
+use crate::state::{Edge, Live};
 
-/// Request fields that take a request off the lane, beyond those that take it off the proxy's
-/// fresh-hit path too (`fresh::NEEDS_FULL_PATH`: a body, conditions, ranges, credentials): client
-/// cache directives (the proxy judges them) and protocol switches.
-const NEEDS_PROXY: [&str; 4] = ["expect", "upgrade", "cache-control", "pragma"];
-
-/// Fields of the stored header a hit never repeats: the lane writes its own Age, Date,
-/// Connection and Cache-Status, and tags for purge are meant for this cache alone (the route's
-/// targeted field too, see `write_head`), as the proxy's `client_cache_fields` does.
-const REPLACED: [&str; 6] = [
-    "age",
-    "date",
-    "connection",
-    "cache-status",
-    cache::SURROGATE_KEY,
-    cache::CACHE_TAG,
-];
+/// Request fields the lane leaves to the proxy whatever the cache says: protocol switches. (What
+/// takes a request off every fresh-hit path is `cache::hit`'s rule.)
+const NEEDS_PROXY: [&str; 2] = ["expect", "upgrade"];
 
 /// Bodies up to this size are copied behind the header and sent in one write; larger ones are
 /// sent from the store with a vectored write (still one system call when the socket takes it).
@@ -125,7 +112,7 @@ impl HttpServerApp for EdgeApp {
         let started = Instant::now();
         let live = self.edge.snapshot();
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let express = match plan(&buf, &mut fields, &live) {
+        let express = match plan(&buf, &mut fields, &live, &self.edge) {
             Ok(express) => express,
             Err(looked_up) => {
                 let conn_ctx = match looked_up {
@@ -147,20 +134,24 @@ impl HttpServerApp for EdgeApp {
             }
         };
 
-        let (keepalive, remaining) = client_keepalive(&live.config.client, reuses);
+        let (keepalive, remaining) = client::keepalive(&live.config.client, reuses);
         let keep = keepalive.is_some() && remaining > 0 && !*shutdown.borrow();
+        let m = &self.edge.metrics;
         let conn =
-            client_connection(conn_ctx).unwrap_or_else(|| Arc::new(ClientConnection::open()));
+            client_connection(conn_ctx).unwrap_or_else(|| Arc::new(ClientConnection::open(m)));
         conn.request();
 
-        let hidden = live.config.cache.targeted_field.as_str();
         let inline = if express.hit.file.is_some() {
             0
         } else {
             COPY_BODY_MAX.min(express.hit.body_len())
         };
         let mut out = BytesMut::with_capacity(1024 + inline);
-        write_head(&mut out, &express.hit, hidden, keep);
+        HitHead {
+            hit: &express.hit,
+            targeted: &live.config.cache.targeted_field,
+        }
+        .write_h1(&mut out, keep);
         let body: &[bytes::Bytes] = if express.req.head {
             &[]
         } else {
@@ -168,7 +159,7 @@ impl HttpServerApp for EdgeApp {
         };
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
-        metrics().express_hits.inc();
+        m.client.express_hits.inc();
         let file = (!express.req.head)
             .then_some(express.hit.file.as_deref())
             .flatten();
@@ -178,15 +169,9 @@ impl HttpServerApp for EdgeApp {
         } else {
             0
         };
-        count_request(
-            express.route,
-            express.origin.map(|o| o.as_ref()),
-            express.hit.header.status.as_u16(),
-            Outcome::Hit.label(),
-            bytes,
-            started.elapsed(),
+        record(
+            &self.edge, &live, &stream, &express, bytes, started, written,
         );
-        access_log(&live, &stream, &express, bytes, started, written);
         if !written {
             return None;
         }
@@ -264,10 +249,11 @@ fn plan<'b>(
     buf: &'b [u8],
     fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
     live: &'b Live,
+    edge: &Edge,
 ) -> Result<Express<'b>, Option<CacheKey>> {
     eligible(buf, fields, live)
         .ok_or(None)
-        .and_then(|(request, route)| lookup(request, route, live))
+        .and_then(|(request, route)| lookup(request, route, live, edge))
 }
 
 /// A request the lane may answer if its object is fresh in the store.
@@ -318,11 +304,7 @@ fn eligible<'b>(
             if !f.value.eq_ignore_ascii_case(b"keep-alive") {
                 return None;
             }
-        } else if NEEDS_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || fresh::NEEDS_FULL_PATH
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-        {
+        } else if NEEDS_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n)) {
             return None;
         }
     }
@@ -333,13 +315,16 @@ fn eligible<'b>(
         fields: req.headers.len(),
         size,
     };
-    guard::check_shape(&shape, &live.config.client).ok()?;
+    guard::check_shape(&shape, &live.limits).ok()?;
     let host = host?;
     let normalized = normalize_host(host);
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let route = live.router.route(&normalized, path)?;
-    let rc = &route.cache;
-    if !rc.enabled || !rc.bypass.cookies.is_empty() || !rc.bypass.headers.is_empty() {
+    let raw = RawRequest {
+        method: if head { "HEAD" } else { "GET" },
+        fields: req.headers,
+    };
+    if !hit::may_serve_fresh(&raw, &route.cache) {
         return None;
     }
     let plain = Plain {
@@ -355,15 +340,22 @@ fn lookup<'b>(
     req: Plain<'b>,
     route: &'b Route,
     live: &'b Live,
+    edge: &Edge,
 ) -> Result<Express<'b>, Option<CacheKey>> {
     let key = key::for_url_only(&req.normalized, req.target, &route.cache.key).ok_or(None)?;
-    let Some(hit) = cache(&live.config.cache)
+    let Some(hit) = edge
+        .cache
         .store
         .fresh_hit(&key.primary_bin(), SystemTime::now())
     else {
         return Err(Some(key));
     };
-    if !framed_by_length(&hit) {
+    let sendable = HitHead {
+        hit: &hit,
+        targeted: &live.config.cache.targeted_field,
+    }
+    .framed_by_length();
+    if !sendable {
         // Stored, fresh, but framed otherwise: the proxy's fresh-hit path sends it.
         return Err(None);
     }
@@ -378,78 +370,6 @@ fn lookup<'b>(
 /// RFC 3986 unreserved, sub-delims, `:`, `@`, `/`, `?` and `%`.
 fn plain_target_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
-}
-
-/// The stored response can be sent as it is: a status without a body, or one Content-Length
-/// that matches the stored body, and no Transfer-Encoding (anything else is framed by the
-/// proxy's writer).
-fn framed_by_length(hit: &FreshHit) -> bool {
-    let h = &hit.header;
-    if h.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return false;
-    }
-    match fresh::framing(h) {
-        fresh::Framing::NoBody => true,
-        fresh::Framing::Length(n) => {
-            n == hit.body_len() as u64
-                && h.headers
-                    .get_all(http::header::CONTENT_LENGTH)
-                    .iter()
-                    .count()
-                    == 1
-        }
-        fresh::Framing::Chunked | fresh::Framing::BadLength => false,
-    }
-}
-
-/// Serializes the response header as the proxy's hit path would send it: the stored fields
-/// (original case), Age, Accept-Ranges for a complete 200, Cache-Status, Date, Connection.
-fn write_head(out: &mut BytesMut, hit: &FreshHit, hidden: &str, keep: bool) {
-    let h = &hit.header;
-    let accept_ranges = fresh::accepts_ranges(h);
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(h.status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(h.get_reason_phrase().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    let skip = |name: &[u8]| {
-        REPLACED
-            .iter()
-            .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
-            || name.eq_ignore_ascii_case(hidden.as_bytes())
-            || (accept_ranges && name.eq_ignore_ascii_case(b"accept-ranges"))
-    };
-    let mut field = |name: &[u8], value: &[u8]| {
-        if !skip(name) {
-            out.put_slice(name);
-            out.put_slice(b": ");
-            out.put_slice(value);
-            out.put_slice(b"\r\n");
-        }
-    };
-    if h.has_case() {
-        for (name, value) in h.case_header_iter() {
-            field(name.as_slice(), value.as_bytes());
-        }
-    } else {
-        for (name, value) in h.headers.iter() {
-            field(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    // Writing into a BytesMut cannot fail.
-    let _ = write!(out, "age: {}\r\n", hit.age.as_secs());
-    if accept_ranges {
-        out.put_slice(b"accept-ranges: bytes\r\n");
-    }
-    out.put_slice(b"cache-status: ");
-    out.put_slice(Outcome::Hit.header(Some(hit.fresh_until), None).as_bytes());
-    out.put_slice(b"\r\nDate: ");
-    out.put_slice(date::get_cached_date().as_bytes());
-    out.put_slice(if keep {
-        b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
-    } else {
-        b"\r\nConnection: close\r\n\r\n".as_slice()
-    });
 }
 
 /// Writes the header and the body: a body in a memory file with `sendfile`, a small one in the
@@ -502,7 +422,9 @@ async fn send(
     stream.flush().await.is_ok()
 }
 
-fn access_log(
+/// Counts the hit and writes its access-log line, as the proxy's `logging` phase does.
+fn record(
+    edge: &Edge,
     live: &Live,
     stream: &Stream,
     express: &Express,
@@ -510,31 +432,30 @@ fn access_log(
     started: Instant,
     written: bool,
 ) {
-    let log = &live.config.log;
-    if !(log.access && log::log_enabled!(target: "access", log::Level::Info)) {
-        return;
-    }
-    let entry = logging::AccessEntry {
-        client: stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_else(|| "-".to_string()),
-        method: if express.req.head { "HEAD" } else { "GET" },
-        host: express.req.host,
-        path: express.req.target.to_string(),
-        status: express.hit.header.status.as_u16(),
-        bytes,
-        route: express.route,
-        origin: express.origin.map_or("-", |o| o.name.as_str()),
-        server: "-",
-        conn: "-",
-        cache: Outcome::Hit.label(),
-        connect: None,
-        ttfb: None,
-        total: started.elapsed(),
-        tries: 0,
-        refused: None,
-        error: (!written).then(|| "writing to the client failed".to_string()),
+    let client = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned());
+    let served = Served {
+        entry: AccessEntry {
+            client: client.as_ref().map(|c| c as &dyn std::fmt::Display),
+            method: if express.req.head { "HEAD" } else { "GET" },
+            host: express.req.host,
+            path: &express.req.target,
+            status: express.hit.header.status.as_u16(),
+            bytes,
+            route: express.route,
+            origin: express.origin.map_or("-", |o| o.name.as_str()),
+            server: "-",
+            conn: "-",
+            cache: Outcome::Hit.label(),
+            connect: None,
+            ttfb: None,
+            total: started.elapsed(),
+            tries: 0,
+            refused: None,
+            error: (!written).then(|| "writing to the client failed".to_string()),
+        },
+        origin: express.origin.map(|o| o.as_ref()),
     };
-    info!(target: "access", "{}", entry.render(log.access_format));
+    served.record(&edge.metrics, &live.config.log);
 }

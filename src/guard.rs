@@ -10,7 +10,25 @@ use std::borrow::Cow;
 
 use pingora::http::RequestHeader;
 
-use crate::config::{valid_host, ClientSettings};
+use crate::host::{request_host, valid_host};
+
+/// The client header limits the checks enforce (`client.max_headers`, `client.max_header_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_headers: usize,
+    pub max_header_size: usize,
+}
+
+/// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
+pub const REASONS: [&str; 7] = [
+    "too_many_headers",
+    "header_too_large",
+    "missing_host",
+    "bad_host",
+    "duplicate_host",
+    "bad_path",
+    "path_traversal",
+];
 
 /// Why a request was refused: the status sent and a label for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +43,7 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
 
 /// Checks a parsed request header; `host` is the Host header or the authority of an
 /// absolute-form target.
-pub fn check(req: &RequestHeader, limits: &ClientSettings) -> Result<(), Refusal> {
+pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
     let size: usize = req.raw_path().len()
         + req
             .headers
@@ -59,11 +77,11 @@ pub struct Shape<'a> {
     pub size: usize,
 }
 
-pub fn check_shape(req: &Shape, limits: &ClientSettings) -> Result<(), Refusal> {
+pub fn check_shape(req: &Shape, limits: &Limits) -> Result<(), Refusal> {
     if req.fields > limits.max_headers {
         return Err(refuse(431, "too_many_headers"));
     }
-    if req.size as u64 > limits.max_header_size.0 {
+    if req.size > limits.max_header_size {
         return Err(refuse(431, "header_too_large"));
     }
     let host = req.host.ok_or(refuse(400, "missing_host"))?;
@@ -75,17 +93,6 @@ pub fn check_shape(req: &Shape, limits: &ClientSettings) -> Result<(), Refusal> 
     }
     check_path(req.path)?;
     Ok(())
-}
-
-/// The request's host: the authority of an absolute-form target, else the Host header.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    if let Some(a) = req.uri.authority() {
-        return Some(a.as_str());
-    }
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
 }
 
 fn check_path(raw: &[u8]) -> Result<(), Refusal> {
@@ -152,6 +159,15 @@ fn percent_decode(p: &[u8]) -> Option<Cow<'_, [u8]>> {
 mod tests {
     use super::*;
 
+    /// The limits of a config that sets none.
+    fn defaults() -> Limits {
+        let c = crate::config::ClientSettings::default();
+        Limits {
+            max_headers: c.max_headers,
+            max_header_size: c.max_header_size.0 as usize,
+        }
+    }
+
     fn req(path: &str, host: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
         if let Some(h) = host {
@@ -161,7 +177,7 @@ mod tests {
     }
 
     fn verdict(path: &str, host: Option<&str>) -> Result<(), &'static str> {
-        check(&req(path, host), &ClientSettings::default()).map_err(|r| r.reason)
+        check(&req(path, host), &defaults()).map_err(|r| r.reason)
     }
 
     #[test]
@@ -203,26 +219,20 @@ mod tests {
         assert_eq!(verdict("/", Some("a/b")), Err("bad_host"));
         let mut r = req("/", Some("a.com"));
         r.append_header("Host", "b.com").unwrap();
-        assert_eq!(
-            check(&r, &ClientSettings::default()).unwrap_err().reason,
-            "duplicate_host"
-        );
+        assert_eq!(check(&r, &defaults()).unwrap_err().reason, "duplicate_host");
     }
 
     #[test]
     fn header_limits() {
         let mut r = req("/", Some("a.com"));
         r.insert_header("X-Big", "x".repeat(70_000)).unwrap();
-        assert_eq!(
-            check(&r, &ClientSettings::default()).unwrap_err().status,
-            431
-        );
+        assert_eq!(check(&r, &defaults()).unwrap_err().status, 431);
         let mut r = req("/", Some("a.com"));
         for i in 0..120 {
             r.append_header(format!("X-{i}"), "1").unwrap();
         }
         assert_eq!(
-            check(&r, &ClientSettings::default()).unwrap_err().reason,
+            check(&r, &defaults()).unwrap_err().reason,
             "too_many_headers"
         );
     }

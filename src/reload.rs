@@ -11,8 +11,8 @@ use std::time::UNIX_EPOCH;
 use log::{error, info, warn};
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::live::{Edge, Live};
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
+use crate::state::{Edge, Live};
 
 /// The result of an accepted reload.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
 /// Reloads the config file; `trigger` says who asked (for the log).
 pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
     let _one_at_a_time = edge.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let m = metrics();
+    let m = &edge.metrics.process;
     let Some(path) = &edge.config_path else {
         m.reloads.with_label_values(&["failure"]).inc();
         return Err(Refused::NoConfigFile);
@@ -96,14 +96,14 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
     };
     let old = edge.snapshot();
     let pending_restart = needs_restart(&edge.boot, &config);
-    let version = crate::live::version_of(&source);
+    let version = crate::state::version_of(&source);
     let unchanged = version == old.version;
     if !unchanged {
-        let mut live = Live::build(config, source, Some(&old));
+        let mut live = Live::build(config, source, Some(&old), &edge.metrics);
         live.pending_restart = pending_restart.clone();
-        forget_removed_servers(&old, &live);
+        forget_removed_servers(&old, &live, &edge.metrics);
         crate::logging::set_level(live.config.log.level.filter());
-        crate::cache::cache(&live.config.cache).apply(&live.config.cache);
+        edge.cache.apply(&live.config.cache);
         edge.live.store(std::sync::Arc::new(live));
     }
     m.reloads.with_label_values(&["success"]).inc();
@@ -113,7 +113,7 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
             .map(|d| d.as_secs_f64())
             .unwrap_or_default(),
     );
-    set_config_version(&version);
+    m.set_config_version(&version);
     if pending_restart.is_empty() {
         info!("config reload ({trigger}): version {version} in force");
     } else {
@@ -130,16 +130,8 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
     })
 }
 
-/// Exposes the version in force as `edge_config_info{version}` (one series at a time).
-pub fn set_config_version(version: &str) {
-    let info = &metrics().config_info;
-    info.reset();
-    info.with_label_values(&[version]).set(1);
-}
-
 /// Drops the metric series of servers that are gone, so dashboards do not show them forever.
-fn forget_removed_servers(old: &Live, new: &Live) {
-    let m = metrics();
+fn forget_removed_servers(old: &Live, new: &Live, m: &Metrics) {
     for (name, origin) in &old.origins {
         for s in &origin.servers {
             let kept = new
@@ -147,16 +139,7 @@ fn forget_removed_servers(old: &Live, new: &Live) {
                 .get(name)
                 .is_some_and(|o| o.servers.iter().any(|n| n.address == s.address));
             if !kept {
-                let _ = m.server_up.remove_label_values(&[name, &s.address]);
-                let _ = m
-                    .upstream_connect_failures
-                    .remove_label_values(&[name, &s.address]);
-                let _ = m
-                    .upstream_idle_learned
-                    .remove_label_values(&[name, &s.address]);
-                let _ = m
-                    .upstream_idle_effective
-                    .remove_label_values(&[name, &s.address]);
+                m.upstream.forget_server(name, &s.address);
             }
         }
     }

@@ -10,12 +10,12 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::background::HealthChecker;
 use crate::config::Config;
 use crate::express::EdgeApp;
-use crate::live::Edge;
-use crate::origin::checker::HealthChecker;
 use crate::proxy::EdgeProxy;
 use crate::reload::SighupReloader;
+use crate::state::Edge;
 
 /// How the process was asked to start.
 #[derive(Debug, Default, Clone)]
@@ -93,10 +93,9 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
 
     let listen = config.listen.clone();
     let admin_addr = config.admin;
-    // Built now, with this config's size: later reloads adjust it in place.
-    crate::cache::cache(&config.cache);
+    // The process's state (cache, metrics, config in force), built once and handed to every
+    // service below.
     let edge = Edge::new(config, source, path);
-    crate::reload::set_config_version(&edge.snapshot().version);
 
     // Fresh hits are answered on the express lane in front of the proxy (see `express`).
     let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });

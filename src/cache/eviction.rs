@@ -10,8 +10,6 @@
 //! Weights are counted in KiB (TinyUFO weights are 16-bit), so objects up to 64 MiB weigh
 //! exactly; byte totals for metrics are kept here.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
@@ -26,10 +24,16 @@ fn units(size: usize) -> u16 {
     size.div_ceil(UNIT).clamp(1, u16::MAX as usize) as u16
 }
 
+/// TinyUFO's key for an object: XXH3-64 of its primary hash, its variance hash if any, its tag
+/// and its entry id if any (see `crate::hash`).
 fn hash_of(item: CacheEntryKeyRef<'_>) -> u64 {
-    let mut h = DefaultHasher::new();
-    item.hash(&mut h);
-    h.finish()
+    let (key, id) = match item {
+        CacheEntryKeyRef::KeyOnly(key) => (key, None),
+        CacheEntryKeyRef::Identified { key, id } => (key, Some(id.get().to_le_bytes())),
+    };
+    let variance: &[u8] = key.variance.as_deref().map_or(&[], |v| v.as_slice());
+    let id: &[u8] = id.as_ref().map_or(&[], |id| id.as_slice());
+    crate::hash::stable64_of(&[&key.primary, variance, key.user_tag.as_bytes(), id])
 }
 
 pub struct TinyUfoEviction {

@@ -3,38 +3,43 @@
 //! coalescing (its cache lock) and ranges.
 //!
 //! - `store`: the storage (bounded, streaming, purge indexes);
-//! - `fresh`: fresh hits answered from the store without pingora-cache's machinery;
+//! - `eviction`: which objects stay when it is full (TinyUFO);
+//! - `hit`: fresh hits answered from the store without pingora-cache's machinery (the rule and
+//!   the response head both the express lane and the proxy use);
 //! - `body_file`: large bodies in memory files, sent with sendfile;
-//! - `key`: what identifies an object;
+//! - `key`: what identifies an object; `vary`: which variant a request gets;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
+//! - `invalidate`: what an unsafe request removes;
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
 pub mod body_file;
 pub mod eviction;
-pub mod fresh;
+pub mod hit;
+pub mod invalidate;
 pub mod key;
 pub mod policy;
 pub mod status;
 pub mod store;
+pub mod vary;
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
 
 use crate::config::CacheSettings;
+use eviction::TinyUfoEviction;
+use store::Store;
 
 /// Response fields that tag objects for purge by tag: `Surrogate-Key` (tags separated by
 /// spaces) and `Cache-Tag` (by commas). Read by the store, never sent to clients.
 pub const SURROGATE_KEY: &str = "surrogate-key";
 pub const CACHE_TAG: &str = "cache-tag";
-use eviction::TinyUfoEviction;
-use store::Store;
 
-/// The process's cache. Pingora wants `'static` parts, so they are built once and live as long
-/// as the process; a reload keeps every object (a new `max_size` needs a restart).
+/// The process's cache, built once at start by [`crate::state::Edge`] and handed to whoever
+/// needs it. Pingora wants `'static` parts, so they are leaked: they live as long as the
+/// process. A reload keeps every object (a new `max_size` needs a restart).
 pub struct Cache {
     pub store: &'static Store,
     pub eviction: &'static TinyUfoEviction,
@@ -43,14 +48,13 @@ pub struct Cache {
     /// the origin without queueing on the cache lock (Varnish's hit-for-pass). Pingora takes
     /// a URL off the list as soon as one of its responses is cacheable again.
     pub predictor: &'static Predictor<16>,
-    pub max_object_size: std::sync::atomic::AtomicUsize,
+    /// `cache.max_object_size`, reloadable.
+    pub max_object_size: AtomicUsize,
 }
 
-static CACHE: OnceLock<Cache> = OnceLock::new();
-
-/// The cache, built on first use with the settings given then.
-pub fn cache(settings: &CacheSettings) -> &'static Cache {
-    CACHE.get_or_init(|| {
+impl Cache {
+    /// Builds the cache with `settings.max_size`; called once per process.
+    pub fn new(settings: &CacheSettings) -> Self {
         let limit = settings.max_size.0 as usize;
         // Sized for objects of 16 KiB on average; only the frequency sketch depends on it.
         let eviction: &'static TinyUfoEviction =
@@ -69,28 +73,20 @@ pub fn cache(settings: &CacheSettings) -> &'static Cache {
             lock,
             max_object_size: (settings.max_object_size.0 as usize).into(),
         }
-    })
+    }
+
+    /// Applies reloadable settings: the largest object stored.
+    pub fn apply(&self, settings: &CacheSettings) {
+        self.max_object_size
+            .store(settings.max_object_size.0 as usize, Ordering::Relaxed);
+    }
+
+    pub fn max_object_size(&self) -> usize {
+        self.max_object_size.load(Ordering::Relaxed)
+    }
 }
 
 /// Reasons that belong to one request, not to the URL: not remembered.
 fn per_request_reason(reason: &'static str) -> bool {
     reason == "authorization"
-}
-
-impl Cache {
-    /// Applies reloadable settings: the largest object stored.
-    pub fn apply(&self, settings: &CacheSettings) {
-        self.max_object_size.store(
-            settings.max_object_size.0 as usize,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    pub fn evicted_items(&self) -> usize {
-        self.eviction.evicted_items()
-    }
-
-    pub fn evicted_bytes(&self) -> usize {
-        self.eviction.evicted_size()
-    }
 }

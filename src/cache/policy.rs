@@ -13,7 +13,6 @@ use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_sta
 use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::key::cookie;
 use crate::config::{CacheSettings, RouteCache};
 
 /// Statuses that may be cached without explicit freshness (RFC 9110 section 15.1).
@@ -28,16 +27,7 @@ pub fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static
     if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
         return Some("method");
     }
-    let rule = route
-        .bypass
-        .cookies
-        .iter()
-        .any(|c| cookie(req, c).is_some())
-        || route
-            .bypass
-            .headers
-            .iter()
-            .any(|h| req.headers.contains_key(h.as_str()));
+    let rule = super::hit::bypassed_by_rule(req, route);
     if rule {
         return Some("rule");
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use pingora::cache::{CachePhase, NoCacheReason};
 
 /// The cache's part in one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outcome {
     /// Served from cache, fresh.
     Hit,
@@ -26,13 +26,21 @@ pub enum Outcome {
     /// The client asked for a fresh response (`Cache-Control: no-cache`).
     ClientRevalidate,
     /// Answered by the edge itself (refusal, no route, error).
+    #[default]
     None,
 }
 
 impl Outcome {
     /// `asked_origin`: the origin was asked for this response; `client_no_cache`: the client
-    /// required a fresh response.
-    pub fn from_phase(phase: CachePhase, asked_origin: bool, client_no_cache: bool) -> Outcome {
+    /// required a fresh response; `found_stale`: the lookup found a stale object (pingora-cache
+    /// leaves the phase at `Disabled` when the refetched response cannot be stored, so only
+    /// this tells an expired object from a missing one then).
+    pub fn from_phase(
+        phase: CachePhase,
+        asked_origin: bool,
+        client_no_cache: bool,
+        found_stale: bool,
+    ) -> Outcome {
         if client_no_cache && asked_origin {
             return Outcome::ClientRevalidate;
         }
@@ -53,6 +61,9 @@ impl Outcome {
                 }
             }
             // Enabled, then disabled: the response could not be stored.
+            CachePhase::Disabled(_) if asked_origin && found_stale => {
+                Outcome::Expired { stored: false }
+            }
             CachePhase::Disabled(_) if asked_origin => Outcome::Miss {
                 stored: false,
                 vary: false,
@@ -138,5 +149,79 @@ impl Outcome {
             Outcome::None => s.push_str("; detail=edge-generated"),
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_object_refetched_uncacheable_is_expired_not_missed() {
+        let disabled = CachePhase::Disabled(NoCacheReason::OriginNotCache);
+        let o = Outcome::from_phase(disabled, true, false, true);
+        assert_eq!(o, Outcome::Expired { stored: false });
+        let h = o.header(None, Some(200));
+        assert_eq!(h, "edge; fwd=stale; fwd-status=200");
+        let o = Outcome::from_phase(disabled, true, false, false);
+        assert_eq!(
+            o,
+            Outcome::Miss {
+                stored: false,
+                vary: false
+            }
+        );
+        assert_eq!(
+            o.header(None, Some(200)),
+            "edge; fwd=uri-miss; fwd-status=200"
+        );
+    }
+
+    #[test]
+    fn phases_to_outcomes() {
+        let f = |p| Outcome::from_phase(p, true, false, false);
+        assert_eq!(
+            f(CachePhase::Miss),
+            Outcome::Miss {
+                stored: true,
+                vary: false
+            }
+        );
+        assert_eq!(f(CachePhase::Expired), Outcome::Expired { stored: true });
+        assert_eq!(f(CachePhase::Revalidated), Outcome::Revalidated);
+        assert_eq!(f(CachePhase::Bypass), Outcome::Bypass);
+        assert_eq!(
+            Outcome::from_phase(CachePhase::Hit, true, true, false),
+            Outcome::ClientRevalidate
+        );
+        assert_eq!(
+            Outcome::from_phase(CachePhase::Hit, false, false, false),
+            Outcome::Hit
+        );
+        assert_eq!(
+            Outcome::from_phase(
+                CachePhase::Disabled(NoCacheReason::NeverEnabled),
+                false,
+                false,
+                false
+            ),
+            Outcome::None
+        );
+    }
+
+    #[test]
+    fn cache_status_values() {
+        let until = SystemTime::now() + std::time::Duration::from_secs(30);
+        let h = Outcome::Hit.header(Some(until), None);
+        assert!(h == "edge; hit; ttl=30" || h == "edge; hit; ttl=29", "{h}");
+        assert_eq!(
+            Outcome::Pass.header(None, Some(200)),
+            "edge; fwd=uri-miss; fwd-status=200; detail=uncacheable"
+        );
+        assert_eq!(
+            Outcome::None.header(None, None),
+            "edge; detail=edge-generated"
+        );
+        assert_eq!(Outcome::Bypass.label(), "bypass");
     }
 }

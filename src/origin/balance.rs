@@ -7,8 +7,6 @@
 //! rebuild. It is O(servers) per request, which is nothing next to a network round trip at the
 //! origin sizes an edge sees (tens of servers, not thousands).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Balance;
@@ -20,8 +18,8 @@ pub struct Balancer {
     /// so weight 3 vs 1 gives A A B A, never A A A B bursts.
     schedule: Vec<usize>,
     weights: Vec<u32>,
-    /// Consistent mode: a stable per-server seed from its address.
-    seeds: Vec<u64>,
+    /// Consistent mode: each server's address, hashed with the key.
+    names: Vec<String>,
 }
 
 /// Upper bound on the weighted schedule, so huge weights cannot make a huge table.
@@ -35,16 +33,13 @@ impl Balancer {
         } else {
             Vec::new()
         };
-        let seeds = servers
-            .iter()
-            .map(|(a, _)| hash_of(a.as_bytes(), 0))
-            .collect();
+        let names = servers.iter().map(|(a, _)| a.clone()).collect();
         Balancer {
             mode,
             next: AtomicUsize::new(0),
             schedule,
             weights,
-            seeds,
+            names,
         }
     }
 
@@ -66,7 +61,7 @@ impl Balancer {
             Balance::ConsistentHash => {
                 let mut best: Option<(f64, usize)> = None;
                 for i in (0..n).filter(|&i| eligible(i)) {
-                    let score = rendezvous_score(hash_of(key, self.seeds[i]), self.weights[i]);
+                    let score = rendezvous_score(score_hash(&self.names[i], key), self.weights[i]);
                     if best.is_none_or(|(b, _)| score > b) {
                         best = Some((score, i));
                     }
@@ -77,13 +72,11 @@ impl Balancer {
     }
 }
 
-fn hash_of(bytes: &[u8], seed: u64) -> u64 {
-    // DefaultHasher::new() has fixed keys: the same key maps to the same server in every
-    // process and after restarts, which is what keeps caches behind the origin warm.
-    let mut h = DefaultHasher::new();
-    seed.hash(&mut h);
-    bytes.hash(&mut h);
-    h.finish()
+/// The (server, key) pair's hash: XXH3-64 of the server's address, a newline, and the key. A
+/// specified function (see `crate::hash`), so every edge, build and platform sends a key to the
+/// same server, which is what keeps the caches behind the origin (or a shield tier) warm.
+fn score_hash(server: &str, key: &[u8]) -> u64 {
+    crate::hash::stable64_of(&[server.as_bytes(), b"\n", key])
 }
 
 /// Weighted rendezvous score: -w / ln(u) with u uniform in (0, 1).
@@ -151,6 +144,27 @@ mod tests {
         assert_eq!(s.len(), 7);
         assert_eq!(s.iter().filter(|&&i| i == 0).count(), 5);
         assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    /// The mapping is a specified function: these were computed independently, as the highest
+    /// `printf '%s\n%s' SERVER KEY | xxhsum -H3` among the servers (equal weights).
+    #[test]
+    fn consistent_hash_matches_fixed_vectors() {
+        let servers: Vec<(String, u32)> = ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+            .iter()
+            .map(|a| (a.to_string(), 1))
+            .collect();
+        let b = Balancer::new(Balance::ConsistentHash, &servers);
+        for (key, server) in [
+            ("example.com/", 0),
+            ("example.com/a.css", 2),
+            ("example.com/img/1.png", 0),
+            ("example.com/img/2.png", 1),
+            ("api.example.com/v1/items", 1),
+            ("example.com/index.html", 0),
+        ] {
+            assert_eq!(b.pick(key.as_bytes(), |_| true), Some(server), "{key}");
+        }
     }
 
     #[test]

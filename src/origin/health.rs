@@ -3,18 +3,13 @@
 //! `max_fails`/`fail_timeout`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clock::now_ms;
 use crate::config::{HealthCheck, PassiveHealth};
-
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 /// Health of one server. Starts healthy: a new server takes traffic until proven bad, as in
 /// nginx and Envoy, so that a config with no health check works at once.

@@ -20,6 +20,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::clock::now_ms;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,14 +53,6 @@ pub const PROBE_SAMPLES: usize = 3;
 /// How long a connection found closed early keeps capping the learned value (then probes
 /// alone decide again, so a lengthened origin timeout is noticed).
 const FOUND_CLOSED_MEMORY: Duration = Duration::from_secs(600);
-
-fn now_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
 
 impl Default for IdleLearning {
     fn default() -> Self {

@@ -1,27 +1,29 @@
-//! Origins: where requests go (routing), which server gets them (balancing, health), and how
-//! the connection to it is made and kept (peer options, pool limits).
+//! Origins: where requests go (routing), which server gets them (balancing, health), how the
+//! connection to it is made and kept (peer options, pool limits), and what the edge learns of
+//! each server's connections (its idle timeout, its `Keep-Alive` limits, closes found on reuse).
 
 mod balance;
-pub mod checker;
 pub mod health;
 pub mod keepalive;
 pub mod reuse;
 pub mod router;
 
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use log::warn;
+use pingora::http::ResponseHeader;
 use pingora::protocols::l4::ext::TcpKeepalive;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{HealthCheck, OriginConfig};
-use crate::metrics::{OriginMetrics, ServerMetrics};
+use crate::metrics::{Metrics, OriginMetrics, ServerMetrics};
 use balance::Balancer;
 use health::Health;
+use reuse::{ConnectionLedger, UpstreamConn};
 
 /// What a server keeps across reloads: its health and its in-flight count. A reload that keeps
 /// a server (same origin, same address) hands this on, so a server that is down stays down and
@@ -107,7 +109,7 @@ pub struct Origin {
 impl Origin {
     /// Builds an origin; `previous` is the origin of the same name in the config being
     /// replaced, whose servers hand their state on to servers with the same address.
-    pub fn new(name: &str, config: &OriginConfig, previous: Option<&Origin>) -> Self {
+    pub fn new(name: &str, config: &OriginConfig, previous: Option<&Origin>, m: &Metrics) -> Self {
         let key = connection_group(name, config);
         let servers = config
             .servers
@@ -121,7 +123,7 @@ impl Origin {
                     address: s.address.clone(),
                     addr: s.addr,
                     state,
-                    metrics: ServerMetrics::new(name, &s.address),
+                    metrics: ServerMetrics::new(m, name, &s.address),
                     peer: build_peer(s.addr, key, config),
                 })
             })
@@ -139,7 +141,7 @@ impl Origin {
             config: config.clone(),
             servers,
             balancer,
-            metrics: OriginMetrics::new(name),
+            metrics: OriginMetrics::new(m, name),
             host_header: config
                 .host
                 .as_deref()
@@ -181,6 +183,80 @@ impl Origin {
     pub fn pooling_off(&self) -> bool {
         self.config.keepalive.pool_size == 0 || self.config.keepalive.idle_timeout.get().is_zero()
     }
+
+    /// Learns from the response header of `server` what it says about its connection:
+    /// `Keep-Alive: timeout=` (its idle timeout), `max=` (requests left on `conn`), and
+    /// `Connection: close` (counted, unless the edge itself asked for the close).
+    pub fn learn_from_response(
+        &self,
+        server: &Server,
+        resp: &ResponseHeader,
+        conn: Option<&UpstreamConn>,
+        ledger: &ConnectionLedger,
+        edge_asked_close: bool,
+    ) {
+        if let Some(ka) = resp.headers.get("keep-alive").and_then(|v| v.to_str().ok()) {
+            let (timeout, max) = keepalive::parse_keep_alive(ka);
+            if let Some(t) = timeout {
+                server.state.idle.header_said(t);
+            }
+            if let (Some(max), Some(c)) = (max, conn) {
+                ledger.origin_max(c.fd, c.established, c.usage.request_no, max);
+            }
+        }
+        let closing = resp
+            .headers
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+        if closing && !edge_asked_close {
+            self.metrics.closed_by_origin.inc();
+        }
+    }
+
+    /// A request failed on a pooled connection of `server` before any response: the origin had
+    /// closed it while it was idle. Learns from its idle age (a close earlier than the learned
+    /// timeout caps it, and a new probe is asked for) and counts the request as retried on a new
+    /// connection or lost.
+    pub fn found_closed(
+        &self,
+        server: &Server,
+        idle_age: Option<Duration>,
+        method: &str,
+        retried: bool,
+    ) {
+        self.metrics.closed_origin_idle.inc();
+        if let Some(age) = idle_age {
+            if self.config.keepalive.learn {
+                server.state.idle.found_closed_at(age);
+                server.state.idle.request_probe();
+            }
+            warn!(
+                "origin {} server {}: pooled connection idle for {:?} was closed by the origin; {} {}",
+                self.name,
+                server.address,
+                age,
+                method,
+                if retried { "retried on a new connection" } else { "failed (not retryable)" }
+            );
+        }
+        if retried {
+            self.metrics.lost_connection_retried.inc();
+        } else {
+            self.metrics.lost_connection_failed.inc();
+        }
+    }
+
+    /// A connect to `server` failed: passive health (it may be marked down) and the count.
+    pub fn connect_failed(&self, server: &Server, error: &dyn std::fmt::Display) {
+        server.metrics.connect_failures.inc();
+        if server.health().connect_failed(&self.config.passive_health) {
+            warn!(
+                "origin {} server {} marked down for {} after connect failure: {error}",
+                self.name, server.address, self.config.passive_health.fail_timeout
+            );
+        }
+    }
 }
 
 /// Flips a peer's group so that it matches no pooled connection.
@@ -191,7 +267,8 @@ const FRESH_CONNECTION_GROUP: u64 = 0x5EED_F00D_0000_0001;
 /// timeouts and limits differ), and a reload that changes an origin's connection settings
 /// starts it on fresh connections while origins it did not touch keep theirs warm.
 fn connection_group(name: &str, c: &OriginConfig) -> u64 {
-    let mut h = DefaultHasher::new();
+    // In-process only (pool keys), but with the edge's one specified hash all the same.
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
     name.hash(&mut h);
     c.keepalive.hash(&mut h);
     c.timeouts.hash(&mut h);

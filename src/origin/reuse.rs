@@ -43,6 +43,15 @@ pub struct ConnUse {
     pub origin_last: Option<u32>,
 }
 
+/// The upstream connection a request is on: which one (fd and the time it was established:
+/// fds are recycled, the pair is not) and what the ledger knew of it when the request took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConn {
+    pub fd: i32,
+    pub established: SystemTime,
+    pub usage: ConnUse,
+}
+
 #[derive(Default)]
 pub struct ConnectionLedger {
     // One entry per upstream fd ever used; bounded by the process's fd limit.
@@ -55,6 +64,15 @@ impl ConnectionLedger {
     }
 
     /// Records a request on a connection.
+    pub fn take(&self, fd: i32, established: SystemTime) -> UpstreamConn {
+        UpstreamConn {
+            fd,
+            established,
+            usage: self.record(fd, established),
+        }
+    }
+
+    /// Records a request on a connection; returns the request's view of it.
     pub fn record(&self, fd: i32, established: SystemTime) -> ConnUse {
         self.with(|conns| {
             let c = conns.entry(fd).or_insert(Conn {

@@ -83,20 +83,6 @@ impl Router {
     }
 }
 
-/// The host part of a Host header, lowercased, without port or trailing dot.
-pub fn normalize_host(host: &str) -> String {
-    let h = if let Some(rest) = host.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        match rest.find(']') {
-            Some(end) => &host[..end + 2],
-            None => host,
-        }
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    h.trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,13 +124,5 @@ mod tests {
     fn no_match() {
         let router = Router::new(&[r("www.example.com", "/", "www")]);
         assert!(router.route("evil.com", "/").is_none());
-    }
-
-    #[test]
-    fn host_normalization() {
-        assert_eq!(normalize_host("WWW.Example.com:8080"), "www.example.com");
-        assert_eq!(normalize_host("example.com."), "example.com");
-        assert_eq!(normalize_host("[::1]:80"), "[::1]");
-        assert_eq!(normalize_host("[::1]"), "[::1]");
     }
 }

@@ -1,17 +1,24 @@
-//! The config in force: the validated config plus what is built from it (router, origins with
-//! their balancers, health state and metric handles). Requests take a snapshot when they start
-//! and keep it to the end, so a swap never shows a request half of one config and half of another.
+//! The edge's state, built once at start and passed to every service (proxy, express lane,
+//! admin, background tasks); nothing is reached through globals.
+//!
+//! - [`Edge`]: what lives as long as the process: the cache, the metrics registry, the upstream
+//!   connection ledger, and the config in force behind one atomic pointer.
+//! - [`Live`]: the config in force plus what is built from it (router, origins with their
+//!   balancers, health state and metric handles). Requests take a snapshot when they start and
+//!   keep it to the end, so a reload never shows a request half of one config and half of
+//!   another.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::guard;
+use crate::metrics::Metrics;
 use crate::origin::reuse::ConnectionLedger;
 use crate::origin::router::Router;
 use crate::origin::Origin;
@@ -20,6 +27,8 @@ pub struct Live {
     pub config: Config,
     pub router: Router,
     pub origins: HashMap<String, Arc<Origin>>,
+    /// The client header limits the guard enforces, from `client.*`.
+    pub limits: guard::Limits,
     /// Identifies the config text in force (a hash of it), for operators and dashboards.
     pub version: String,
     pub loaded_at: SystemTime,
@@ -32,18 +41,22 @@ pub struct Live {
 
 impl Live {
     /// Builds from `config`; `previous` (the config being replaced) hands on server state.
-    pub fn build(config: Config, source: String, previous: Option<&Live>) -> Self {
+    pub fn build(config: Config, source: String, previous: Option<&Live>, m: &Metrics) -> Self {
         let origins = config
             .origins
             .iter()
             .map(|(name, o)| {
                 let prev = previous.and_then(|p| p.origins.get(name)).map(Arc::as_ref);
-                (name.clone(), Arc::new(Origin::new(name, o, prev)))
+                (name.clone(), Arc::new(Origin::new(name, o, prev, m)))
             })
             .collect();
         Live {
             router: Router::new(&config.routes),
             origins,
+            limits: guard::Limits {
+                max_headers: config.client.max_headers,
+                max_header_size: config.client.max_header_size.0 as usize,
+            },
             version: version_of(&source),
             loaded_at: SystemTime::now(),
             source,
@@ -53,15 +66,18 @@ impl Live {
     }
 }
 
+/// The config version: XXH3-64 of its text, so every edge and build names a file alike.
 pub fn version_of(source: &str) -> String {
-    let mut h = DefaultHasher::new();
-    source.hash(&mut h);
-    format!("{:016x}", h.finish())
+    format!("{:016x}", crate::hash::stable64(source.as_bytes()))
 }
 
-/// Process-wide state shared by the proxy, the admin listener and background tasks.
+/// Process-wide state shared by the proxy, the express lane, the admin listener and background
+/// tasks.
 pub struct Edge {
     pub live: ArcSwap<Live>,
+    /// The one cache, whatever the config in force (a reload keeps every object).
+    pub cache: Cache,
+    pub metrics: Metrics,
     pub ledger: ConnectionLedger,
     /// The file reloads read; None in demo mode.
     pub config_path: Option<PathBuf>,
@@ -74,9 +90,15 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: Config, source: String, config_path: Option<PathBuf>) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let cache = Cache::new(&config.cache);
+        let live = Live::build(config.clone(), source, None, &metrics);
+        metrics.process.set_config_version(&live.version);
         Arc::new(Edge {
-            boot: config.clone(),
-            live: ArcSwap::from_pointee(Live::build(config, source, None)),
+            boot: config,
+            live: ArcSwap::from_pointee(live),
+            cache,
+            metrics,
             ledger: ConnectionLedger::default(),
             config_path,
             reload_lock: Mutex::new(()),
@@ -85,5 +107,20 @@ impl Edge {
 
     pub fn snapshot(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `printf 'listen: ["127.0.0.1:8080"]\n' | xxhsum -H3`: every edge, build and platform
+    /// reports this version for this text.
+    #[test]
+    fn version_is_stable() {
+        assert_eq!(
+            version_of("listen: [\"127.0.0.1:8080\"]\n"),
+            "88c945c0ef6ed877"
+        );
     }
 }

@@ -1,6 +1,8 @@
-//! The active health checker: a background task that probes every server of every origin that
-//! has a `health_check`, on that origin's interval, and feeds results to the server's health.
-//! It reads the config in force on each tick, so origins added by a reload get probed.
+//! Background services: the active health checker and the idle-timeout probes. A task that
+//! probes every server of every origin that has a `health_check`, on that origin's interval,
+//! feeds results to the server's health, and measures idle timeouts when they are due. It
+//! reads the config in force on each tick, so origins added by a reload get probed. It lives
+//! outside `origin` because it walks the config in force (`state`), which holds the origins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use log::{info, warn};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::health::{probe, CHECKER_TICK};
-use super::keepalive::{probe_idle_timeout, PROBE_SAMPLES};
-use super::Origin;
-use crate::live::Edge;
+use crate::origin::health::{probe, CHECKER_TICK};
+use crate::origin::keepalive::{probe_idle_timeout, PROBE_SAMPLES};
+use crate::origin::Origin;
+use crate::state::Edge;
 use std::time::Duration;
 
 pub struct HealthChecker {

@@ -1,0 +1,76 @@
+//! Requests as clients see them: answered, refused, bytes sent, client connections.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+
+use super::Reg;
+
+pub struct ClientMetrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub refused_requests: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    /// Fresh hits answered by the express lane (also counted in `requests`).
+    pub express_hits: IntCounter,
+    pub connections: IntCounter,
+    pub connections_open: IntGauge,
+    pub requests_per_connection: Histogram,
+}
+
+impl ClientMetrics {
+    pub(super) fn new(r: &Reg) -> Self {
+        let refused_requests = r.counters(
+            "edge_refused_requests_total",
+            "Client requests refused by the edge before reaching an origin, by reason.",
+            &["reason"],
+        );
+        // Every reason exists at 0 from the start, so its panel and rate() show it before the
+        // first refusal.
+        for reason in crate::guard::REASONS {
+            refused_requests.with_label_values(&[reason]);
+        }
+        ClientMetrics {
+            requests: r.counters(
+                "edge_requests_total",
+                "Client requests answered, by route, origin, status class (2xx..5xx) and cache \
+                 outcome (hit, stale, revalidated, miss, expired, pass, request, bypass, none).",
+                &["route", "origin", "status", "cache"],
+            ),
+            response_bytes: r.counters(
+                "edge_response_bytes_total",
+                "Response body bytes sent to clients, by origin and cache status.",
+                &["origin", "cache"],
+            ),
+            request_duration: r.histograms(
+                "edge_request_duration_seconds",
+                "Time from the client's request header to the end of the response, by origin.",
+                &["origin"],
+            ),
+            refused_requests,
+            express_hits: r.counter(
+                "edge_express_hits_total",
+                "Fresh cache hits answered on the client connection before the proxy session \
+                 (also counted in edge_requests_total as cache=\"hit\").",
+            ),
+            connections: r.counter(
+                "edge_client_connections_total",
+                "Client connections that sent at least one request.",
+            ),
+            connections_open: r.gauge(
+                "edge_client_connections_open",
+                "Client connections open now (that sent at least one request).",
+            ),
+            requests_per_connection: r.add(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "edge_client_requests_per_connection",
+                        "Requests served on a client connection, observed when it closes.",
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0,
+                    ]),
+                )
+                .expect("metric definition"),
+            ),
+        }
+    }
+}

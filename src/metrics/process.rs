@@ -1,0 +1,70 @@
+//! The process itself: config reloads and the version in force, memory.
+
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use super::Reg;
+
+pub struct ProcessMetrics {
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub config_info: IntGaugeVec,
+    pub memory_allocated: IntGauge,
+    pub memory_resident: IntGauge,
+}
+
+impl ProcessMetrics {
+    pub(super) fn new(r: &Reg) -> Self {
+        let reloads = r.counters(
+            "edge_config_reloads_total",
+            "Config reloads (SIGHUP or POST /reload), by result: success or failure.",
+            &["result"],
+        );
+        // Both results exist from the start at 0, so that increase() sees the first failure.
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        ProcessMetrics {
+            reloads,
+            last_reload_success: r.add(
+                Gauge::with_opts(Opts::new(
+                    "edge_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config reload (0 if none since start).",
+                ))
+                .expect("metric definition"),
+            ),
+            config_info: r.gauges(
+                "edge_config_info",
+                "Always 1; the version label identifies the config in force (a hash of its text).",
+                &["version"],
+            ),
+            memory_allocated: r.gauge(
+                "edge_memory_allocated_bytes",
+                "Heap memory in use by live allocations (jemalloc's stats.allocated).",
+            ),
+            memory_resident: r.gauge(
+                "edge_memory_resident_bytes",
+                "Memory the allocator keeps in RAM (jemalloc's stats.resident): live allocations \
+                 plus its caches, metadata and fragmentation; close to the process's RSS.",
+            ),
+        }
+    }
+
+    /// Exposes the version in force as `edge_config_info{version}` (one series at a time).
+    pub fn set_config_version(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+    }
+
+    /// Reads jemalloc's statistics (a snapshot refreshed by advancing its epoch); at scrape time.
+    pub fn refresh_memory(&self) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_ok() {
+            if let Ok(b) = stats::allocated::read() {
+                self.memory_allocated.set(b as i64);
+            }
+            if let Ok(b) = stats::resident::read() {
+                self.memory_resident.set(b as i64);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! What one request carries from phase to phase ([`RequestCtx`]), and what one attempt at an
+//! origin server carries ([`Attempt`]): a retry on another server, or on a new connection to the
+//! same one, starts a new attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::cache::CacheKey;
+
+use crate::cache::status::Outcome;
+use crate::client::ClientConnection;
+use crate::config::RouteCache;
+use crate::origin::reuse::{CloseReason, UpstreamConn};
+use crate::origin::{InFlight, Origin, Server};
+use crate::state::Live;
+
+pub struct RequestCtx {
+    /// The config this request started with; it finishes on it, whatever reloads happen.
+    pub live: Arc<Live>,
+    pub started: Instant,
+    /// The client connection, carried across its keep-alive requests.
+    pub conn: Option<Arc<ClientConnection>>,
+    /// Where the router sent the request; None until routed (or when refused).
+    pub routed: Option<Routed>,
+    /// Servers of the origin this request tried, in order.
+    pub tried: Vec<usize>,
+    /// The latest attempt at an origin server.
+    pub attempt: Option<Attempt>,
+    /// The next attempt must use a new connection (a pooled one was found closed, or was idle
+    /// too long for a request nobody may retry).
+    pub fresh_connection: bool,
+    pub cache: CacheCtx,
+    /// Status of the origin's response, when the origin was asked.
+    pub fwd_status: Option<u16>,
+    /// Why the edge refused the request itself (a guard reason, `no_route`).
+    pub refused: Option<&'static str>,
+}
+
+/// The router's decision for a request.
+pub struct Routed {
+    pub route: Arc<str>,
+    /// Present whenever the config is valid (routes name existing origins).
+    pub origin: Option<Arc<Origin>>,
+    pub cache: Arc<RouteCache>,
+    /// The request's host, normalized.
+    pub host: String,
+}
+
+/// The request's part in the cache.
+#[derive(Default)]
+pub struct CacheCtx {
+    /// The client sent `Cache-Control: no-cache`: stored objects need revalidation.
+    pub client_no_cache: bool,
+    /// The lookup found a stored object that was stale, so the origin was asked for a new one.
+    pub found_stale: bool,
+    /// Header fields of a 304 from the origin, to update the stored response with.
+    pub not_modified: Option<http::HeaderMap>,
+    /// The cache key, when the fresh-hit lookup built it (see `cache::hit`).
+    pub key: Option<CacheKey>,
+    /// The key the express lane already looked up without a fresh hit (see `Handoff`).
+    pub looked_up: Option<CacheKey>,
+    pub outcome: Outcome,
+}
+
+/// One attempt at an origin server.
+pub struct Attempt {
+    /// Index of the server in its origin.
+    pub server: usize,
+    /// The connection it went out on, until its response ended (the connection then idles).
+    pub upstream: Option<UpstreamConn>,
+    /// Holds one unit of the server's in-flight count while the attempt lasts.
+    pub in_flight: Option<InFlight>,
+    /// Whether the connection came from the pool; None before it was connected.
+    pub reused: Option<bool>,
+    /// TCP connect time of a new connection.
+    pub connect_time: Option<Duration>,
+    pub sent_at: Option<Instant>,
+    pub ttfb: Option<Duration>,
+    /// Why the connection is not kept after this request, if it is not.
+    pub close: Option<CloseReason>,
+}
+
+impl Attempt {
+    pub fn new(server: usize) -> Self {
+        Attempt {
+            server,
+            upstream: None,
+            in_flight: None,
+            reused: None,
+            connect_time: None,
+            sent_at: None,
+            ttfb: None,
+            close: None,
+        }
+    }
+}
+
+impl RequestCtx {
+    pub fn new(live: Arc<Live>) -> Self {
+        RequestCtx {
+            live,
+            started: Instant::now(),
+            conn: None,
+            routed: None,
+            tried: Vec::new(),
+            attempt: None,
+            fresh_connection: false,
+            cache: CacheCtx::default(),
+            fwd_status: None,
+            refused: None,
+        }
+    }
+
+    pub fn origin(&self) -> Option<&Arc<Origin>> {
+        self.routed.as_ref()?.origin.as_ref()
+    }
+
+    pub fn origin_name(&self) -> &str {
+        self.origin().map_or("-", |o| o.name.as_str())
+    }
+
+    pub fn route_cache(&self) -> Option<&RouteCache> {
+        self.routed.as_ref().map(|r| r.cache.as_ref())
+    }
+
+    /// The origin and the server of the current attempt.
+    pub fn upstream(&self) -> Option<(&Arc<Origin>, &Arc<Server>)> {
+        let origin = self.origin()?;
+        Some((origin, origin.servers.get(self.attempt.as_ref()?.server)?))
+    }
+
+    pub fn server_address(&self) -> &str {
+        self.upstream().map_or("-", |(_, s)| s.address.as_str())
+    }
+}

@@ -1,0 +1,730 @@
+//! The `ProxyHttp` implementation: the request's path through Pingora's phases, in the order
+//! Pingora calls them. Each phase hands its decision to the module that owns it and keeps what
+//! later phases need in the [`RequestCtx`]:
+//!
+//! | phase | decides | owner |
+//! |---|---|---|
+//! | `early_request_filter` | client keep-alive | `client` |
+//! | `request_filter` | refuse, route, answer a fresh hit | `guard`, `origin::router`, `cache::hit` |
+//! | `request_cache_filter` .. `should_serve_stale` | cache lookup, key, variant, stale | `cache` |
+//! | `upstream_peer` | which server, which connection | `origin` |
+//! | `connected_to_upstream` | keep or close the connection after this request | `origin::reuse` |
+//! | `upstream_request_filter` | what the origin receives | `forwarded` |
+//! | `upstream_response_filter` | what is learned from the origin | `origin` |
+//! | `response_cache_filter` | whether and how long to store | `cache::policy` |
+//! | `response_filter` | what the client is told about the cache | `cache::status`, `cache::invalidate` |
+//! | `fail_to_connect`, `error_while_proxy` | retry, passive health | `origin` |
+//! | `fail_to_proxy` | the error's status | `errors` |
+//! | `logging` | the request's record | `served` |
+//!
+//! The express lane (`crate::express`) answers plain fresh hits before any of this runs, and
+//! hands every other request here with what it already found ([`Handoff`]).
+
+mod ctx;
+mod errors;
+mod forwarded;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::cache::hit::{self, HitHead};
+use crate::cache::status::Outcome;
+use crate::cache::store::FreshHit;
+use crate::cache::{invalidate, key as cache_key, policy, vary};
+use crate::client::{self, ClientConnection};
+use crate::config::Balance;
+use crate::guard;
+use crate::host::{normalize_host, request_host};
+use crate::logging::AccessEntry;
+use crate::origin::reuse::{close_reason, CloseReason};
+use crate::origin::InFlight;
+use crate::served::Served;
+use crate::state::{Edge, Live};
+pub use ctx::RequestCtx;
+use ctx::{Attempt, Routed};
+use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
+
+pub struct EdgeProxy {
+    pub edge: Arc<Edge>,
+}
+
+/// What the express lane hands the proxy with a request it passes on (as the connection's
+/// context): the client connection, and the cache key it built and found no fresh hit for, so
+/// the proxy does not build, hash and look it up again.
+pub(crate) struct Handoff {
+    pub conn: Option<Arc<ClientConnection>>,
+    pub live: Arc<Live>,
+    pub looked_up: Option<CacheKey>,
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.edge.snapshot())
+    }
+
+    /// A keep-alive connection's next request: take back what the previous one left (the
+    /// client connection's count, or the express lane's handoff).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        match prev.downcast::<Arc<ClientConnection>>() {
+            Ok(conn) => ctx.conn = Some(*conn),
+            Err(prev) => {
+                if let Ok(h) = prev.downcast::<Handoff>() {
+                    ctx.conn = h.conn;
+                    // Only valid under the config the lane looked it up with.
+                    if Arc::ptr_eq(&h.live, &ctx.live) {
+                        ctx.cache.looked_up = h.looked_up;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pingora has applied the client's own choice by now: `Connection: close`, or HTTP/1.0
+        // without `Connection: keep-alive`, left keep-alive off, and off it stays.
+        if session.get_keepalive().is_some() {
+            let (idle, remaining) = client::keepalive(
+                &ctx.live.config.client,
+                session.get_keepalive_reuses_remaining(),
+            );
+            session.set_keepalive(idle);
+            session.set_keepalive_reuses_remaining(Some(remaining));
+        }
+        let m = &self.edge.metrics;
+        ctx.conn
+            .get_or_insert_with(|| Arc::new(ClientConnection::open(m)))
+            .request();
+        Ok(())
+    }
+
+    /// Refuses hostile requests, routes, and answers fresh hits from the store.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        if let Err(r) = guard::check(req, &ctx.live.limits) {
+            ctx.refused = Some(r.reason);
+            let refused = &self.edge.metrics.client.refused_requests;
+            refused.with_label_values(&[r.reason]).inc();
+            respond_text(session, r.status, &format!("refused: {}", r.reason), false).await?;
+            return Ok(true);
+        }
+        let host = normalize_host(request_host(req).unwrap_or_default());
+        let Some(route) = ctx.live.router.route(&host, req.uri.path()) else {
+            ctx.refused = Some("no_route");
+            let msg = format!("no route for host \"{host}\"");
+            respond_text(session, 404, &msg, true).await?;
+            return Ok(true);
+        };
+        let found = match ctx.cache.looked_up.take() {
+            // The express lane built this key and found no fresh hit a moment ago.
+            Some(key) => hit::Lookup {
+                hit: None,
+                key: Some(key),
+            },
+            None => hit::lookup(req, &host, &route.cache, self.edge.cache.store),
+        };
+        ctx.routed = Some(Routed {
+            route: route.name.clone(),
+            origin: ctx.live.origins.get(&route.origin).cloned(),
+            cache: route.cache.clone(),
+            host,
+        });
+        ctx.cache.key = found.key;
+        match found.hit {
+            Some(hit) => {
+                self.serve_fresh_hit(session, ctx, hit).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(route) = ctx.route_cache() else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        if policy::bypass_reason(req, route).is_some() {
+            return Ok(());
+        }
+        ctx.cache.client_no_cache = policy::client_wants_revalidation(req);
+        let c = &self.edge.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(ctx.live.config.cache.lock_timeout.get());
+        session.cache.enable(
+            c.store,
+            Some(c.eviction),
+            Some(c.predictor),
+            Some(c.lock),
+            Some(overrides),
+        );
+        session.cache.set_max_file_size_bytes(c.max_object_size());
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        // Built already when the fresh-hit lookup looked for it.
+        if let Some(key) = ctx.cache.key.take() {
+            return Ok(key);
+        }
+        let routed = ctx
+            .routed
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache without a route"))?;
+        Ok(cache_key::for_request(
+            session.req_header(),
+            &routed.host,
+            &routed.cache.key,
+        ))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        ctx.cache.found_stale = !is_fresh;
+        // RFC 9111 section 5.2.1.4: a request's no-cache means validate with the origin first.
+        if ctx.cache.client_no_cache && is_fresh {
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        vary::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Pingora has already checked the object's stale-while-revalidate / stale-if-error
+        // window (from the origin, or the route's stale_if_error): within it, serve stale while
+        // revalidating, and when the origin fails.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let origin = ctx
+            .origin()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no origin"))?;
+        // Consistent hashing keys on what the cache will key on: host and target. Other modes
+        // need no key, so they skip building it.
+        let key = if origin.config.balance == Balance::ConsistentHash {
+            let req = session.req_header();
+            format!("{}{}", request_host(req).unwrap_or_default(), req.uri)
+        } else {
+            String::new()
+        };
+        // After a pooled connection turned out closed (or too old for this request), the same
+        // server is asked again, on a new connection: the server is fine, the connection was not.
+        let fresh = std::mem::take(&mut ctx.fresh_connection);
+        let idx = match ctx.tried.last() {
+            Some(&last) if fresh => last,
+            _ => {
+                let Some(idx) = origin.pick(key.as_bytes(), &ctx.tried) else {
+                    return Error::e_explain(
+                        ErrorType::ConnectRefused,
+                        format!("origin {}: every server was tried", origin.name),
+                    );
+                };
+                ctx.tried.push(idx);
+                idx
+            }
+        };
+        ctx.attempt = Some(Attempt::new(idx));
+        let server = &origin.servers[idx];
+        Ok(server.peer(origin.idle_limit(server), fresh))
+    }
+
+    /// The attempt has its connection: counted, and judged (kept after the response, or closed
+    /// by a limit; refused when it idled too long for a request nobody may retry).
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some((origin, server)) = ctx.upstream().map(|(o, s)| (o.clone(), s.clone())) else {
+            return Ok(());
+        };
+        server.health().connect_succeeded();
+        let timing = digest
+            .and_then(|d| d.timing_digest.first())
+            .and_then(|t| t.as_ref());
+        let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
+        let conn = self.edge.ledger.take(fd, established);
+        if reused && !replayable(session) {
+            // A request nobody may retry never rides a pooled connection that has been idle
+            // past the current limit (it was pooled under an older, longer one): it takes
+            // another connection instead. Nothing was sent, so this refusal is always safe.
+            let limit = origin.idle_limit(&server);
+            if let Some(age) = conn.usage.idle_age.filter(|age| *age > limit) {
+                ctx.fresh_connection = true;
+                origin.metrics.closed_stale_for_unsafe.inc();
+                let mut e = Error::explain(
+                    STALE_POOLED_CONNECTION,
+                    format!("pooled connection idle {age:?} > {limit:?}"),
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        let Some(attempt) = ctx.attempt.as_mut() else {
+            return Ok(());
+        };
+        attempt.reused = Some(reused);
+        if reused {
+            origin.metrics.reused.inc();
+        } else {
+            origin.metrics.new.inc();
+            attempt.connect_time = timing.and_then(|t| t.establishment_duration);
+            if let Some(t) = attempt.connect_time {
+                origin.metrics.connect.observe(t.as_secs_f64());
+            }
+        }
+        let in_flight = InFlight::new(server.state.clone());
+        let ka = &origin.config.keepalive;
+        attempt.close = close_reason(
+            origin.pooling_off(),
+            &conn.usage,
+            ka.max_requests,
+            in_flight.concurrency,
+            ka.pool_size,
+        );
+        attempt.upstream = Some(conn);
+        attempt.in_flight = Some(in_flight);
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let origin = ctx.origin().cloned();
+        if let (Some(origin), Some(attempt)) = (origin, ctx.attempt.as_mut()) {
+            if let Some(reason) = attempt.close {
+                match reason {
+                    CloseReason::MaxRequests => origin.metrics.closed_max_requests.inc(),
+                    CloseReason::PoolFull => origin.metrics.closed_pool_full.inc(),
+                    CloseReason::PoolingOff => origin.metrics.closed_pooling_off.inc(),
+                    CloseReason::OriginMax => origin.metrics.closed_origin_max.inc(),
+                }
+            }
+            forwarded::prepare(upstream, &origin, attempt.close.is_some(), client_ip)?;
+            attempt.sent_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// The origin's response header: its time to first byte, and what it says about its
+    /// connection.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream.status.is_informational() {
+            return Ok(());
+        }
+        ctx.fwd_status = Some(upstream.status.as_u16());
+        if upstream.status == 304 && session.cache.enabled() {
+            ctx.cache.not_modified = Some(upstream.headers.clone());
+        }
+        if let Some((origin, server)) = ctx.upstream().map(|(o, s)| (o.clone(), s.clone())) {
+            let attempt = ctx.attempt.as_mut().expect("upstream() has an attempt");
+            origin.learn_from_response(
+                &server,
+                upstream,
+                attempt.upstream.as_ref(),
+                &self.edge.ledger,
+                attempt.close.is_some(),
+            );
+            if let Some(sent) = attempt.sent_at {
+                let ttfb = sent.elapsed();
+                attempt.ttfb = Some(ttfb);
+                let kind = ttfb_cache_kind(session.cache.phase(), upstream.status.as_u16());
+                let conn = (attempt.reused == Some(true)) as usize;
+                origin.metrics.ttfb[conn][kind].observe(ttfb.as_secs_f64());
+                server.state.idle.ttfb(ttfb);
+            }
+        }
+        // Hop-by-hop fields of the upstream connection are not the client's business.
+        upstream.remove_header("keep-alive");
+        upstream.remove_header("proxy-connection");
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(route) = ctx.route_cache() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        let settings = &ctx.live.config.cache;
+        Ok(match &ctx.cache.not_modified {
+            // RFC 9111 section 4.3.4: a 304 updates every stored field it carries (Pingora
+            // merges only the caching ones); the new fields also decide the new freshness.
+            Some(fields) => {
+                let mut updated = resp.clone();
+                policy::apply_not_modified(&mut updated, fields);
+                policy::response_cacheable(&updated, authorization, route, settings)
+            }
+            None => policy::response_cacheable(resp, authorization, route, settings),
+        })
+    }
+
+    /// What the client is told about the cache; what an unsafe request invalidated.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let c = &mut ctx.cache;
+        c.outcome = Outcome::from_phase(
+            session.cache.phase(),
+            ctx.fwd_status.is_some(),
+            c.client_no_cache,
+            c.found_stale,
+        );
+        if matches!(c.outcome, Outcome::Miss { stored: false, .. })
+            && session.cache.predicted_uncacheable_reason().is_some()
+        {
+            // Known uncacheable: it went straight to the origin, skipping the lock.
+            c.outcome = Outcome::Pass;
+        }
+        if let (Outcome::Miss { vary, .. }, Some(key)) =
+            (&mut c.outcome, session.cache.maybe_cache_key())
+        {
+            *vary = self.edge.cache.store.has_other_variants(key);
+        }
+        let fresh_until = session.cache.maybe_cache_meta().map(|m| m.fresh_until());
+        self.client_cache_fields(resp, ctx, fresh_until)?;
+        let req = session.req_header();
+        if !req.method.is_safe() && resp.status.as_u16() < 400 {
+            if let Some(routed) = &ctx.routed {
+                let removed = invalidate::after_unsafe(
+                    self.edge.cache.store,
+                    req,
+                    resp,
+                    &routed.host,
+                    routed.cache.key.query,
+                );
+                if removed > 0 {
+                    let purged = &self.edge.metrics.cache.purged;
+                    purged
+                        .with_label_values(&["invalidation"])
+                        .inc_by(removed as u64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The origin has sent its last byte: its idle timer runs from about now, and the
+            // connection goes back to the pool.
+            self.connection_idle(ctx);
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some((origin, server)) = ctx.upstream() else {
+            return e;
+        };
+        origin.connect_failed(server, &e);
+        // Retry on another server of the origin, bounded by `retries`; a connect failure means
+        // nothing was sent, so this is safe for every method.
+        let retries_used = ctx.tried.len() - 1;
+        let untried_left = ctx.tried.len() < origin.servers.len();
+        if retries_used < origin.config.retries && untried_left {
+            e.set_retry(true);
+            origin.metrics.retries_connect_failure.inc();
+        }
+        e
+    }
+
+    /// Pingora's policy, kept as is (retry only idempotent requests whose body can be replayed,
+    /// and only after a failure on a reused connection), plus a count of the retries it allows.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &STALE_POOLED_CONNECTION {
+            // Refused before sending anything (see connected_to_upstream): retry is safe.
+            return e;
+        }
+        if !replayable(session) {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            if let Some(origin) = ctx.origin() {
+                origin.metrics.retries_connection_lost.inc();
+            }
+        }
+        self.note_lost_connection(session, &e, ctx, client_reused);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, reason) = status_for(e);
+        if code > 0 && session.response_written().is_none() {
+            let msg = error_text(code, reason, ctx.origin_name());
+            if let Err(we) = respond_text(session, code, &msg, false).await {
+                log::warn!("could not send the {code} error response: {we}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A response without a body end seen above: idle from now at the latest.
+        self.connection_idle(ctx);
+        if let Some(a) = ctx.attempt.as_mut() {
+            a.in_flight = None;
+        }
+        let req = session.req_header();
+        let client = session.client_addr();
+        let error = e.map(|e| e.to_string());
+        let attempt = ctx.attempt.as_ref();
+        let served = Served {
+            entry: AccessEntry {
+                client: client.map(|c| c as &dyn std::fmt::Display),
+                method: req.method.as_str(),
+                host: request_host(req).unwrap_or("-"),
+                path: &req.uri,
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                bytes: session.body_bytes_sent(),
+                route: ctx.routed.as_ref().map_or("-", |r| &r.route),
+                origin: ctx.origin_name(),
+                server: ctx.server_address(),
+                conn: match attempt.and_then(|a| a.reused) {
+                    Some(true) => "reused",
+                    Some(false) => "new",
+                    None => "-",
+                },
+                cache: ctx.cache.outcome.label(),
+                connect: attempt.and_then(|a| a.connect_time),
+                ttfb: attempt.and_then(|a| a.ttfb),
+                total: ctx.started.elapsed(),
+                tries: ctx.tried.len(),
+                refused: ctx.refused,
+                error,
+            },
+            origin: ctx.origin().map(|o| o.as_ref()),
+        };
+        served.record(&self.edge.metrics, &ctx.live.config.log);
+    }
+
+    /// Hands the client connection on to the connection's next request.
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.conn
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+}
+
+impl EdgeProxy {
+    /// Answers with a fresh stored response (see `cache::hit`), as pingora-cache's hit path
+    /// would have.
+    async fn serve_fresh_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        hit: FreshHit,
+    ) -> Result<()> {
+        ctx.cache.outcome = Outcome::Hit;
+        let head = HitHead {
+            hit: &hit,
+            targeted: &ctx.live.config.cache.targeted_field,
+        }
+        .response_header();
+        if session.req_header().method == http::Method::HEAD {
+            return session.write_response_header(Box::new(head), true).await;
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        if hit.body.is_empty() {
+            return session.write_response_body(None, true).await;
+        }
+        let last = hit.body.len() - 1;
+        for (i, chunk) in hit.body.iter().enumerate() {
+            session
+                .write_response_body(Some(chunk.clone()), i == last)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What the client is told about the cache (`Cache-Status`), less the fields meant for this
+    /// cache alone. `fresh_until`: of the stored response involved, if any.
+    fn client_cache_fields(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &RequestCtx,
+        fresh_until: Option<SystemTime>,
+    ) -> Result<()> {
+        if ctx.routed.is_some() {
+            let value = ctx.cache.outcome.header(fresh_until, ctx.fwd_status);
+            resp.insert_header("cache-status", value)?;
+        }
+        hit::strip_cache_only_fields(resp, &ctx.live.config.cache.targeted_field);
+        Ok(())
+    }
+
+    /// The attempt's connection is idle from now (its response ended), once.
+    fn connection_idle(&self, ctx: &mut RequestCtx) {
+        if let Some(c) = ctx.attempt.as_mut().and_then(|a| a.upstream.take()) {
+            self.edge.ledger.idle(c.fd, c.established);
+        }
+    }
+
+    /// A request failed on a pooled connection before any response: the origin had closed it
+    /// while it was idle. The origin learns from it; the next attempt takes a new connection.
+    fn note_lost_connection(
+        &self,
+        session: &Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) {
+        // Only the origin's side: a client that goes away mid-request is not the origin's close.
+        let lost_connection = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if !client_reused || !lost_connection || ctx.fwd_status.is_some() {
+            return;
+        }
+        let Some((origin, server)) = ctx.upstream() else {
+            return;
+        };
+        let idle_age = ctx
+            .attempt
+            .as_ref()
+            .and_then(|a| a.upstream.as_ref())
+            .and_then(|c| c.usage.idle_age);
+        origin.found_closed(
+            server,
+            idle_age,
+            session.req_header().method.as_str(),
+            e.retry(),
+        );
+        if e.retry() {
+            ctx.fresh_connection = true;
+        }
+    }
+}
+
+/// Why the origin was asked, as an index into `metrics::TTFB_CACHE_LABELS`.
+fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
+    match phase {
+        CachePhase::Miss => 0,
+        CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Expired => {
+            if status == 304 {
+                2
+            } else {
+                1
+            }
+        }
+        _ => 3,
+    }
+}
+
+/// Whether the request may be sent again if its connection fails: an idempotent method and a
+/// body Pingora can still replay.
+fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}

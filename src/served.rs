@@ -1,0 +1,101 @@
+//! What the edge did for one request, recorded once when it ends: counted in the request, byte
+//! and duration metrics and written to the access log, the same way whichever path answered
+//! (the express lane or the proxy).
+
+use log::info;
+
+use crate::config::LogSettings;
+use crate::logging::AccessEntry;
+use crate::metrics::Metrics;
+use crate::origin::Origin;
+
+pub struct Served<'a> {
+    pub entry: AccessEntry<'a>,
+    /// The origin the request was routed to, for its latency histogram.
+    pub origin: Option<&'a Origin>,
+}
+
+impl Served<'_> {
+    pub fn record(&self, m: &Metrics, log: &LogSettings) {
+        let e = &self.entry;
+        m.client
+            .requests
+            .with_label_values(&[e.route, e.origin, status_class(e.status), e.cache])
+            .inc();
+        m.client
+            .response_bytes
+            .with_label_values(&[e.origin, e.cache])
+            .inc_by(e.bytes as u64);
+        if let Some(o) = self.origin {
+            o.metrics.duration.observe(e.total.as_secs_f64());
+        }
+        if log.access && log::log_enabled!(target: "access", log::Level::Info) {
+            info!(target: "access", "{}", e.render(log.access_format));
+        }
+    }
+}
+
+/// The `status` label: 1xx..5xx, or `none` when nothing was sent.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn counted_by_route_origin_class_and_cache() {
+        let m = Metrics::new();
+        let log = LogSettings {
+            access: false,
+            ..Default::default()
+        };
+        let served = Served {
+            entry: AccessEntry {
+                client: None,
+                method: "GET",
+                host: "a.com",
+                path: &"/x",
+                status: 404,
+                bytes: 10,
+                route: "r",
+                origin: "web",
+                server: "-",
+                conn: "-",
+                cache: "miss",
+                connect: None,
+                ttfb: None,
+                total: Duration::from_millis(1),
+                tries: 1,
+                refused: None,
+                error: None,
+            },
+            origin: None,
+        };
+        served.record(&m, &log);
+        served.record(&m, &log);
+        let c = m
+            .client
+            .requests
+            .with_label_values(&["r", "web", "4xx", "miss"]);
+        assert_eq!(c.get(), 2);
+        assert_eq!(
+            m.client
+                .response_bytes
+                .with_label_values(&["web", "miss"])
+                .get(),
+            20
+        );
+        assert_eq!(status_class(0), "none");
+    }
+}
