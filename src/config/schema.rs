@@ -1,0 +1,600 @@
+//! The config schema: the types operators write in the YAML, each field with what it means and
+//! its default.
+//!
+//! Defaults have one home: each struct's `impl Default`, which serde uses for missing fields
+//! through `#[serde(default)]` on the struct. Three entries also have a field that must be
+//! written (an origin's `servers`, a route's `origin`, a server's `address`); serde's
+//! struct-level `default` cannot keep one field required, so they are read through a private
+//! "as written" twin where that field is an `Option` (see [`OriginFields`]). `AdminSettings`
+//! has no defaults at all. Checks serde cannot express are in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::units::{Dur, Size};
+use super::validate::resolve;
+
+/// A whole, validated config, built by `validate::parse` section by section (not by serde).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `server:`; default: [`ServerSettings::default`].
+    pub server: ServerSettings,
+    /// `listen:` (required): the proxy's `ip:port` addresses, at least one, none twice. A single
+    /// string is accepted for a list of one.
+    pub listen: Vec<SocketAddr>,
+    /// `admin.listen`; default: none (no admin listener). Never one of `listen`.
+    pub admin: Option<SocketAddr>,
+    /// `client:`; default: [`ClientSettings::default`].
+    pub client: ClientSettings,
+    /// `log:`; default: [`LogSettings::default`].
+    pub log: LogSettings,
+    /// `cache:`; default: [`CacheSettings::default`].
+    pub cache: CacheSettings,
+    /// `origins:` (required, at least one): origins by name. Names use letters, digits, `-`,
+    /// `_` and `.` (they become metric labels).
+    pub origins: BTreeMap<String, OriginConfig>,
+    /// `routes:` (required, at least one), in config order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Pingora's own server settings (`server:`).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service, 1 to 1024. Default: `2`.
+    pub threads: usize,
+    /// Pingora's pid file. Default: `/tmp/edge-<first listen address>.pid`, so edges run side
+    /// by side.
+    pub pid_file: Option<String>,
+    /// Unix socket over which a new binary takes the listening sockets on upgrade (`-u`).
+    /// Default: `/tmp/edge-<first listen address>.upgrade.sock`.
+    pub upgrade_sock: Option<String>,
+    /// After SIGTERM (or after handing the sockets over on SIGQUIT) the listeners stop and
+    /// requests in flight get this long to finish; then Pingora drops what is left. Keep it
+    /// above the longest response you serve. Default: `5s`.
+    pub grace_period: Dur,
+    /// The final step: how long Pingora waits for its runtimes (blocking work) to stop.
+    /// Default: `5s`.
+    pub graceful_shutdown_timeout: Dur,
+    /// Size of Pingora's shared upstream connection LRU per thread, at least 1. Default: the sum
+    /// over origins of `pool_size` × servers, spread over the threads, at least 128 per thread,
+    /// so per-origin limits, not the LRU, decide what is kept.
+    pub upstream_pool_size: Option<usize>,
+    /// Log file used when daemonized (`-d`). Default: none (stderr).
+    pub error_log: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: 2,
+            pid_file: None,
+            upgrade_sock: None,
+            grace_period: Dur::secs(5),
+            graceful_shutdown_timeout: Dur::secs(5),
+            upstream_pool_size: None,
+            error_log: None,
+        }
+    }
+}
+
+/// The admin HTTP listener (`admin:`): `/metrics`, `/healthz`, `/config`, `POST /reload`,
+/// `POST /purge`. No authentication: keep it on loopback or a private interface.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `ip:port` (required when `admin:` is present).
+    pub listen: String,
+}
+
+/// Downstream (client-facing) connection settings (`client:`), as nginx's `keepalive_timeout`
+/// and `keepalive_requests`.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSettings {
+    /// Idle time allowed between two requests on a client connection; `0s` disables keep-alive.
+    /// Default: `65s`.
+    pub keepalive_timeout: Dur,
+    /// Requests served on one client connection before it is closed, at least 1.
+    /// Default: `1000`.
+    pub keepalive_requests: u32,
+    /// Largest request header block accepted (request line and all fields), 1KiB to 1MiB;
+    /// larger gets 431. Default: `64KiB`.
+    pub max_header_size: Size,
+    /// Most header fields accepted in one request, 1 to 256; more gets 431. Default: `100`.
+    pub max_headers: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            keepalive_timeout: Dur::secs(65),
+            keepalive_requests: 1000,
+            max_header_size: Size(64 << 10),
+            max_headers: 100,
+        }
+    }
+}
+
+/// `log.level`: `error`, `warn`, `info`, `debug` or `trace`. Default: `info`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Logging (`log:`). `RUST_LOG`, when set, overrides `level` (and allows per-module filters).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Most verbose level logged. Default: `info`.
+    pub level: LogLevel,
+    /// One line per request (target `access`, level info). Default: `true`.
+    pub access: bool,
+    /// `text` (`key=value`) or `json` (one object per line). Default: `text`.
+    pub access_format: crate::logging::Format,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: LogLevel::Info,
+            access: true,
+            access_format: crate::logging::Format::Text,
+        }
+    }
+}
+
+/// The shared cache (`cache:`): one store for all routes.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Memory for cached objects: bodies, headers and per-object bookkeeping; at least 1MiB.
+    /// Default: `256MiB`.
+    pub max_size: Size,
+    /// Larger responses are passed through, not stored. More than 0, at most `max_size` and at
+    /// most 64MiB (the eviction policy's weight range). Default: `8MiB`.
+    pub max_object_size: Size,
+    /// How long concurrent misses for one object wait for the first one's response before
+    /// going to the origin themselves. Default: `5s`.
+    pub lock_timeout: Dur,
+    /// A response header that targets this cache only (RFC 9213), before `CDN-Cache-Control`
+    /// and `Cache-Control`. It is removed from responses to clients.
+    /// Default: `edge-cache-control`.
+    pub targeted_field: String,
+    /// Answer plain fresh hits on the client connection, before the proxy session (see
+    /// `express`). `false` sends every request through the proxy's phases (for debugging;
+    /// responses are the same, hits cost more CPU). Reloadable. Default: `true`.
+    pub express_lane: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_size: Size(256 << 20),
+            max_object_size: Size(8 << 20),
+            lock_timeout: Dur::secs(5),
+            targeted_field: "edge-cache-control".into(),
+            express_lane: true,
+        }
+    }
+}
+
+/// `routes[].cache.key.query`: how the query string joins the cache key. Default: `keep`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKey {
+    /// The query string as sent.
+    #[default]
+    Keep,
+    /// Parameters sorted, so `?b=1&a=2` and `?a=2&b=1` share an object.
+    Sort,
+    /// Ignored: every query string shares the object of the bare path.
+    Strip,
+}
+
+/// What identifies a cached object besides scheme, host and path (`routes[].cache.key`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheKeySettings {
+    /// How the query string counts. Default: `keep`.
+    pub query: QueryKey,
+    /// Request headers whose values are part of the key. Default: none.
+    pub headers: Vec<String>,
+    /// Cookies whose values are part of the key. Default: none.
+    pub cookies: Vec<String>,
+}
+
+/// Requests that skip the cache, neither looked up nor stored (`routes[].cache.bypass`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheBypass {
+    /// Any of these cookies present (e.g. a session cookie). Default: none.
+    pub cookies: Vec<String>,
+    /// Any of these request headers present. Default: none.
+    pub headers: Vec<String>,
+}
+
+/// Caching for one route (`routes[].cache`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteCache {
+    /// `false`: the route never uses the cache. Default: `true`.
+    pub enabled: bool,
+    /// Freshness for cacheable statuses when the origin gives none; `0s` = do not cache those.
+    /// Default: `0s`.
+    pub default_ttl: Dur,
+    /// Upper bound on any freshness lifetime; `0s` = no cap. Default: `0s`.
+    pub max_ttl: Dur,
+    /// Serve a stale object for this long when the origin fails (5xx, unreachable), unless
+    /// the origin forbids it (`must-revalidate`, `stale-if-error=0`). Default: `0s`.
+    pub stale_if_error: Dur,
+    /// What identifies a cached object. Default: [`CacheKeySettings::default`].
+    pub key: CacheKeySettings,
+    /// Requests that skip the cache. Default: none skip it.
+    pub bypass: CacheBypass,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            enabled: true,
+            default_ttl: Dur::secs(0),
+            max_ttl: Dur::secs(0),
+            stale_if_error: Dur::secs(0),
+            key: CacheKeySettings::default(),
+            bypass: CacheBypass::default(),
+        }
+    }
+}
+
+/// `origins.NAME.balance`: how requests are spread over an origin's servers.
+/// Default: `round_robin`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Servers in turn, ignoring weights.
+    #[default]
+    RoundRobin,
+    /// nginx's smooth weighted round robin (weights 3:1 give A A B A).
+    Weighted,
+    /// Weighted rendezvous hashing on host + request target: one object keeps reaching one
+    /// server, and only a down server's objects move.
+    ConsistentHash,
+}
+
+/// Upstream keep-alive (`origins.NAME.keepalive`), as nginx's upstream `keepalive`,
+/// `keepalive_timeout`, `keepalive_requests`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveSettings {
+    /// How long an idle pooled connection is kept. Keep it below the origin's own keep-alive
+    /// timeout, or requests race the origin's close. `0s` disables pooling. Default: `55s`.
+    pub idle_timeout: Dur,
+    /// Connections kept open per server of this origin. `0` disables pooling. Default: `64`.
+    pub pool_size: usize,
+    /// Requests sent on one upstream connection before the edge closes it, at least 1.
+    /// Default: `1000`.
+    pub max_requests: u32,
+    /// Learn each server's own idle timeout (from `Keep-Alive: timeout=`, and by measuring
+    /// when it closes an idle connection) and close pooled connections a safety margin before
+    /// it, never later than `idle_timeout`. Default: `true`.
+    pub learn: bool,
+    /// The safety margin before a learned timeout. Default: none, i.e. measured (twice the
+    /// smallest recent time to first byte from that server, plus 5 ms).
+    pub margin: Option<Dur>,
+}
+
+impl Default for KeepaliveSettings {
+    fn default() -> Self {
+        KeepaliveSettings {
+            idle_timeout: Dur::secs(55),
+            pool_size: 64,
+            max_requests: 1000,
+            learn: true,
+            margin: None,
+        }
+    }
+}
+
+/// Upstream timeouts (`origins.NAME.timeouts`); each longer than `0s`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to one server; on expiry the next server is tried. Default: `2s`.
+    pub connect: Dur,
+    /// Longest wait for any read from the origin (header or body); expiry gives 504.
+    /// Default: `30s`.
+    pub read: Dur,
+    /// Longest wait for any write to the origin. Default: `30s`.
+    pub write: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Dur::secs(2),
+            read: Dur::secs(30),
+            write: Dur::secs(30),
+        }
+    }
+}
+
+/// Kernel TCP keep-alive probes on upstream connections (`origins.NAME.tcp_keepalive`; off
+/// unless written): finds dead peers behind NAT or firewalls that silently drop idle flows.
+/// `idle` and `interval` at least `1s`, `count` at least 1.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe. Default: `60s`.
+    pub idle: Dur,
+    /// Time between probes. Default: `10s`.
+    pub interval: Dur,
+    /// Unanswered probes before the connection is dropped. Default: `3`.
+    pub count: usize,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Dur::secs(60),
+            interval: Dur::secs(10),
+            count: 3,
+        }
+    }
+}
+
+/// Active health check (`origins.NAME.health_check`; off unless written): an HTTP GET to every
+/// server of the origin; a 2xx or 3xx within `timeout` passes.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Path requested, starting with `/`. Default: `/`.
+    pub path: String,
+    /// Time between two checks of a server, longer than `0s`. Default: `5s`.
+    pub interval: Dur,
+    /// Longest wait for an answer, longer than `0s`. Default: `2s`.
+    pub timeout: Dur,
+    /// Consecutive successes that bring a down server back, at least 1. Default: `2`.
+    pub rise: u32,
+    /// Consecutive failures that take a server down, at least 1. Default: `3`.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".into(),
+            interval: Dur::secs(5),
+            timeout: Dur::secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Passive health (`origins.NAME.passive_health`), as nginx's `max_fails` / `fail_timeout`:
+/// connect failures seen by real traffic take a server out of rotation for `fail_timeout`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealth {
+    /// Consecutive connect failures that take a server out. Default: `1`.
+    pub max_fails: u32,
+    /// How long it stays out. Default: `10s`.
+    pub fail_timeout: Dur,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: 1,
+            fail_timeout: Dur::secs(10),
+        }
+    }
+}
+
+/// One server of an origin (`origins.NAME.servers[]`): `"host:port"`, or
+/// `{address: "host:port", weight: 3}`. Names are resolved when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// As written by the operator (host:port). Required.
+    pub address: String,
+    /// Relative share of requests under `weighted` and `consistent_hash`, at least 1.
+    /// Default: `1`.
+    pub weight: u32,
+    /// Resolved once at load; a reload resolves again.
+    pub addr: SocketAddr,
+}
+
+/// A server entry's mapping form as written; `address` is an `Option` as in [`OriginFields`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerEntry {
+    address: Option<String>,
+    weight: u32,
+}
+
+impl Default for ServerEntry {
+    fn default() -> Self {
+        ServerEntry {
+            address: None,
+            weight: 1,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entry = match Value::deserialize(d)? {
+            Value::String(address) => ServerEntry {
+                address: Some(address),
+                ..ServerEntry::default()
+            },
+            v @ Value::Mapping(_) => ServerEntry::deserialize(v).map_err(D::Error::custom)?,
+            _ => {
+                return Err(D::Error::custom(
+                    r#"expected an address like "127.0.0.1:8000" or {address: "127.0.0.1:8000", weight: 3}"#,
+                ))
+            }
+        };
+        let address = entry
+            .address
+            .ok_or_else(|| D::Error::missing_field("address"))?;
+        let addr = resolve(&address).map_err(D::Error::custom)?;
+        if entry.weight == 0 {
+            return Err(D::Error::custom("weight must be at least 1"));
+        }
+        Ok(ServerSpec {
+            address,
+            weight: entry.weight,
+            addr,
+        })
+    }
+}
+
+/// One origin (`origins.NAME`): a group of servers and how the edge talks to them. Read through
+/// `OriginFields`, where the defaults are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginConfig {
+    /// Required, at least one, none twice.
+    pub servers: Vec<ServerSpec>,
+    /// Default: `round_robin`.
+    pub balance: Balance,
+    /// Host header sent upstream, a valid Host value. Default: none (the client's Host is
+    /// passed through).
+    pub host: Option<String>,
+    /// Default: [`KeepaliveSettings::default`].
+    pub keepalive: KeepaliveSettings,
+    /// Default: [`Timeouts::default`].
+    pub timeouts: Timeouts,
+    /// Default: none (no kernel probes).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Default: none (no active checks).
+    pub health_check: Option<HealthCheck>,
+    /// Default: [`PassiveHealth::default`].
+    pub passive_health: PassiveHealth,
+    /// Further servers tried after a connect failure, within this origin. Default: `2`.
+    pub retries: usize,
+}
+
+/// [`OriginConfig`] as written. serde's struct-level `default` fills every missing field and
+/// cannot keep one required, so `servers` is an `Option` here; its absence is then refused with
+/// serde's own "missing field" error at the origin's path, as a derived required field was.
+/// Same fields in the same order as `OriginConfig` (the order shows in "unknown field, expected
+/// one of" errors); `expecting` keeps the type name in "invalid type" errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "struct OriginConfig")]
+struct OriginFields {
+    servers: Option<Vec<ServerSpec>>,
+    balance: Balance,
+    host: Option<String>,
+    keepalive: KeepaliveSettings,
+    timeouts: Timeouts,
+    tcp_keepalive: Option<TcpKeepalive>,
+    health_check: Option<HealthCheck>,
+    passive_health: PassiveHealth,
+    retries: usize,
+}
+
+impl Default for OriginFields {
+    fn default() -> Self {
+        OriginFields {
+            servers: None,
+            balance: Balance::default(),
+            host: None,
+            keepalive: KeepaliveSettings::default(),
+            timeouts: Timeouts::default(),
+            tcp_keepalive: None,
+            health_check: None,
+            passive_health: PassiveHealth::default(),
+            retries: 2,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = OriginFields::deserialize(d)?;
+        Ok(OriginConfig {
+            servers: f
+                .servers
+                .ok_or_else(|| D::Error::missing_field("servers"))?,
+            balance: f.balance,
+            host: f.host,
+            keepalive: f.keepalive,
+            timeouts: f.timeouts,
+            tcp_keepalive: f.tcp_keepalive,
+            health_check: f.health_check,
+            passive_health: f.passive_health,
+            retries: f.retries,
+        })
+    }
+}
+
+/// One route (`routes[]`): which requests go to which origin, and how they are cached. Read
+/// through `RouteFields`, where the defaults are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// `www.example.com`, `*.example.com` (any subdomain) or `*`. Default: `*`.
+    pub host: String,
+    /// Requests whose path starts with this; starts with `/`. Default: `/`.
+    pub path_prefix: String,
+    /// Name of an origin under `origins`. Required.
+    pub origin: String,
+    /// Default: [`RouteCache::default`] (cached, nothing forced).
+    pub cache: RouteCache,
+}
+
+/// [`RouteConfig`] as written; required `origin` is an `Option` as in [`OriginFields`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "struct RouteConfig")]
+struct RouteFields {
+    host: String,
+    path_prefix: String,
+    origin: Option<String>,
+    cache: RouteCache,
+}
+
+impl Default for RouteFields {
+    fn default() -> Self {
+        RouteFields {
+            host: "*".into(),
+            path_prefix: "/".into(),
+            origin: None,
+            cache: RouteCache::default(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = RouteFields::deserialize(d)?;
+        Ok(RouteConfig {
+            host: f.host,
+            path_prefix: f.path_prefix,
+            origin: f.origin.ok_or_else(|| D::Error::missing_field("origin"))?,
+            cache: f.cache,
+        })
+    }
+}

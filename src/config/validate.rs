@@ -1,0 +1,566 @@
+//! Validation: reads the YAML text section by section into the [schema](super::schema) types
+//! and checks what serde cannot (ranges, references between sections, duplicates), collecting
+//! every problem with its file, line and field path.
+//!
+//! Each top-level section, each origin and each route is deserialized on its own so that one bad
+//! entry does not hide the errors of the next. Errors come out in a fixed order: unknown
+//! top-level keys; what serde refused (`server`, `client`, `log`, `cache`, `listen`, `admin`,
+//! each origin, each route); then the checks (`listen`, `admin`, `server`, `client`, `cache`,
+//! each origin, each route).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::errors::{ConfigError, ConfigErrors};
+use super::locate::{self, Seg};
+use super::schema::{
+    AdminSettings, CacheSettings, ClientSettings, Config, LogSettings, OriginConfig, RouteConfig,
+    ServerSettings,
+};
+
+/// The keys allowed at the top of the file.
+const TOP_LEVEL: &[&str] = &[
+    "server", "listen", "admin", "client", "log", "cache", "origins", "routes",
+];
+
+/// Collects errors with their location while a file is checked.
+struct Checker<'a> {
+    /// The file name, for messages only.
+    file: &'a str,
+    /// The whole text, where `locate` finds the line of a field path.
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    /// Records a problem found after parsing, at a field path.
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line: locate::line_of(self.text, path),
+            path: locate::render(path),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one subtree, recording its error (with the full path) if it fails.
+    fn section<T: DeserializeOwned>(&mut self, base: &[Seg], v: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let mut path = base.to_vec();
+                for seg in e.path().iter() {
+                    use serde_path_to_error::Segment;
+                    match seg {
+                        Segment::Seq { index } => path.push(Seg::Index(*index)),
+                        Segment::Map { key } => path.push(Seg::Key(key.clone())),
+                        Segment::Enum { variant } => path.push(Seg::Key(variant.clone())),
+                        Segment::Unknown => {}
+                    }
+                }
+                let message = e.into_inner().to_string();
+                // serde reports an unknown key at its parent; point at the key itself.
+                let mut at = path.clone();
+                if let Some(key) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    if at.last() != Some(&Seg::Key(key.to_string())) {
+                        at.push(Seg::Key(key.to_string()));
+                    }
+                }
+                self.errors.push(ConfigError {
+                    file: self.file.to_string(),
+                    line: locate::line_of(self.text, &at),
+                    path: locate::render(&at),
+                    message,
+                });
+                None
+            }
+        }
+    }
+}
+
+/// One key of a field path.
+fn key(s: &str) -> Seg {
+    Seg::Key(s.to_string())
+}
+
+/// Parses and validates config text; `file` is only used in error messages.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                line: e.location().map(|l| l.line()),
+                path: ".".into(),
+                message: format!("not valid YAML: {e}"),
+            }]))
+        }
+    };
+    let mut ck = Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let Value::Mapping(root) = root else {
+        ck.error(&[], "expected a mapping with listen, origins and routes");
+        return Err(ConfigErrors(ck.errors));
+    };
+    let sections = top_level(&mut ck, root);
+    let get = |n: &str| sections.get(n).cloned().unwrap_or(Value::Null);
+
+    let server: ServerSettings = section_or_default(&mut ck, &sections, "server");
+    let client: ClientSettings = section_or_default(&mut ck, &sections, "client");
+    let log: LogSettings = section_or_default(&mut ck, &sections, "log");
+    let cache: CacheSettings = section_or_default(&mut ck, &sections, "cache");
+    let listen = read_listen(&mut ck, sections.get("listen"));
+    let admin: Option<AdminSettings> = match sections.get("admin") {
+        None | Some(Value::Null) => None,
+        Some(v) => ck.section(&[key("admin")], v),
+    };
+    let (origins, broken_origins) = read_origins(&mut ck, get("origins"));
+    let routes = read_routes(&mut ck, get("routes"));
+
+    let listen = check_listen(&mut ck, &listen);
+    let admin = admin.and_then(|a| check_admin(&mut ck, &a, &listen));
+    check_server(&mut ck, &server);
+    check_client(&mut ck, &client);
+    check_cache(&mut ck, &cache);
+    for (name, o) in &origins {
+        check_origin(&mut ck, name, o);
+    }
+    for (i, r) in &routes {
+        check_route(&mut ck, *i, r, &origins, &broken_origins);
+    }
+
+    if !ck.errors.is_empty() {
+        return Err(ConfigErrors(ck.errors));
+    }
+    Ok(Config {
+        server,
+        listen,
+        admin,
+        client,
+        log,
+        cache,
+        origins,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+    })
+}
+
+/// Splits the root mapping into its sections by name; unknown keys are errors.
+fn top_level(ck: &mut Checker, root: Mapping) -> BTreeMap<String, Value> {
+    let mut sections = BTreeMap::new();
+    for (k, v) in root {
+        let name = match k {
+            Value::String(s) => s,
+            other => format!("{other:?}"),
+        };
+        if TOP_LEVEL.contains(&name.as_str()) {
+            sections.insert(name, v);
+        } else {
+            ck.error(
+                &[key(&name)],
+                format!("unknown key, expected one of: {}", TOP_LEVEL.join(", ")),
+            );
+        }
+    }
+    sections
+}
+
+/// A section whose every field has a default: absent means all defaults, and so does a section
+/// serde refused (its error is recorded).
+fn section_or_default<T: DeserializeOwned + Default>(
+    ck: &mut Checker,
+    sections: &BTreeMap<String, Value>,
+    name: &str,
+) -> T {
+    match sections.get(name) {
+        Some(v) => ck.section(&[key(name)], v).unwrap_or_default(),
+        None => T::default(),
+    }
+}
+
+/// `listen`: required; one address may be written without the list.
+fn read_listen(ck: &mut Checker, listen: Option<&Value>) -> Vec<String> {
+    match listen {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(v) => ck.section(&[key("listen")], v).unwrap_or_default(),
+        None => {
+            ck.error(
+                &[key("listen")],
+                "missing: at least one address to listen on, like [\"0.0.0.0:80\"]",
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `origins`: each origin read on its own. Also returns the names of origins that exist but
+/// failed to parse: routes naming them are not errors of their own.
+fn read_origins(
+    ck: &mut Checker,
+    origins_section: Value,
+) -> (BTreeMap<String, OriginConfig>, HashSet<String>) {
+    let mut origins = BTreeMap::new();
+    let mut broken_origins = HashSet::new();
+    match origins_section {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let name = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                broken_origins.insert(name.clone());
+                let base = [key("origins"), key(&name)];
+                if let Some(o) = ck.section::<OriginConfig>(&base, &v) {
+                    origins.insert(name, o);
+                }
+            }
+        }
+        Value::Null => ck.error(&[key("origins")], "missing: define at least one origin"),
+        _ => ck.error(
+            &[key("origins")],
+            "expected a mapping of origin names to origins",
+        ),
+    }
+    broken_origins.retain(|n| !origins.contains_key(n));
+    (origins, broken_origins)
+}
+
+/// `routes`: each route read on its own, kept with its index for error paths.
+fn read_routes(ck: &mut Checker, routes_section: Value) -> Vec<(usize, RouteConfig)> {
+    let mut routes = Vec::new();
+    match routes_section {
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                if let Some(r) = ck.section::<RouteConfig>(&[key("routes"), Seg::Index(i)], v) {
+                    routes.push((i, r));
+                }
+            }
+        }
+        Value::Null => ck.error(&[key("routes")], "missing: define at least one route"),
+        _ => ck.error(&[key("routes")], "expected a list of routes"),
+    }
+    routes
+}
+
+/// `listen`: at least one address, each an `ip:port`, none twice. Returns the addresses.
+fn check_listen(ck: &mut Checker, listen: &[String]) -> Vec<SocketAddr> {
+    if listen.is_empty() && !ck.errors.iter().any(|e| e.path == "listen") {
+        ck.error(&[key("listen")], "at least one address is needed");
+    }
+    let mut out = Vec::new();
+    for (i, l) in listen.iter().enumerate() {
+        let path = [key("listen"), Seg::Index(i)];
+        match l.parse::<SocketAddr>() {
+            Ok(a) if out.contains(&a) => ck.error(&path, format!("{a} is listed twice")),
+            Ok(a) => out.push(a),
+            Err(_) => ck.error(
+                &path,
+                format!(r#"expected ip:port like "127.0.0.1:8080", got "{l}""#),
+            ),
+        }
+    }
+    out
+}
+
+/// `admin.listen`: an `ip:port` that is not also a proxy listen address.
+fn check_admin(ck: &mut Checker, a: &AdminSettings, listen: &[SocketAddr]) -> Option<SocketAddr> {
+    match a.listen.parse::<SocketAddr>() {
+        Ok(addr) => {
+            if listen.contains(&addr) {
+                ck.error(
+                    &[key("admin"), key("listen")],
+                    format!("{addr} is also a proxy listen address"),
+                );
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            ck.error(
+                &[key("admin"), key("listen")],
+                format!(
+                    r#"expected ip:port like "127.0.0.1:9090", got "{}""#,
+                    a.listen
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `server`: the ranges serde cannot express.
+fn check_server(ck: &mut Checker, s: &ServerSettings) {
+    if s.threads == 0 || s.threads > 1024 {
+        ck.error(
+            &[key("server"), key("threads")],
+            format!("expected 1 to 1024 threads, got {}", s.threads),
+        );
+    }
+    if s.upstream_pool_size == Some(0) {
+        ck.error(
+            &[key("server"), key("upstream_pool_size")],
+            "must be at least 1 (use an origin's keepalive.pool_size: 0 to disable pooling)",
+        );
+    }
+}
+
+/// `client`: keep-alive and header limits within what Pingora supports.
+fn check_client(ck: &mut Checker, c: &ClientSettings) {
+    if c.keepalive_requests == 0 {
+        ck.error(
+            &[key("client"), key("keepalive_requests")],
+            "must be at least 1 (set keepalive_timeout: 0s to disable keep-alive)",
+        );
+    }
+    if c.max_header_size.0 < 1024 || c.max_header_size.0 > 1 << 20 {
+        ck.error(
+            &[key("client"), key("max_header_size")],
+            format!(
+                "expected 1KiB to 1MiB (Pingora reads at most 1MiB of header), got {} bytes",
+                c.max_header_size.0
+            ),
+        );
+    }
+    if c.max_headers == 0 || c.max_headers > 256 {
+        ck.error(
+            &[key("client"), key("max_headers")],
+            format!(
+                "expected 1 to 256 (Pingora parses at most 256), got {}",
+                c.max_headers
+            ),
+        );
+    }
+}
+
+/// `cache`: sizes within the store's and the eviction policy's bounds, a valid header name.
+fn check_cache(ck: &mut Checker, c: &CacheSettings) {
+    if c.max_size.0 < 1 << 20 {
+        ck.error(
+            &[key("cache"), key("max_size")],
+            format!("expected at least 1MiB, got {} bytes", c.max_size.0),
+        );
+    }
+    if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 {
+        ck.error(
+            &[key("cache"), key("max_object_size")],
+            "must be more than 0 and at most max_size",
+        );
+    } else if c.max_object_size.0 > 64 << 20 {
+        // The eviction policy weighs objects in KiB with 16 bits: larger ones would be
+        // under-counted, and max_size would no longer bound memory.
+        ck.error(
+            &[key("cache"), key("max_object_size")],
+            format!("at most 64MiB, got {} bytes", c.max_object_size.0),
+        );
+    }
+    if http::HeaderName::from_bytes(c.targeted_field.as_bytes()).is_err() {
+        ck.error(
+            &[key("cache"), key("targeted_field")],
+            format!("\"{}\" is not a header name", c.targeted_field),
+        );
+    }
+}
+
+/// The path of a field of origin `name`.
+fn origin_path(name: &str, rest: &[&str]) -> Vec<Seg> {
+    let mut p = vec![key("origins"), key(name)];
+    p.extend(rest.iter().map(|s| key(s)));
+    p
+}
+
+/// One origin: its name, servers, Host, timeouts and keep-alive; then its health probes.
+fn check_origin(ck: &mut Checker, name: &str, o: &OriginConfig) {
+    let at = |rest: &[&str]| origin_path(name, rest);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        ck.error(
+            &at(&[]),
+            "origin names may use letters, digits, '-', '_' and '.' (they become metric labels)",
+        );
+    }
+    if o.servers.is_empty() {
+        ck.error(&at(&["servers"]), "at least one server is needed");
+    }
+    let mut seen = HashSet::new();
+    for (i, s) in o.servers.iter().enumerate() {
+        if !seen.insert(s.addr) {
+            let mut p = at(&["servers"]);
+            p.push(Seg::Index(i));
+            ck.error(&p, format!("{} is listed twice", s.address));
+        }
+    }
+    if let Some(h) = &o.host {
+        if !valid_host(h) {
+            ck.error(
+                &at(&["host"]),
+                format!("\"{h}\" is not a valid Host header value"),
+            );
+        }
+    }
+    for (field, d) in [
+        ("connect", o.timeouts.connect),
+        ("read", o.timeouts.read),
+        ("write", o.timeouts.write),
+    ] {
+        if d.get().is_zero() {
+            ck.error(&at(&["timeouts", field]), "must be longer than 0s");
+        }
+    }
+    if o.keepalive.max_requests == 0 {
+        ck.error(
+            &at(&["keepalive", "max_requests"]),
+            "must be at least 1 (use pool_size: 0 to disable pooling)",
+        );
+    }
+    check_probes(ck, name, o);
+}
+
+/// One origin's `health_check` and `tcp_keepalive`, when written.
+fn check_probes(ck: &mut Checker, name: &str, o: &OriginConfig) {
+    let at = |rest: &[&str]| origin_path(name, rest);
+    if let Some(hc) = &o.health_check {
+        if !hc.path.starts_with('/') {
+            ck.error(
+                &at(&["health_check", "path"]),
+                format!("expected a path starting with '/', got \"{}\"", hc.path),
+            );
+        }
+        if hc.interval.get().is_zero() {
+            ck.error(&at(&["health_check", "interval"]), "must be longer than 0s");
+        }
+        if hc.timeout.get().is_zero() {
+            ck.error(&at(&["health_check", "timeout"]), "must be longer than 0s");
+        }
+        if hc.rise == 0 {
+            ck.error(&at(&["health_check", "rise"]), "must be at least 1");
+        }
+        if hc.fall == 0 {
+            ck.error(&at(&["health_check", "fall"]), "must be at least 1");
+        }
+    }
+    if let Some(tk) = &o.tcp_keepalive {
+        if tk.idle.get().as_secs() == 0 || tk.interval.get().as_secs() == 0 || tk.count == 0 {
+            ck.error(
+                &at(&["tcp_keepalive"]),
+                "idle and interval must be at least 1s and count at least 1",
+            );
+        }
+    }
+}
+
+/// One route: its origin exists, its host pattern and path prefix are well formed, and the
+/// header names of its cache key and bypass are valid.
+fn check_route(
+    ck: &mut Checker,
+    i: usize,
+    r: &RouteConfig,
+    origins: &BTreeMap<String, OriginConfig>,
+    broken_origins: &HashSet<String>,
+) {
+    let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
+    if !origins.contains_key(&r.origin) && !broken_origins.contains(&r.origin) {
+        let mut known: Vec<&str> = origins
+            .keys()
+            .chain(broken_origins.iter())
+            .map(String::as_str)
+            .collect();
+        known.sort_unstable();
+        ck.error(
+            &at("origin"),
+            format!(
+                "unknown origin \"{}\" (defined: {})",
+                r.origin,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+    let host_ok = r.host == "*"
+        || r.host.strip_prefix("*.").map(valid_host).unwrap_or(false)
+        || (!r.host.contains('*') && valid_host(&r.host));
+    if !host_ok {
+        ck.error(
+            &at("host"),
+            format!(
+                r#"expected "www.example.com", "*.example.com" or "*", got "{}""#,
+                r.host
+            ),
+        );
+    }
+    let header_lists = [
+        (&r.cache.key.headers, ["cache", "key", "headers"]),
+        (&r.cache.bypass.headers, ["cache", "bypass", "headers"]),
+    ];
+    for (names, field) in header_lists {
+        for n in names {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                let mut p = vec![key("routes"), Seg::Index(i)];
+                p.extend(field.iter().map(|f| key(f)));
+                ck.error(&p, format!("\"{n}\" is not a header name"));
+            }
+        }
+    }
+    if !r.path_prefix.starts_with('/') {
+        ck.error(
+            &at("path_prefix"),
+            format!(
+                "expected a path starting with '/', got \"{}\"",
+                r.path_prefix
+            ),
+        );
+    }
+}
+
+/// A Host header value: a DNS name or IP literal, optionally with a port.
+pub fn valid_host(h: &str) -> bool {
+    if h.is_empty() || h.len() > 255 {
+        return false;
+    }
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
+        Some((n, p)) => (n, Some(p)),
+        None => (h, None),
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+/// A server address: an `ip:port` as is, or a `host:port` resolved to its first address.
+pub(super) fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    if !address.contains(':') {
+        return Err(format!(
+            r#"expected host:port like "127.0.0.1:8000", got "{address}""#
+        ));
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{address}\": {e}"))?
+        .next()
+        .ok_or_else(|| format!("\"{address}\" resolves to no address"))
+}
