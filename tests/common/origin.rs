@@ -1,0 +1,450 @@
+//! The test origin: an HTTP/1.1 server on loopback, one thread per connection, that records
+//! every request it receives (`Seen`), answers prepared responses (`Canned`) or a default one
+//! naming itself, and can be made slow, silent or unhealthy.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// One request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub conn: u64,
+    /// Position of the request on its connection (1 = first).
+    pub nth: u32,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A prepared response for one path (query included).
+#[derive(Clone, Debug, Default)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Answer only after this long.
+    pub delay: Duration,
+    /// Send the body chunked in this many pieces, pausing `chunk_pause` between them.
+    pub chunks: usize,
+    pub chunk_pause: Duration,
+}
+
+impl Canned {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &str) -> Canned {
+        Canned {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct OriginState {
+    probes: AtomicUsize,
+    /// Sent on every non-canned response; None: no Keep-Alive header.
+    keep_alive: Mutex<Option<String>>,
+    canned: Mutex<HashMap<String, Canned>>,
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    requests: Mutex<Vec<Seen>>,
+    /// Status of GET /healthz.
+    health_status: AtomicU16,
+    /// Delay before answering anything but /healthz, in ms.
+    delay_ms: AtomicU64,
+    /// Never answer (to provoke read timeouts).
+    silent: AtomicBool,
+    stopping: AtomicBool,
+}
+
+/// An origin server on loopback, named so responses say who answered (`X-Server`).
+pub struct Origin {
+    pub name: String,
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+}
+
+impl Origin {
+    pub fn start(name: &str) -> Origin {
+        Self::start_with_idle(name, Duration::from_secs(60))
+    }
+
+    /// `idle` is the origin's own keep-alive timeout: it closes connections idle that long.
+    pub fn start_with_idle(name: &str, idle: Duration) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(OriginState::default());
+        state.health_status.store(200, Ordering::SeqCst);
+        *state.keep_alive.lock().unwrap() = Some("timeout=60".to_string());
+        let (st, nm) = (state.clone(), name.to_string());
+        thread::spawn(move || {
+            let mut next_conn = 0u64;
+            for conn in listener.incoming() {
+                if st.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                next_conn += 1;
+                let (st, nm, id) = (st.clone(), nm.clone(), next_conn);
+                thread::spawn(move || {
+                    let mut counted = false;
+                    serve(conn, id, &nm, &st, idle, &mut counted);
+                    if counted {
+                        st.open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Origin {
+            name: name.to_string(),
+            addr,
+            state,
+        }
+    }
+
+    /// Idle-timeout probe connections the edge made.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+    /// The `Keep-Alive` header value sent with responses (None: not sent).
+    pub fn set_keep_alive_header(&self, v: Option<&str>) {
+        *self.state.keep_alive.lock().unwrap() = v.map(str::to_string);
+    }
+    /// TCP connections accepted so far (the edge's probes left out).
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+    /// TCP connections open right now.
+    pub fn open(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+    /// Requests received, health checks and probes excluded.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path != "/healthz" && s.header("user-agent") != Some(PROBE_AGENT))
+            .cloned()
+            .collect()
+    }
+    pub fn request_count(&self) -> usize {
+        self.requests().len()
+    }
+    pub fn health_checks(&self) -> usize {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == "/healthz" && s.method == "GET")
+            .count()
+    }
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    pub fn set_silent(&self, silent: bool) {
+        self.state.silent.store(silent, Ordering::SeqCst);
+    }
+    /// Answers `path` (exact, query included) with `c`; a request whose If-None-Match matches
+    /// the canned ETag gets a 304 with the canned headers.
+    pub fn set(&self, path: &str, c: Canned) {
+        self.state
+            .canned
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), c);
+    }
+    /// Requests received for one path (query included).
+    pub fn count(&self, path: &str) -> usize {
+        self.requests().iter().filter(|s| s.path == path).count()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // unblock accept()
+    }
+}
+
+/// The edge's idle-timeout probe (see src/origin/keepalive.rs) identifies itself so: its
+/// connections are not traffic and are left out of the counts.
+pub const PROBE_AGENT: &str = "edge-keepalive-probe";
+
+/// One connection, request after request, until the peer closes it, it stays idle past `idle`,
+/// or a response says `Connection: close`. `counted` is set once the connection is counted as
+/// open (its first request was not the edge's probe), so the caller can count it closed.
+fn serve(
+    conn: TcpStream,
+    id: u64,
+    name: &str,
+    st: &OriginState,
+    idle: Duration,
+    counted: &mut bool,
+) {
+    let mut out = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut nth = 0u32;
+    loop {
+        // The keep-alive timeout runs between requests; a new connection waits longer for its
+        // first one, as nginx's client_header_timeout (a stalled machine must not make a new
+        // connection look like the keep-alive race).
+        let limit = if nth == 0 {
+            idle.max(Duration::from_secs(10))
+        } else {
+            idle
+        };
+        let Some(Request {
+            method,
+            path,
+            headers,
+            body,
+        }) = read_request(&mut reader, limit)
+        else {
+            return;
+        };
+        let get = |n: &str| field(&headers, n);
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        nth += 1;
+        if nth == 1 {
+            if get("user-agent").as_deref() == Some(PROBE_AGENT) {
+                st.probes.fetch_add(1, Ordering::SeqCst);
+            } else {
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                st.open.fetch_add(1, Ordering::SeqCst);
+                *counted = true;
+            }
+        }
+        st.requests.lock().unwrap().push(Seen {
+            conn: id,
+            nth,
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+        });
+        let canned = st.canned.lock().unwrap().get(&path).cloned();
+        if let Some(c) = canned {
+            if !c.delay.is_zero() {
+                thread::sleep(c.delay);
+            }
+            let not_modified =
+                c.header("etag").is_some() && get("if-none-match").as_deref() == c.header("etag");
+            let ok = write_canned(&mut out, name, &c, &method, not_modified);
+            if !ok || close {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            continue;
+        }
+        let Some((status, text)) = default_answer(&mut reader, st, name, &method, &path, &body)
+        else {
+            return;
+        };
+        let keep_alive = st
+            .keep_alive
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(String::new(), |v| format!("Keep-Alive: {v}\r\n"));
+        let body = if method == "HEAD" { "" } else { text.as_str() };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nX-Server: {name}\r\n{keep_alive}Content-Length: {}\r\n{}\r\n{body}",
+            text.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if out.write_all(resp.as_bytes()).is_err() || close {
+            let _ = out.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// The status and body for a request with nothing canned: the health status for /healthz, else
+/// a 200 naming the origin, the request and its body size, after the configured delay. None
+/// when the origin is silent: it has held the connection until the peer gave up.
+fn default_answer(
+    reader: &mut BufReader<TcpStream>,
+    st: &OriginState,
+    name: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let answer = if path == "/healthz" {
+        let s = st.health_status.load(Ordering::SeqCst);
+        (s, format!("{name} health {s}\n"))
+    } else {
+        if st.silent.load(Ordering::SeqCst) {
+            // Hold the connection without answering until the peer gives up.
+            let mut sink = [0u8; 64];
+            let _ = reader
+                .get_ref()
+                .set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = reader.read(&mut sink);
+            return None;
+        }
+        let d = st.delay_ms.load(Ordering::SeqCst);
+        if d > 0 {
+            thread::sleep(Duration::from_millis(d));
+        }
+        (200, format!("{name} {method} {path} body={}\n", body.len()))
+    };
+    Some(answer)
+}
+
+/// One request as read off a connection.
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// The value of the first field called `name` (any case).
+fn field(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+/// Reads the next request, waiting up to `limit` for its first line (then 10 s for the rest).
+/// None if the peer closed, stayed idle past `limit`, or sent a body that did not arrive whole.
+fn read_request(reader: &mut BufReader<TcpStream>, limit: Duration) -> Option<Request> {
+    reader.get_ref().set_read_timeout(Some(limit)).ok();
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => return None, // closed by the peer, or idle for too long
+        Ok(_) => {}
+    }
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let get = |n: &str| field(&headers, n);
+    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked {
+        read_chunked(reader)
+    } else {
+        let n: usize = get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut b = vec![0; n];
+        if reader.read_exact(&mut b).is_err() {
+            return None;
+        }
+        Some(b)
+    };
+    Some(Request {
+        method,
+        path,
+        headers,
+        body: body?,
+    })
+}
+
+/// Writes the canned response `c` (a 304 with its headers if `not_modified`, no body for a
+/// HEAD); false if the connection failed.
+fn write_canned(
+    out: &mut TcpStream,
+    name: &str,
+    c: &Canned,
+    method: &str,
+    not_modified: bool,
+) -> bool {
+    let status = if not_modified { 304 } else { c.status };
+    let mut head = format!("HTTP/1.1 {status} X\r\nX-Server: {name}\r\n");
+    for (k, v) in &c.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body: &[u8] = if not_modified || method == "HEAD" {
+        b""
+    } else {
+        &c.body
+    };
+    if c.chunks > 1 && !not_modified {
+        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        let mut ok = out.write_all(head.as_bytes()).is_ok();
+        let size = body.len().div_ceil(c.chunks);
+        for (i, piece) in body.chunks(size.max(1)).enumerate() {
+            if i > 0 {
+                thread::sleep(c.chunk_pause);
+            }
+            ok &= out
+                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .is_ok();
+            ok &= out.write_all(piece).is_ok();
+            ok &= out.write_all(b"\r\n").is_ok();
+        }
+        ok && out.write_all(b"0\r\n\r\n").is_ok()
+    } else {
+        if status != 304 {
+            head.push_str(&format!("Content-Length: {}\r\n", c.body.len()));
+        }
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes()).is_ok() && out.write_all(body).is_ok()
+    }
+}
+
+fn read_chunked(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).ok()?;
+        let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).ok()?;
+        if n == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
