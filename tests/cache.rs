@@ -914,3 +914,26 @@ fn a_url_that_becomes_cacheable_is_cached_again() {
         "the URL stayed uncacheable after its responses became cacheable"
     );
 }
+
+/// A stored object whose refetch cannot be stored was still found in the cache, stale: its
+/// Cache-Status says `fwd=stale` (RFC 9211), not a miss, and nothing says it was stored.
+#[test]
+fn a_stale_object_refetched_uncacheable_says_fwd_stale() {
+    let o = Origin::start("o");
+    o.set(
+        "/u",
+        Canned::new(
+            200,
+            &[("Cache-Control", "no-cache"), ("ETag", "\"v1\"")],
+            "one",
+        ),
+    );
+    let edge = edge_for(&o, "", "");
+    assert_eq!(edge.get("example.com", "/u").body, "one");
+    o.set("/u", cc("no-store", "two"));
+    let r = edge.get("example.com", "/u");
+    assert_eq!(r.body, "two");
+    let s = status_of(&r);
+    assert!(s.contains("fwd=stale; fwd-status=200"), "{s}");
+    assert!(!s.contains("stored"), "{s}");
+}

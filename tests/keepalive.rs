@@ -252,3 +252,32 @@ fn a_client_leaving_mid_request_is_not_mistaken_for_an_origin_close() {
         "a client disconnect shortened the idle limit to {effective}s"
     );
 }
+
+/// An HTTP/1.0 client that did not ask for keep-alive gets its connection closed after the
+/// response (RFC 9112 section 9.3), whatever the edge's own keep-alive settings; one that asked
+/// keeps it.
+#[test]
+fn http10_clients_keep_alive_only_when_they_ask() {
+    let o = Origin::start("o");
+    let edge = Edge::start(&web(&o, "idle_timeout: 30s"));
+    let mut c = edge.client();
+    let r = c
+        .send_raw("GET /x HTTP/1.0\r\nHost: example.com\r\n\r\n")
+        .expect("a response");
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("connection"), Some("keep-alive"));
+    assert!(
+        c.wait_for_close(Duration::from_secs(5)).is_some(),
+        "the edge kept an HTTP/1.0 connection the client did not ask to keep"
+    );
+    let mut c = edge.client();
+    let r = c
+        .send_raw("GET /x HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n")
+        .expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let r = c
+        .send_raw("GET /y HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n")
+        .expect("a second response on the kept connection");
+    assert_eq!(r.status, 200);
+}

@@ -19,6 +19,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use crate::host::valid_host;
 pub use errors::{ConfigError, ConfigErrors};
 pub use locate::Seg;
 pub use schema::{
@@ -27,7 +28,7 @@ pub use schema::{
     RouteCache, RouteConfig, ServerSettings, ServerSpec, TcpKeepalive, Timeouts,
 };
 pub use units::{Dur, Size};
-pub use validate::{parse, valid_host};
+pub use validate::parse;
 
 /// Reads and validates a config file; returns it with the text it was read from.
 pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {

@@ -20,6 +20,7 @@ use super::schema::{
     AdminSettings, CacheSettings, ClientSettings, Config, LogSettings, OriginConfig, RouteConfig,
     ServerSettings,
 };
+use crate::host::valid_host;
 
 /// The keys allowed at the top of the file.
 const TOP_LEVEL: &[&str] = &[
@@ -522,30 +523,6 @@ fn check_route(
             ),
         );
     }
-}
-
-/// A Host header value: a DNS name or IP literal, optionally with a port.
-pub fn valid_host(h: &str) -> bool {
-    if h.is_empty() || h.len() > 255 {
-        return false;
-    }
-    let (name, port) = match h.rsplit_once(':') {
-        Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
-        Some((n, p)) => (n, Some(p)),
-        None => (h, None),
-    };
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
-    }
-    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 /// A server address: an `ip:port` as is, or a `host:port` resolved to its first address.

@@ -23,8 +23,13 @@ pub struct Edge {
     owns_config: bool,
 }
 
+/// The edge binary under test: this build's, or `EDGE_TEST_BIN` (to run a test against another
+/// build, e.g. to show that a new test fails on the code before a fix).
 pub fn edge_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_edge")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("EDGE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge").to_string())
+    })
 }
 
 impl Edge {
