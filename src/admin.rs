@@ -108,6 +108,42 @@ impl Admin {
         }
     }
 
+    /// `POST /reload`: reloads the config file off the reactor (reading and parsing block).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let edge = self.edge.clone();
+        let outcome = tokio::task::spawn_blocking(move || reload(&edge, "POST /reload")).await;
+        match outcome {
+            Ok(Ok(applied)) => {
+                let mut body = format!(
+                    "reloaded: version {}{}\n",
+                    applied.version,
+                    if applied.unchanged {
+                        " (unchanged)"
+                    } else {
+                        ""
+                    }
+                );
+                if !applied.pending_restart.is_empty() {
+                    body.push_str(&format!(
+                        "not applied until a restart or upgrade (-u): {}\n",
+                        applied.pending_restart.join(", ")
+                    ));
+                }
+                text(200, "text/plain", body.into_bytes())
+            }
+            Ok(Err(refused)) => text(
+                422,
+                "text/plain",
+                format!("refused, the previous config keeps serving:\n{refused}\n").into_bytes(),
+            ),
+            Err(e) => text(
+                500,
+                "text/plain",
+                format!("reload failed: {e}\n").into_bytes(),
+            ),
+        }
+    }
+
     /// Figures read at scrape time rather than counted as they happen: server health (passive
     /// marks expire by the clock, not by an event), learned idle timeouts, the cache's size,
     /// memory.
@@ -131,42 +167,7 @@ impl ServeHttp for Admin {
                 text(200, "text/plain; version=0.0.4", self.edge.metrics.render())
             }
             ("GET", "/healthz") => text(200, "text/plain", b"ok\n".to_vec()),
-            ("POST", "/reload") => {
-                let edge = self.edge.clone();
-                let outcome =
-                    tokio::task::spawn_blocking(move || reload(&edge, "POST /reload")).await;
-                match outcome {
-                    Ok(Ok(applied)) => {
-                        let mut body = format!(
-                            "reloaded: version {}{}\n",
-                            applied.version,
-                            if applied.unchanged {
-                                " (unchanged)"
-                            } else {
-                                ""
-                            }
-                        );
-                        if !applied.pending_restart.is_empty() {
-                            body.push_str(&format!(
-                                "not applied until a restart or upgrade (-u): {}\n",
-                                applied.pending_restart.join(", ")
-                            ));
-                        }
-                        text(200, "text/plain", body.into_bytes())
-                    }
-                    Ok(Err(refused)) => text(
-                        422,
-                        "text/plain",
-                        format!("refused, the previous config keeps serving:\n{refused}\n")
-                            .into_bytes(),
-                    ),
-                    Err(e) => text(
-                        500,
-                        "text/plain",
-                        format!("reload failed: {e}\n").into_bytes(),
-                    ),
-                }
-            }
+            ("POST", "/reload") => self.reload().await,
             ("POST", "/purge") => {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
                 match self.purge(&query) {

@@ -90,16 +90,18 @@ impl HttpServerApp for EdgeApp {
         if !matches!(session, ServerSession::H1(_)) || *shutdown.borrow() {
             return self.proxy.process_new_http(session, shutdown).await;
         }
+        let carried = Carried {
+            idle: session.get_keepalive(),
+            reuses: session.get_keepalive_reuses_remaining(),
+            conn_ctx: session.take_connection_user_context(),
+        };
         // What Pingora's own read would wait: the keep-alive timeout between requests
         // (Some(0): no limit), else the read timeout.
-        let idle = session.get_keepalive();
-        let wait = match idle {
+        let wait = match carried.idle {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),
             None => session.get_read_timeout(),
         };
-        let reuses = session.get_keepalive_reuses_remaining();
-        let conn_ctx = session.take_connection_user_context();
         let ServerSession::H1(h1) = session else {
             unreachable!("checked above")
         };
@@ -112,33 +114,88 @@ impl HttpServerApp for EdgeApp {
         let started = Instant::now();
         let live = self.edge.snapshot();
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let express = match plan(&buf, &mut fields, &live, &self.edge) {
-            Ok(express) => express,
+        match plan(&buf, &mut fields, &live, &self.edge) {
+            Ok(express) => {
+                self.answer(stream, &express, &live, carried, started, shutdown)
+                    .await
+            }
             Err(looked_up) => {
-                let conn_ctx = match looked_up {
-                    None => conn_ctx,
-                    Some(key) => Some(Box::new(Handoff {
-                        conn: client_connection(conn_ctx),
-                        live: live.clone(),
-                        looked_up: Some(key),
-                    }) as Box<dyn Any + Send + Sync>),
-                };
-                let mut s = ServerSession::new_http1(stream);
-                s.set_keepalive(idle);
-                s.set_keepalive_reuses_remaining(reuses);
-                s.set_connection_user_context(conn_ctx);
-                if let ServerSession::H1(h1) = &mut s {
-                    h1.set_pipelined_prefix(buf);
-                }
-                return self.proxy.process_new_http(s, shutdown).await;
+                let handoff = looked_up.map(|key| Handoff {
+                    conn: None,
+                    live: live.clone(),
+                    looked_up: Some(key),
+                });
+                self.hand_over(stream, buf, carried, handoff, shutdown)
+                    .await
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        self.proxy.server_options()
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.proxy.h2_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.proxy.http_cleanup().await
+    }
+}
+
+/// What a connection carries into its next request: Pingora's keep-alive state and the
+/// connection's context (the client connection's count).
+struct Carried {
+    idle: Option<u64>,
+    reuses: Option<u32>,
+    conn_ctx: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl EdgeApp {
+    /// Gives the request to the proxy with the bytes already read, which Pingora parses as if
+    /// it had read them itself; `handoff`: the cache key the lane looked up in vain.
+    async fn hand_over(
+        &self,
+        stream: Stream,
+        buf: BytesMut,
+        carried: Carried,
+        handoff: Option<Handoff>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let conn_ctx = match handoff {
+            None => carried.conn_ctx,
+            Some(mut h) => {
+                h.conn = client_connection(carried.conn_ctx);
+                Some(Box::new(h) as Box<dyn Any + Send + Sync>)
             }
         };
+        let mut s = ServerSession::new_http1(stream);
+        s.set_keepalive(carried.idle);
+        s.set_keepalive_reuses_remaining(carried.reuses);
+        s.set_connection_user_context(conn_ctx);
+        if let ServerSession::H1(h1) = &mut s {
+            h1.set_pipelined_prefix(buf);
+        }
+        self.proxy.process_new_http(s, shutdown).await
+    }
 
-        let (keepalive, remaining) = client::keepalive(&live.config.client, reuses);
+    /// Writes the hit, records it, and keeps the connection for its next request if the
+    /// client keep-alive rule allows.
+    async fn answer(
+        &self,
+        mut stream: Stream,
+        express: &Express<'_>,
+        live: &Live,
+        carried: Carried,
+        started: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let (keepalive, remaining) = client::keepalive(&live.config.client, carried.reuses);
         let keep = keepalive.is_some() && remaining > 0 && !*shutdown.borrow();
         let m = &self.edge.metrics;
-        let conn =
-            client_connection(conn_ctx).unwrap_or_else(|| Arc::new(ClientConnection::open(m)));
+        let conn = client_connection(carried.conn_ctx)
+            .unwrap_or_else(|| Arc::new(ClientConnection::open(m)));
         conn.request();
 
         let inline = if express.hit.file.is_some() {
@@ -152,26 +209,21 @@ impl HttpServerApp for EdgeApp {
             targeted: &live.config.cache.targeted_field,
         }
         .write_h1(&mut out, keep);
-        let body: &[bytes::Bytes] = if express.req.head {
-            &[]
+        let (body, file): (&[bytes::Bytes], _) = if express.req.head {
+            (&[], None)
         } else {
-            &express.hit.body
+            (&express.hit.body, express.hit.file.as_deref())
         };
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
         m.client.express_hits.inc();
-        let file = (!express.req.head)
-            .then_some(express.hit.file.as_deref())
-            .flatten();
         let written = send(&mut stream, out, body, file).await;
-        let bytes = if written && !express.req.head {
-            express.hit.body_len()
+        let bytes = if written {
+            body.iter().map(|c| c.len()).sum()
         } else {
             0
         };
-        record(
-            &self.edge, &live, &stream, &express, bytes, started, written,
-        );
+        record(&self.edge, live, &stream, express, bytes, started, written);
         if !written {
             return None;
         }
@@ -190,18 +242,6 @@ impl HttpServerApp for EdgeApp {
             unreachable!("built as HTTP/1")
         };
         Some(ReusedHttpStream::new(h1.into_inner(), Some(settings)))
-    }
-
-    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
-        self.proxy.server_options()
-    }
-
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.proxy.h2_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.proxy.http_cleanup().await
     }
 }
 
@@ -458,4 +498,80 @@ fn record(
         origin: express.origin.map(|o| o.as_ref()),
     };
     served.record(&edge.metrics, &live.config.log);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pingora::cache::CacheMeta;
+    use pingora::http::ResponseHeader;
+
+    use super::*;
+    use crate::cache::key::for_url_only;
+
+    const CONFIG: &str = "listen: [\"127.0.0.1:1\"]\norigins:\n  web: {servers: [\"127.0.0.1:1\"]}\nroutes:\n  - {origin: web}\n";
+
+    /// An edge with `/e` fresh in its cache (5 bytes, with a Content-Length).
+    async fn edge_with_object(extra: &str) -> Arc<Edge> {
+        let text = format!("{extra}{CONFIG}");
+        let config = crate::config::parse(&text, "test").unwrap();
+        let edge = Edge::new(config, text, None);
+        let live = edge.snapshot();
+        let route = live.router.route("example.com", "/e").unwrap();
+        let key = for_url_only("example.com", "/e", &route.cache.key).unwrap();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.append_header("Content-Length", "5").unwrap();
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        crate::cache::store::tests::fill(edge.cache.store, &key, &meta, &["hello"]).await;
+        edge
+    }
+
+    /// What the lane decides for these bytes: answer (`Ok`), hand over with the key it looked
+    /// up (`Err(true)`), or hand over without one (`Err(false)`).
+    fn decide(edge: &Edge, bytes: &str) -> Result<usize, bool> {
+        let live = edge.snapshot();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        match plan(bytes.as_bytes(), &mut fields, &live, edge) {
+            Ok(e) => Ok(e.hit.body_len()),
+            Err(key) => Err(key.is_some()),
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_fresh_hits_take_the_lane_and_nothing_else_does() {
+        let edge = edge_with_object("").await;
+        let cases: [(&str, Result<usize, bool>); 12] = [
+            ("GET /e HTTP/1.1\r\nHost: example.com\r\n\r\n", Ok(5)),
+            ("HEAD /e HTTP/1.1\r\nHost: EXAMPLE.com:80\r\n\r\n", Ok(5)),
+            ("GET /e HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n", Ok(5)),
+            // Not stored: the proxy gets the key it need not build again.
+            ("GET /other HTTP/1.1\r\nHost: example.com\r\n\r\n", Err(true)),
+            ("GET /e HTTP/1.1\r\nHost: example.com\r\nRange: bytes=0-1\r\n\r\n", Err(false)),
+            ("GET /e HTTP/1.1\r\nHost: example.com\r\nCache-Control: max-age=9\r\n\r\n", Err(false)),
+            ("GET /e HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n", Err(false)),
+            ("GET /e HTTP/1.0\r\nHost: example.com\r\n\r\n", Err(false)),
+            ("GET /x/../e HTTP/1.1\r\nHost: example.com\r\n\r\n", Err(false)),
+            ("GET /e HTTP/1.1\r\n\r\n", Err(false)),
+            // Partial, or pipelined behind another: Pingora's parser decides.
+            ("GET /e HTTP/1.1\r\nHost: exa", Err(false)),
+            (
+                "GET /e HTTP/1.1\r\nHost: example.com\r\n\r\nGET /e HTTP/1.1\r\nHost: example.com\r\n\r\n",
+                Err(false),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(decide(&edge, bytes), expected, "{bytes:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_operators_switch_closes_the_lane() {
+        let edge = edge_with_object("cache: {express_lane: false}\n").await;
+        assert_eq!(
+            decide(&edge, "GET /e HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+            Err(false)
+        );
+    }
 }

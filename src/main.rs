@@ -9,7 +9,7 @@ use edge::logging;
 use edge::server::{check_listeners, run, StartOptions};
 
 /// jemalloc instead of glibc's malloc. Measured with bench/ab.sh (4 alternating rounds, medians
-/// of requests per CPU-second): pass-through +43%, misses +34%, hits +18 to +23%. Pingora's
+/// of requests per CPU-second): pass-through +53%, misses +57%, hits +18 to +28%. Pingora's
 /// tasks move between worker threads, so memory freed on one thread was allocated on another:
 /// glibc serialised those frees on its arena locks (~4% of pass-through samples waiting on
 /// them) and consolidated free chunks on the hot path. mimalloc, tried earlier, made misses

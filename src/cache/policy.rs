@@ -88,14 +88,12 @@ pub fn apply_not_modified(stored: &mut ResponseHeader, fields: &http::HeaderMap)
     }
 }
 
-/// Decides whether a response is stored, and builds its metadata if so.
-pub fn response_cacheable(
+/// Why a response may not be stored whatever its lifetime, if it may not.
+fn refusal(
     resp: &ResponseHeader,
     authorization: bool,
-    route: &RouteCache,
-    settings: &CacheSettings,
-) -> RespCacheable {
-    let uncacheable = RespCacheable::Uncacheable;
+    cc: Option<&CacheControl>,
+) -> Option<NoCacheReason> {
     let vary_star = resp
         .headers
         .get_all(http::header::VARY)
@@ -103,35 +101,32 @@ pub fn response_cacheable(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|f| f.trim() == "*"));
     if vary_star {
-        return uncacheable(NoCacheReason::Custom("vary: *"));
+        return Some(NoCacheReason::Custom("vary: *"));
     }
     // Like Varnish: a response that sets a cookie is someone's, not everyone's.
     if resp.headers.contains_key(http::header::SET_COOKIE) {
-        return uncacheable(NoCacheReason::Custom("set-cookie"));
+        return Some(NoCacheReason::Custom("set-cookie"));
     }
-    let cc = directives(resp, settings);
-    if authorization
-        && !cc
-            .as_ref()
-            .is_some_and(|c| c.allow_caching_authorized_req())
-    {
-        return uncacheable(NoCacheReason::Custom("authorization"));
+    if authorization && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
+        return Some(NoCacheReason::Custom("authorization"));
     }
-    if cc
-        .as_ref()
-        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
-    {
-        return uncacheable(NoCacheReason::OriginNotCache);
+    if cc.is_some_and(|c| c.is_cacheable() == Cacheable::No) {
+        return Some(NoCacheReason::OriginNotCache);
     }
+    None
+}
 
-    let now = SystemTime::now();
-    // An upstream Age is time the response already spent in caches before us: the object is
-    // that much older than our copy (it counts in the Age we send and against its lifetime).
-    let upstream_age = Duration::from_secs(header_secs(resp, "age").unwrap_or(0));
-    let created = now.checked_sub(upstream_age).unwrap_or(now);
-    let status = resp.status.as_u16();
+/// When the response stops being fresh: from the fields this cache reads, else `Expires`,
+/// else the route's `default_ttl`, else heuristically (statuses that allow it). None: it has
+/// no lifetime and is not stored.
+fn lifetime_end(
+    resp: &ResponseHeader,
+    cc: Option<&CacheControl>,
+    route: &RouteCache,
+    now: SystemTime,
+    created: SystemTime,
+) -> Option<SystemTime> {
     let explicit = cc
-        .as_ref()
         .and_then(|c| c.fresh_duration())
         .map(|ttl| created + ttl)
         .or_else(|| {
@@ -145,8 +140,8 @@ pub fn response_cacheable(
             })
         });
     let heuristic_ok =
-        HEURISTIC_STATUSES.contains(&status) && !cc.as_ref().is_some_and(|c| c.no_cache());
-    let fresh_until = explicit.or_else(|| {
+        HEURISTIC_STATUSES.contains(&resp.status.as_u16()) && !cc.is_some_and(|c| c.no_cache());
+    explicit.or_else(|| {
         if !heuristic_ok {
             return None;
         }
@@ -157,9 +152,28 @@ pub fn response_cacheable(
         let date = header_date(resp, "date").unwrap_or(now);
         let since = date.duration_since(last_modified).ok()?;
         Some(now + (since / 10).min(HEURISTIC_MAX))
-    });
+    })
+}
+
+/// Decides whether a response is stored, and builds its metadata if so.
+pub fn response_cacheable(
+    resp: &ResponseHeader,
+    authorization: bool,
+    route: &RouteCache,
+    settings: &CacheSettings,
+) -> RespCacheable {
+    let cc = directives(resp, settings);
+    if let Some(reason) = refusal(resp, authorization, cc.as_ref()) {
+        return RespCacheable::Uncacheable(reason);
+    }
+    let now = SystemTime::now();
+    // An upstream Age is time the response already spent in caches before us: the object is
+    // that much older than our copy (it counts in the Age we send and against its lifetime).
+    let upstream_age = Duration::from_secs(header_secs(resp, "age").unwrap_or(0));
+    let created = now.checked_sub(upstream_age).unwrap_or(now);
+    let fresh_until = lifetime_end(resp, cc.as_ref(), route, now, created);
     let Some(mut fresh_until) = fresh_until else {
-        return uncacheable(NoCacheReason::OriginNotCache);
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     };
     let cap = route.max_ttl.get();
     if !cap.is_zero() && fresh_until > now + cap {

@@ -20,9 +20,11 @@
 //! The express lane (`crate::express`) answers plain fresh hits before any of this runs, and
 //! hands every other request here with what it already found ([`Handoff`]).
 
+mod answer;
 mod ctx;
 mod errors;
 mod forwarded;
+mod upstream;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -32,8 +34,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{
-    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
-    NoCacheReason, RespCacheable,
+    CacheKey, CacheMeta, CacheOptionOverrides, ForcedFreshness, HitHandler, NoCacheReason,
+    RespCacheable,
 };
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -41,9 +43,8 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::cache::hit::{self, HitHead};
+use crate::cache::hit;
 use crate::cache::status::Outcome;
-use crate::cache::store::FreshHit;
 use crate::cache::{invalidate, key as cache_key, policy, vary};
 use crate::client::{self, ClientConnection};
 use crate::config::Balance;
@@ -57,6 +58,7 @@ use crate::state::{Edge, Live};
 pub use ctx::RequestCtx;
 use ctx::{Attempt, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
+use upstream::{replayable, ttfb_cache_kind};
 
 pub struct EdgeProxy {
     pub edge: Arc<Edge>,
@@ -614,117 +616,4 @@ impl ProxyHttp for EdgeProxy {
             .clone()
             .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
     }
-}
-
-impl EdgeProxy {
-    /// Answers with a fresh stored response (see `cache::hit`), as pingora-cache's hit path
-    /// would have.
-    async fn serve_fresh_hit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        hit: FreshHit,
-    ) -> Result<()> {
-        ctx.cache.outcome = Outcome::Hit;
-        let head = HitHead {
-            hit: &hit,
-            targeted: &ctx.live.config.cache.targeted_field,
-        }
-        .response_header();
-        if session.req_header().method == http::Method::HEAD {
-            return session.write_response_header(Box::new(head), true).await;
-        }
-        session.write_response_header(Box::new(head), false).await?;
-        if hit.body.is_empty() {
-            return session.write_response_body(None, true).await;
-        }
-        let last = hit.body.len() - 1;
-        for (i, chunk) in hit.body.iter().enumerate() {
-            session
-                .write_response_body(Some(chunk.clone()), i == last)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// What the client is told about the cache (`Cache-Status`), less the fields meant for this
-    /// cache alone. `fresh_until`: of the stored response involved, if any.
-    fn client_cache_fields(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &RequestCtx,
-        fresh_until: Option<SystemTime>,
-    ) -> Result<()> {
-        if ctx.routed.is_some() {
-            let value = ctx.cache.outcome.header(fresh_until, ctx.fwd_status);
-            resp.insert_header("cache-status", value)?;
-        }
-        hit::strip_cache_only_fields(resp, &ctx.live.config.cache.targeted_field);
-        Ok(())
-    }
-
-    /// The attempt's connection is idle from now (its response ended), once.
-    fn connection_idle(&self, ctx: &mut RequestCtx) {
-        if let Some(c) = ctx.attempt.as_mut().and_then(|a| a.upstream.take()) {
-            self.edge.ledger.idle(c.fd, c.established);
-        }
-    }
-
-    /// A request failed on a pooled connection before any response: the origin had closed it
-    /// while it was idle. The origin learns from it; the next attempt takes a new connection.
-    fn note_lost_connection(
-        &self,
-        session: &Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) {
-        // Only the origin's side: a client that goes away mid-request is not the origin's close.
-        let lost_connection = e.esource() == &ErrorSource::Upstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            );
-        if !client_reused || !lost_connection || ctx.fwd_status.is_some() {
-            return;
-        }
-        let Some((origin, server)) = ctx.upstream() else {
-            return;
-        };
-        let idle_age = ctx
-            .attempt
-            .as_ref()
-            .and_then(|a| a.upstream.as_ref())
-            .and_then(|c| c.usage.idle_age);
-        origin.found_closed(
-            server,
-            idle_age,
-            session.req_header().method.as_str(),
-            e.retry(),
-        );
-        if e.retry() {
-            ctx.fresh_connection = true;
-        }
-    }
-}
-
-/// Why the origin was asked, as an index into `metrics::TTFB_CACHE_LABELS`.
-fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
-    match phase {
-        CachePhase::Miss => 0,
-        CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Expired => {
-            if status == 304 {
-                2
-            } else {
-                1
-            }
-        }
-        _ => 3,
-    }
-}
-
-/// Whether the request may be sent again if its connection fails: an idempotent method and a
-/// body Pingora can still replay.
-fn replayable(session: &Session) -> bool {
-    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
 }

@@ -1,0 +1,450 @@
+//! Unit tests of the store: objects written and read through pingora-cache's storage interface.
+
+use super::*;
+use crate::cache::eviction::TinyUfoEviction;
+use pingora::cache::trace::Span;
+
+/// A store of its own per test (Pingora wants `'static` parts, as `Cache::new` leaks them).
+fn store() -> (&'static Store, &'static TinyUfoEviction) {
+    let eviction: &'static TinyUfoEviction =
+        Box::leak(Box::new(TinyUfoEviction::new(64 << 20, 1024)));
+    (Box::leak(Box::new(Store::new(eviction))), eviction)
+}
+
+fn span() -> SpanHandle {
+    Span::inactive().handle()
+}
+
+/// A fixed clock: freshness is judged against times the test passes, never the real one.
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+/// A 200 created at `t0`, fresh for 60 s, with these header fields.
+fn meta(fields: &[(&str, &str)]) -> CacheMeta {
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    for (k, v) in fields {
+        header.append_header(k.to_string(), *v).unwrap();
+    }
+    CacheMeta::new(t0() + Duration::from_secs(60), t0(), 0, 0, header)
+}
+
+fn key(primary: &str) -> CacheKey {
+    CacheKey::new(primary, "")
+}
+
+/// Variant `v` of a URL, as pingora-cache stores one: the key and the meta both carry the
+/// variance, and the response says `Vary`.
+fn variant(primary: &str, v: u8) -> (CacheKey, CacheMeta) {
+    let mut k = key(primary);
+    k.set_variance_key([v; 16]);
+    let mut m = meta(&[("Vary", "Accept-Encoding")]);
+    m.set_variance_key([v; 16]);
+    (k, m)
+}
+
+/// Stores an object as a miss does (a fill, chunk by chunk); returns the size it reports.
+pub(crate) async fn fill(
+    store: &'static Store,
+    key: &CacheKey,
+    meta: &CacheMeta,
+    chunks: &[&str],
+) -> usize {
+    let mut h = store.get_miss_handler(key, meta, &span()).await.unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        let eof = i + 1 == chunks.len();
+        h.write_body(Bytes::copy_from_slice(c.as_bytes()), eof)
+            .await
+            .unwrap();
+    }
+    match h.finish().await.unwrap() {
+        MissFinishType::Created(size) => size,
+        MissFinishType::Appended(..) => panic!("a fill creates, it does not append"),
+    }
+}
+
+async fn body_of(mut hit: HitHandler) -> String {
+    let mut body = Vec::new();
+    while let Some(chunk) = hit.read_body().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).unwrap()
+}
+
+async fn stored_body(store: &'static Store, key: &CacheKey) -> Option<String> {
+    let (_, hit) = store.lookup(key, &span()).await.unwrap()?;
+    Some(body_of(hit).await)
+}
+
+/// What a complete object weighs: serialized meta, body, URL and the fixed overhead.
+fn expected_size(meta: &CacheMeta, body_len: usize, url: &str) -> usize {
+    let (internal, header) = meta.serialize().unwrap();
+    internal.len() + header.len() + body_len + url.len() + OBJECT_OVERHEAD
+}
+
+#[tokio::test]
+async fn a_complete_object_is_stored_and_read_back() {
+    let (store, _) = store();
+    let k = key("http://a.com/x");
+    let m = meta(&[("Content-Type", "text/plain")]);
+    assert!(store.lookup(&k, &span()).await.unwrap().is_none());
+    fill(store, &k, &m, &["hello ", "world"]).await;
+    assert_eq!(store.objects(), 1);
+    let (found, mut hit) = store.lookup(&k, &span()).await.unwrap().unwrap();
+    assert_eq!(found.response_header().status.as_u16(), 200);
+    assert_eq!(
+        found.response_header().headers.get("content-type").unwrap(),
+        "text/plain"
+    );
+    assert_eq!(found.fresh_until(), t0() + Duration::from_secs(60));
+    // A small body is kept in one piece: one read hands it all out.
+    assert_eq!(
+        hit.read_body().await.unwrap().as_deref(),
+        Some(&b"hello world"[..])
+    );
+    assert_eq!(hit.read_body().await.unwrap(), None);
+    // A range of it (a Range request's hit) ends once the range is sent.
+    let (_, mut hit) = store.lookup(&k, &span()).await.unwrap().unwrap();
+    hit.seek(6, None).unwrap();
+    assert_eq!(body_of(hit).await, "world");
+    assert!(store
+        .lookup(&key("http://a.com/y"), &span())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_reader_follows_an_object_still_being_written() {
+    let (store, _) = store();
+    let k = key("http://a.com/slow");
+    let mut fill = store
+        .get_miss_handler(&k, &meta(&[]), &span())
+        .await
+        .unwrap();
+    fill.write_body(Bytes::from_static(b"one "), false)
+        .await
+        .unwrap();
+    let (_, mut hit) = store.lookup(&k, &span()).await.unwrap().unwrap();
+    assert!(!hit.can_seek());
+    assert_eq!(
+        hit.read_body().await.unwrap().as_deref(),
+        Some(&b"one "[..])
+    );
+    fill.write_body(Bytes::from_static(b"two"), true)
+        .await
+        .unwrap();
+    assert_eq!(hit.read_body().await.unwrap().as_deref(), Some(&b"two"[..]));
+    assert_eq!(hit.read_body().await.unwrap(), None);
+    assert_eq!(store.objects(), 0, "not stored before the fill finishes");
+    fill.finish().await.unwrap();
+    assert_eq!(store.objects(), 1);
+    assert_eq!(stored_body(store, &k).await.as_deref(), Some("one two"));
+}
+
+#[tokio::test]
+async fn an_abandoned_fill_leaves_nothing() {
+    let (store, _) = store();
+    let k = key("http://a.com/failed");
+    let mut fill = store
+        .get_miss_handler(&k, &meta(&[]), &span())
+        .await
+        .unwrap();
+    fill.write_body(Bytes::from_static(b"part"), false)
+        .await
+        .unwrap();
+    drop(fill);
+    assert!(store.lookup(&k, &span()).await.unwrap().is_none());
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn fresh_hit_is_only_for_fresh_complete_objects_that_do_not_vary() {
+    let (store, _) = store();
+    let k = key("http://a.com/f");
+    let at = |secs| t0() + Duration::from_secs(secs);
+    assert!(store.fresh_hit(&k.primary_bin(), at(1)).is_none(), "absent");
+
+    let mut writing = store
+        .get_miss_handler(&k, &meta(&[]), &span())
+        .await
+        .unwrap();
+    writing
+        .write_body(Bytes::from_static(b"body"), true)
+        .await
+        .unwrap();
+    assert!(
+        store.fresh_hit(&k.primary_bin(), at(1)).is_none(),
+        "not finished"
+    );
+    writing.finish().await.unwrap();
+
+    let hit = store.fresh_hit(&k.primary_bin(), at(10)).unwrap();
+    assert_eq!(hit.header.status.as_u16(), 200);
+    assert_eq!(hit.body_len(), 4);
+    assert_eq!(hit.body.concat(), b"body");
+    assert_eq!(hit.age, Duration::from_secs(10));
+    assert_eq!(hit.fresh_until, at(60));
+    assert!(
+        store.fresh_hit(&k.primary_bin(), at(60)).is_some(),
+        "last fresh second"
+    );
+    assert!(store.fresh_hit(&k.primary_bin(), at(61)).is_none(), "stale");
+
+    // Revalidated (new meta, same body): fresh again, its age counted from the update.
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header.insert_header("ETag", "\"v2\"").unwrap();
+    let renewed = CacheMeta::new(at(200), at(100), 0, 0, header);
+    assert!(store.update_meta(&k, &renewed, &span()).await.unwrap());
+    let hit = store.fresh_hit(&k.primary_bin(), at(130)).unwrap();
+    assert_eq!(hit.age, Duration::from_secs(30));
+    assert_eq!(hit.header.headers.get("etag").unwrap(), "\"v2\"");
+    assert!(!store
+        .update_meta(&key("http://a.com/none"), &renewed, &span())
+        .await
+        .unwrap());
+
+    // A response with Vary, even stored without a variance, is left to pingora-cache.
+    let v = key("http://a.com/vary");
+    fill(store, &v, &meta(&[("Vary", "Accept")]), &["v"]).await;
+    assert!(store.fresh_hit(&v.primary_bin(), at(1)).is_none());
+    assert!(store.lookup(&v, &span()).await.unwrap().is_some());
+    // And a variant is stored under its combined key, never the primary one.
+    let (kv, mv) = variant("http://a.com/variant", 1);
+    fill(store, &kv, &mv, &["v1"]).await;
+    assert!(store.fresh_hit(&kv.primary_bin(), at(1)).is_none());
+    assert!(store.fresh_hit(&kv.combined_bin(), at(1)).is_none());
+    assert_eq!(stored_body(store, &kv).await.as_deref(), Some("v1"));
+}
+
+#[tokio::test]
+async fn sizes_count_meta_body_url_and_overhead() {
+    let (store, _) = store();
+    let m = meta(&[("Content-Type", "text/plain")]);
+    let a = key("http://a.com/a");
+    let size_a = fill(store, &a, &m, &["12345", "67890"]).await;
+    assert_eq!(size_a, expected_size(&m, 10, "http://a.com/a"));
+    assert_eq!(store.bytes(), size_a);
+
+    // Extra key lines (header and cookie values) are not part of the URL counted.
+    let b = key("http://a.com/b\nx-device:mobile");
+    let size_b = fill(store, &b, &m, &["xyz"]).await;
+    assert_eq!(size_b, expected_size(&m, 3, "http://a.com/b"));
+    assert_eq!(store.bytes(), size_a + size_b);
+
+    // A new version replaces the old one's size.
+    let size_a2 = fill(store, &a, &m, &["a longer body than before"]).await;
+    assert_eq!(store.bytes(), size_a2 + size_b);
+    assert_eq!(store.objects(), 2);
+
+    // A new meta changes the size by the difference of the serialized metas.
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header.insert_header("Content-Type", "text/plain").unwrap();
+    header.insert_header("X-Long", "y".repeat(300)).unwrap();
+    let bigger = CacheMeta::new(t0(), t0(), 0, 0, header);
+    store.update_meta(&b, &bigger, &span()).await.unwrap();
+    let size_b2 = expected_size(&bigger, 3, "http://a.com/b");
+    assert!(size_b2 > size_b);
+    assert_eq!(store.bytes(), size_a2 + size_b2);
+    store.update_meta(&b, &m, &span()).await.unwrap();
+    assert_eq!(store.bytes(), size_a2 + size_b);
+
+    assert_eq!(store.purge_url("http://a.com/a"), 1);
+    assert_eq!(store.bytes(), size_b);
+    assert_eq!(store.purge_url("http://a.com/b"), 1);
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn purge_by_url_removes_every_variant_of_that_url_only() {
+    let (store, _) = store();
+    let (v1, m1) = variant("http://a.com/p", 1);
+    let (v2, m2) = variant("http://a.com/p", 2);
+    fill(store, &v1, &m1, &["gzip"]).await;
+    fill(store, &v2, &m2, &["br"]).await;
+    fill(
+        store,
+        &key("http://a.com/p\ncookie:lang=fr"),
+        &meta(&[]),
+        &["fr"],
+    )
+    .await;
+    fill(store, &key("http://a.com/p2"), &meta(&[]), &["p2"]).await;
+    fill(store, &key("http://b.com/p"), &meta(&[]), &["b"]).await;
+    assert_eq!(store.purge_url("http://a.com/p"), 3);
+    assert_eq!(store.objects(), 2);
+    assert!(store.lookup(&v1, &span()).await.unwrap().is_none());
+    assert!(store.lookup(&v2, &span()).await.unwrap().is_none());
+    assert_eq!(
+        stored_body(store, &key("http://a.com/p2")).await.as_deref(),
+        Some("p2")
+    );
+    assert_eq!(
+        stored_body(store, &key("http://b.com/p")).await.as_deref(),
+        Some("b")
+    );
+    assert_eq!(store.purge_url("http://a.com/p"), 0);
+    assert_eq!(store.purge_url("http://a.com/"), 0, "a URL, not a prefix");
+}
+
+#[tokio::test]
+async fn purge_by_prefix_removes_the_urls_that_start_with_it() {
+    let (store, _) = store();
+    for url in [
+        "http://a.com/img/1.png",
+        "http://a.com/img/2.png",
+        "http://a.com/img/sub/3.png",
+        "http://a.com/imgs/4.png",
+        "http://a.com/css/site.css",
+    ] {
+        fill(store, &key(url), &meta(&[]), &[url]).await;
+    }
+    assert_eq!(store.purge_prefix("http://a.com/img/"), 3);
+    assert_eq!(store.objects(), 2);
+    assert!(stored_body(store, &key("http://a.com/imgs/4.png"))
+        .await
+        .is_some());
+    assert!(stored_body(store, &key("http://a.com/css/site.css"))
+        .await
+        .is_some());
+    assert_eq!(store.purge_prefix("http://b.com/"), 0);
+    assert_eq!(store.purge_prefix("http://a.com/"), 2);
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn purge_by_tag_uses_surrogate_key_and_cache_tag() {
+    let (store, _) = store();
+    let one = key("http://a.com/1");
+    let two = key("http://a.com/2");
+    let three = key("http://a.com/3");
+    // Surrogate-Key is space-separated, Cache-Tag comma-separated; a tag in both counts once.
+    let m1 = meta(&[("Surrogate-Key", "red  blue"), ("Cache-Tag", "green, red")]);
+    fill(store, &one, &m1, &["1"]).await;
+    fill(store, &two, &meta(&[("Surrogate-Key", "blue")]), &["2"]).await;
+    fill(store, &three, &meta(&[("Cache-Tag", "a,,b")]), &["3"]).await;
+    assert_eq!(store.purge_tag("nothing"), 0);
+    assert_eq!(store.purge_tag("red"), 1);
+    assert!(store.lookup(&one, &span()).await.unwrap().is_none());
+    // The removed object left every index: its other tags no longer find it.
+    assert_eq!(store.purge_tag("green"), 0);
+    assert_eq!(store.purge_tag("blue"), 1);
+    assert_eq!(store.purge_tag(""), 0);
+    assert_eq!(store.purge_tag("b"), 1);
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn has_other_variants_sees_the_other_variants_of_a_url() {
+    let (store, _) = store();
+    let (v1, m1) = variant("http://a.com/v", 1);
+    let (v2, m2) = variant("http://a.com/v", 2);
+    assert!(!store.has_other_variants(&v1));
+    fill(store, &v1, &m1, &["one"]).await;
+    assert!(!store.has_other_variants(&v1), "only its own");
+    assert!(store.has_other_variants(&v2));
+    fill(store, &v2, &m2, &["two"]).await;
+    assert!(store.has_other_variants(&v1));
+    assert!(store.has_other_variants(&v2));
+    let other_url = variant("http://a.com/w", 1).0;
+    assert!(!store.has_other_variants(&other_url));
+    let outcome = store
+        .purge(
+            PurgeTarget::Active(&v1.to_compact()),
+            PurgeType::Invalidation,
+            &span(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, PurgeOutcome::Purged(None)));
+    assert!(!store.has_other_variants(&v2));
+    assert!(store.has_other_variants(&v1));
+}
+
+#[tokio::test]
+async fn a_purge_during_a_fill_is_not_undone_by_it() {
+    let (store, _) = store();
+    let k = key("http://a.com/racing");
+    fill(store, &k, &meta(&[]), &["old"]).await;
+    // A refill starts, then the operator purges the URL: the refill must not bring the
+    // purged content back when it finishes.
+    let mut refill = store
+        .get_miss_handler(&k, &meta(&[]), &span())
+        .await
+        .unwrap();
+    refill
+        .write_body(Bytes::from_static(b"new"), true)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_url("http://a.com/racing"), 1);
+    assert!(matches!(
+        refill.finish().await.unwrap(),
+        MissFinishType::Created(0)
+    ));
+    assert!(store.lookup(&k, &span()).await.unwrap().is_none());
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+    // The same for pingora-cache's purge of the key during a first fill.
+    let mut first = store
+        .get_miss_handler(&k, &meta(&[]), &span())
+        .await
+        .unwrap();
+    first
+        .write_body(Bytes::from_static(b"first"), true)
+        .await
+        .unwrap();
+    let target = k.to_compact();
+    let outcome = store
+        .purge(
+            PurgeTarget::Active(&target),
+            PurgeType::Invalidation,
+            &span(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, PurgeOutcome::NotFound),
+        "nothing complete"
+    );
+    assert!(matches!(
+        first.finish().await.unwrap(),
+        MissFinishType::Created(0)
+    ));
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn purges_tell_the_eviction_manager_but_evictions_do_not() {
+    let (store, eviction) = store();
+    let admit = |k: &CacheKey, size| {
+        eviction.admit(CacheEntryKey::key_only(k.to_compact()), size, t0());
+    };
+    let a = key("http://a.com/a");
+    let b = key("http://a.com/b");
+    admit(&a, fill(store, &a, &meta(&[]), &["a"]).await);
+    admit(&b, fill(store, &b, &meta(&[]), &["b"]).await);
+    assert_eq!(eviction.total_items(), 2);
+    // The operator's purge: the manager must forget the object too.
+    assert_eq!(store.purge_url("http://a.com/a"), 1);
+    assert_eq!(eviction.total_items(), 1);
+    // An eviction comes from the manager, which already forgot the entry.
+    let outcome = store
+        .purge(
+            PurgeTarget::Active(&b.to_compact()),
+            PurgeType::Eviction,
+            &span(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, PurgeOutcome::Purged(None)));
+    assert_eq!(eviction.total_items(), 1);
+    assert_eq!(store.objects(), 0);
+    let again = store
+        .purge(
+            PurgeTarget::Active(&b.to_compact()),
+            PurgeType::Invalidation,
+            &span(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, PurgeOutcome::NotFound));
+}

@@ -1,0 +1,61 @@
+//! What the proxy itself answers the client from the cache: a fresh hit written from the store,
+//! and the cache's fields on every response (`Cache-Status`, less the fields meant for this
+//! cache alone).
+
+use std::time::SystemTime;
+
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use super::{EdgeProxy, RequestCtx};
+use crate::cache::hit::{self, HitHead};
+use crate::cache::status::Outcome;
+use crate::cache::store::FreshHit;
+
+impl EdgeProxy {
+    /// Answers with a fresh stored response (see `cache::hit`), as pingora-cache's hit path
+    /// would have.
+    pub(super) async fn serve_fresh_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        hit: FreshHit,
+    ) -> Result<()> {
+        ctx.cache.outcome = Outcome::Hit;
+        let head = HitHead {
+            hit: &hit,
+            targeted: &ctx.live.config.cache.targeted_field,
+        }
+        .response_header();
+        if session.req_header().method == http::Method::HEAD {
+            return session.write_response_header(Box::new(head), true).await;
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        if hit.body.is_empty() {
+            return session.write_response_body(None, true).await;
+        }
+        let last = hit.body.len() - 1;
+        for (i, chunk) in hit.body.iter().enumerate() {
+            session
+                .write_response_body(Some(chunk.clone()), i == last)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What the client is told about the cache (`Cache-Status`), less the fields meant for this
+    /// cache alone. `fresh_until`: of the stored response involved, if any.
+    pub(super) fn client_cache_fields(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &RequestCtx,
+        fresh_until: Option<SystemTime>,
+    ) -> Result<()> {
+        if ctx.routed.is_some() {
+            let value = ctx.cache.outcome.header(fresh_until, ctx.fwd_status);
+            resp.insert_header("cache-status", value)?;
+        }
+        hit::strip_cache_only_fields(resp, &ctx.live.config.cache.targeted_field);
+        Ok(())
+    }
+}
