@@ -3,11 +3,13 @@
 //! what no well-behaved client would. Everything waits on conditions with a bound, never blindly.
 //!
 //! One file per role: `origin` (the test origin), `client` (the raw client), `edge` (the edge
-//! process). Everything is re-exported here, so a test needs only `use common::*;`.
+//! process). Everything is re-exported here, so a test needs only `use common::*;`. `cache`
+//! holds the cache tests' shared set-up (`use common::cache::*;`).
 //!
 //! Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cache;
 mod client;
 mod edge;
 mod origin;
