@@ -71,10 +71,24 @@ fn bench_cache_key(c: &mut Criterion) {
         cookies: vec!["currency".into()],
     };
     c.bench_function("cache key (url only)", |b| {
-        b.iter(|| black_box(key::for_request(black_box(&req), "www.example.com", &plain)))
+        b.iter(|| {
+            black_box(key::for_request(
+                black_box(&req),
+                key::Scheme::Http,
+                "www.example.com",
+                &plain,
+            ))
+        })
     });
     c.bench_function("cache key (sorted query, header, cookie)", |b| {
-        b.iter(|| black_box(key::for_request(black_box(&req), "www.example.com", &rich)))
+        b.iter(|| {
+            black_box(key::for_request(
+                black_box(&req),
+                key::Scheme::Http,
+                "www.example.com",
+                &rich,
+            ))
+        })
     });
 }
 

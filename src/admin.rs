@@ -9,7 +9,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::cache::key as cache_key;
+use crate::cache::key::{self as cache_key, Scheme};
 use crate::host::normalize_host;
 use crate::reload::reload;
 use crate::state::Edge;
@@ -53,17 +53,16 @@ fn query_decode(v: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `http://Host:port/path?q` -> (normalized host, `/path?q`).
-fn split_url(url: &str) -> Option<(String, &str)> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
+/// `https://Host:port/path?q` -> (scheme, normalized host, `/path?q`).
+fn split_url(url: &str) -> Option<(Scheme, String, &str)> {
+    let (scheme, rest) = Scheme::split(url)?;
     let cut = rest.find('/').unwrap_or(rest.len());
     let (host, target) = rest.split_at(cut);
     if host.is_empty() {
         return None;
     }
     Some((
+        scheme,
         normalize_host(host),
         if target.is_empty() { "/" } else { target },
     ))
@@ -81,8 +80,8 @@ impl Admin {
         let store = self.edge.cache.store;
         match name {
             "url" => {
-                let (host, target) = split_url(&value)
-                    .ok_or("url must be absolute, like http://www.example.com/a.css")?;
+                let (scheme, host, target) = split_url(&value)
+                    .ok_or("url must be absolute, like https://www.example.com/a.css")?;
                 let path = target.split('?').next().unwrap_or("/");
                 // The key's form of the URL depends on the route's query setting.
                 let query = live
@@ -92,15 +91,15 @@ impl Admin {
                     .unwrap_or_default();
                 Ok((
                     "url",
-                    store.purge_url(&cache_key::url(&host, target, query)),
+                    store.purge_url(&cache_key::url(scheme, &host, target, query)),
                 ))
             }
             "prefix" => {
-                let (host, target) = split_url(&value)
-                    .ok_or("prefix must be an absolute URL, like http://www.example.com/img/")?;
+                let (scheme, host, target) = split_url(&value)
+                    .ok_or("prefix must be an absolute URL, like https://www.example.com/img/")?;
                 Ok((
                     "prefix",
-                    store.purge_prefix(&format!("http://{host}{target}")),
+                    store.purge_prefix(&format!("{}://{host}{target}", scheme.as_str())),
                 ))
             }
             "tag" if !value.is_empty() => Ok(("tag", store.purge_tag(&value))),
@@ -152,6 +151,8 @@ impl Admin {
         m.upstream.refresh(self.edge.snapshot().origins.values());
         m.cache.refresh(&self.edge.cache);
         m.process.refresh_memory();
+        m.process
+            .refresh_certificates(self.edge.tls.values().map(|r| r.table()));
     }
 }
 

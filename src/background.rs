@@ -48,8 +48,11 @@ impl HealthChecker {
                 let mut set = tokio::task::JoinSet::new();
                 for _ in 0..PROBE_SAMPLES {
                     let (host, path) = (host.clone(), path.clone());
-                    let addr = server.addr;
-                    set.spawn(async move { probe_idle_timeout(addr, &host, &path, limit).await });
+                    let (origin, server) = (origin.clone(), server.clone());
+                    set.spawn(async move {
+                        let tls = origin.probe_tls(&server);
+                        probe_idle_timeout(server.addr, tls, &host, &path, limit).await
+                    });
                 }
                 let mut samples = Vec::new();
                 while let Some(r) = set.join_next().await {
@@ -103,7 +106,8 @@ impl BackgroundService for HealthChecker {
                     let (origin, server, hc) = (origin.clone(), server.clone(), hc.clone());
                     tokio::spawn(async move {
                         let host = origin.probe_host(&server).to_string();
-                        let result = probe(server.addr, &host, &hc).await;
+                        let tls = origin.probe_tls(&server);
+                        let result = probe(server.addr, tls, &host, &hc).await;
                         match server.health().probe_result(result.is_ok(), &hc) {
                             Some(true) => info!(
                                 "origin {} server {} is up: health check {} passed {} times",

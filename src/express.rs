@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::body_file::BodyFile;
 use crate::cache::hit::{self, HitHead, RawRequest};
-use crate::cache::key;
+use crate::cache::key::{self, Scheme};
 use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
 use crate::client::{self, ClientConnection};
@@ -114,7 +114,11 @@ impl HttpServerApp for EdgeApp {
         let started = Instant::now();
         let live = self.edge.snapshot();
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        match plan(&buf, &mut fields, &live, &self.edge) {
+        let scheme = match stream.get_ssl_digest() {
+            Some(_) => Scheme::Https,
+            None => Scheme::Http,
+        };
+        match plan(&buf, &mut fields, &live, &self.edge, scheme) {
             Ok(express) => {
                 self.answer(stream, &express, &live, carried, started, shutdown)
                     .await
@@ -290,8 +294,9 @@ fn plan<'b>(
     fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
     live: &'b Live,
     edge: &Edge,
+    scheme: Scheme,
 ) -> Result<Express<'b>, Option<CacheKey>> {
-    eligible(buf, fields, live)
+    eligible(buf, fields, live, scheme)
         .ok_or(None)
         .and_then(|(request, route)| lookup(request, route, live, edge))
 }
@@ -299,6 +304,7 @@ fn plan<'b>(
 /// A request the lane may answer if its object is fresh in the store.
 struct Plain<'b> {
     head: bool,
+    scheme: Scheme,
     host: &'b str,
     normalized: String,
     target: &'b str,
@@ -308,6 +314,7 @@ fn eligible<'b>(
     buf: &'b [u8],
     fields: &'b mut [httparse::Header<'b>; MAX_FIELDS],
     live: &'b Live,
+    scheme: Scheme,
 ) -> Option<(Plain<'b>, &'b Route)> {
     if !live.config.cache.express_lane {
         return None;
@@ -369,6 +376,7 @@ fn eligible<'b>(
     }
     let plain = Plain {
         head,
+        scheme,
         host,
         normalized,
         target,
@@ -382,7 +390,8 @@ fn lookup<'b>(
     live: &'b Live,
     edge: &Edge,
 ) -> Result<Express<'b>, Option<CacheKey>> {
-    let key = key::for_url_only(&req.normalized, req.target, &route.cache.key).ok_or(None)?;
+    let key =
+        key::for_url_only(req.scheme, &req.normalized, req.target, &route.cache.key).ok_or(None)?;
     let Some(hit) = edge
         .cache
         .store
@@ -496,6 +505,8 @@ fn record(
             error: (!written).then(|| "writing to the client failed".to_string()),
         },
         origin: express.origin.map(|o| o.as_ref()),
+        protocol: "http/1.1",
+        scheme: express.req.scheme,
     };
     served.record(&edge.metrics, &live.config.log);
 }
@@ -508,7 +519,7 @@ mod tests {
     use pingora::http::ResponseHeader;
 
     use super::*;
-    use crate::cache::key::for_url_only;
+    use crate::cache::key::{for_url_only, Scheme};
 
     const CONFIG: &str = "listen: [\"127.0.0.1:1\"]\norigins:\n  web: {servers: [\"127.0.0.1:1\"]}\nroutes:\n  - {origin: web}\n";
 
@@ -516,10 +527,10 @@ mod tests {
     async fn edge_with_object(extra: &str) -> Arc<Edge> {
         let text = format!("{extra}{CONFIG}");
         let config = crate::config::parse(&text, "test").unwrap();
-        let edge = Edge::new(config, text, None);
+        let edge = Edge::new(config, text, None).unwrap();
         let live = edge.snapshot();
         let route = live.router.route("example.com", "/e").unwrap();
-        let key = for_url_only("example.com", "/e", &route.cache.key).unwrap();
+        let key = for_url_only(Scheme::Http, "example.com", "/e", &route.cache.key).unwrap();
         let mut header = ResponseHeader::build(200, None).unwrap();
         header.append_header("Content-Length", "5").unwrap();
         let now = SystemTime::now();
@@ -533,7 +544,7 @@ mod tests {
     fn decide(edge: &Edge, bytes: &str) -> Result<usize, bool> {
         let live = edge.snapshot();
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        match plan(bytes.as_bytes(), &mut fields, &live, edge) {
+        match plan(bytes.as_bytes(), &mut fields, &live, edge, Scheme::Http) {
             Ok(e) => Ok(e.hit.body_len()),
             Err(key) => Err(key.is_some()),
         }

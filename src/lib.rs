@@ -36,3 +36,4 @@ pub mod reload;
 pub mod served;
 pub mod server;
 pub mod state;
+pub mod tls;

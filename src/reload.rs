@@ -28,6 +28,8 @@ pub struct Applied {
 pub enum Refused {
     NoConfigFile,
     Invalid(ConfigErrors),
+    /// The config was valid but a listener's certificates could not be loaded (changed since).
+    Certificates(String),
 }
 
 impl std::fmt::Display for Refused {
@@ -35,6 +37,7 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::NoConfigFile => f.write_str("no config file to reload (started without -c)"),
             Refused::Invalid(e) => write!(f, "{e}"),
+            Refused::Certificates(e) => f.write_str(e),
         }
     }
 }
@@ -42,8 +45,18 @@ impl std::fmt::Display for Refused {
 /// Settings the running process cannot change: listeners and Pingora's server settings.
 pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if boot.listen != new.listen {
+    // Certificates reload live; addresses, TLS on or off and h2 are the sockets' own.
+    let sockets = |c: &Config| -> Vec<_> {
+        c.listen
+            .iter()
+            .map(|l| (l.addr, l.tls.is_some(), l.http2))
+            .collect()
+    };
+    if sockets(boot) != sockets(new) {
         out.push("listen".to_string());
+    }
+    if crate::tls::upstream::ca_files(boot) != crate::tls::upstream::ca_files(new) {
+        out.push("origins.*.tls.ca_file (the CA bundle)".to_string());
     }
     if boot.admin != new.admin {
         out.push("admin.listen".to_string());
@@ -95,11 +108,18 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
         }
     };
     let old = edge.snapshot();
+    // Certificates are read even when the file did not change: renewed certificate files are
+    // the usual reason to reload.
+    if let Err(e) = crate::tls::reload_certificates(&edge.tls, &config) {
+        m.reloads.with_label_values(&["failure"]).inc();
+        error!("config reload ({trigger}) refused, the previous config keeps serving:\n{e}");
+        return Err(Refused::Certificates(e));
+    }
     let pending_restart = needs_restart(&edge.boot, &config);
     let version = crate::state::version_of(&source);
     let unchanged = version == old.version;
     if !unchanged {
-        let mut live = Live::build(config, source, Some(&old), &edge.metrics);
+        let mut live = Live::build(config, source, Some(&old), &edge.metrics, &edge.ca_bundle);
         live.pending_restart = pending_restart.clone();
         forget_removed_servers(&old, &live, &edge.metrics);
         crate::logging::set_level(live.config.log.level.filter());

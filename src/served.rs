@@ -4,6 +4,7 @@
 
 use log::info;
 
+use crate::cache::key::Scheme;
 use crate::config::LogSettings;
 use crate::logging::AccessEntry;
 use crate::metrics::Metrics;
@@ -13,6 +14,9 @@ pub struct Served<'a> {
     pub entry: AccessEntry<'a>,
     /// The origin the request was routed to, for its latency histogram.
     pub origin: Option<&'a Origin>,
+    /// `http/1.0`, `http/1.1` or `h2`.
+    pub protocol: &'static str,
+    pub scheme: Scheme,
 }
 
 impl Served<'_> {
@@ -26,6 +30,10 @@ impl Served<'_> {
             .response_bytes
             .with_label_values(&[e.origin, e.cache])
             .inc_by(e.bytes as u64);
+        m.client
+            .requests_by_protocol
+            .with_label_values(&[self.protocol, self.scheme.as_str()])
+            .inc();
         if let Some(o) = self.origin {
             o.metrics.duration.observe(e.total.as_secs_f64());
         }
@@ -81,6 +89,8 @@ mod tests {
                 error: None,
             },
             origin: None,
+            protocol: "http/1.1",
+            scheme: Scheme::Https,
         };
         served.record(&m, &log);
         served.record(&m, &log);

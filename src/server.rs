@@ -1,9 +1,10 @@
 //! Wiring: turns a validated config into a Pingora server with the proxy, admin and health
 //! check services, and runs it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -32,7 +33,7 @@ pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
     let tag = config
         .listen
         .first()
-        .map(|a| a.to_string().replace([':', '.', '[', ']'], "_"))
+        .map(|l| l.addr.to_string().replace([':', '.', '[', ']'], "_"))
         .unwrap_or_else(|| "edge".into());
     let pooled: usize = config
         .origins
@@ -60,6 +61,13 @@ pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.get().as_secs()),
         upstream_keepalive_pool_size: s.upstream_pool_size.unwrap_or(per_thread),
         error_log: s.error_log.clone(),
+        // What Pingora's connector trusts for HTTPS origins (see `tls::upstream`).
+        ca_file: crate::tls::upstream::write_bundle(config, Path::new(&format!("/tmp/edge-{tag}.ca.pem")))
+            .unwrap_or_else(|e| {
+                log::error!("cannot write the origins' CA bundle: {e}; HTTPS origins with a ca_file will fail verification");
+                None
+            })
+            .map(|p| p.display().to_string()),
         ..Default::default()
     }
 }
@@ -68,7 +76,7 @@ pub fn pingora_conf(config: &Config, daemon: bool) -> ServerConf {
 /// keeps running when a bind fails; an operator must instead get an error and an exit status.
 /// Skipped on upgrade, where the sockets come from the running edge.
 pub fn check_listeners(config: &Config) -> Result<(), String> {
-    let all = config.listen.iter().map(|a| ("listen", a));
+    let all = config.listen.iter().map(|l| ("listen", &l.addr));
     for (what, addr) in all.chain(config.admin.iter().map(|a| ("admin.listen", a))) {
         std::net::TcpListener::bind(addr)
             .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))?;
@@ -93,15 +101,35 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
 
     let listen = config.listen.clone();
     let admin_addr = config.admin;
-    // The process's state (cache, metrics, config in force), built once and handed to every
-    // service below.
-    let edge = Edge::new(config, source, path);
+    // The process's state (cache, metrics, certificates, config in force), built once and
+    // handed to every service below.
+    let edge = match Edge::new(config, source, path) {
+        Ok(edge) => edge,
+        Err(e) => {
+            eprintln!("edge: {e}; nothing was started");
+            std::process::exit(1);
+        }
+    };
 
     // Fresh hits are answered on the express lane in front of the proxy (see `express`).
-    let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });
+    if listen.iter().any(|l| l.tls.is_none() && l.http2) {
+        // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
     let mut proxy = Service::new("edge proxy".to_string(), EdgeApp::new(proxy, edge.clone()));
-    for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+    for l in &listen {
+        let addr = l.addr.to_string();
+        match edge.tls.get(&l.addr) {
+            None => proxy.add_tcp(&addr),
+            Some(resolver) => {
+                let settings = crate::tls::listener_settings(resolver.clone(), l.http2, &edge);
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
     }
     server.add_service(proxy).add_dependency(&bootstrap);
 

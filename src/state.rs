@@ -8,7 +8,8 @@
 //!   keep it to the end, so a reload never shows a request half of one config and half of
 //!   another.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::origin::reuse::ConnectionLedger;
 use crate::origin::router::Router;
 use crate::origin::Origin;
+use crate::tls::certs::CertResolver;
 
 pub struct Live {
     pub config: Config,
@@ -40,14 +42,24 @@ pub struct Live {
 }
 
 impl Live {
-    /// Builds from `config`; `previous` (the config being replaced) hands on server state.
-    pub fn build(config: Config, source: String, previous: Option<&Live>, m: &Metrics) -> Self {
+    /// Builds from `config`; `previous` (the config being replaced) hands on server state;
+    /// `ca_bundle`: the CA files Pingora's connector trusts (see `tls::upstream`).
+    pub fn build(
+        config: Config,
+        source: String,
+        previous: Option<&Live>,
+        m: &Metrics,
+        ca_bundle: &BTreeSet<PathBuf>,
+    ) -> Self {
         let origins = config
             .origins
             .iter()
             .map(|(name, o)| {
                 let prev = previous.and_then(|p| p.origins.get(name)).map(Arc::as_ref);
-                (name.clone(), Arc::new(Origin::new(name, o, prev, m)))
+                (
+                    name.clone(),
+                    Arc::new(Origin::new(name, o, prev, m, ca_bundle)),
+                )
             })
             .collect();
         Live {
@@ -79,6 +91,10 @@ pub struct Edge {
     pub cache: Cache,
     pub metrics: Metrics,
     pub ledger: ConnectionLedger,
+    /// The origins' CA files in the bundle Pingora's connector loaded at start.
+    pub ca_bundle: BTreeSet<PathBuf>,
+    /// Each HTTPS listener's certificates, by address; a reload swaps their contents.
+    pub tls: HashMap<SocketAddr, Arc<CertResolver>>,
     /// The file reloads read; None in demo mode.
     pub config_path: Option<PathBuf>,
     /// The config the process started with: what in-process reloads cannot change is judged
@@ -89,12 +105,21 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(config: Config, source: String, config_path: Option<PathBuf>) -> Arc<Self> {
+    /// Fails when a listener's certificates cannot be loaded.
+    pub fn new(
+        config: Config,
+        source: String,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Self>, String> {
+        let tls = crate::tls::resolvers(&config)?;
         let metrics = Metrics::new();
         let cache = Cache::new(&config.cache);
-        let live = Live::build(config.clone(), source, None, &metrics);
+        let ca_bundle = crate::tls::upstream::ca_files(&config);
+        let live = Live::build(config.clone(), source, None, &metrics, &ca_bundle);
         metrics.process.set_config_version(&live.version);
-        Arc::new(Edge {
+        Ok(Arc::new(Edge {
+            tls,
+            ca_bundle,
             boot: config,
             live: ArcSwap::from_pointee(live),
             cache,
@@ -102,7 +127,7 @@ impl Edge {
             ledger: ConnectionLedger::default(),
             config_path,
             reload_lock: Mutex::new(()),
-        })
+        }))
     }
 
     pub fn snapshot(&self) -> Arc<Live> {

@@ -122,14 +122,20 @@ pub struct Lookup {
 }
 
 /// The stored response for this request if it can be served as it is, now.
-pub fn lookup(req: &RequestHeader, host: &str, route: &RouteCache, store: &Store) -> Lookup {
+pub fn lookup(
+    req: &RequestHeader,
+    scheme: key::Scheme,
+    host: &str,
+    route: &RouteCache,
+    store: &Store,
+) -> Lookup {
     if !may_serve_fresh(req, route) {
         return Lookup {
             hit: None,
             key: None,
         };
     }
-    let key = key::for_request(req, host, &route.key);
+    let key = key::for_request(req, scheme, host, &route.key);
     let hit = store.fresh_hit(&key.primary_bin(), SystemTime::now());
     Lookup {
         hit,

@@ -4,7 +4,7 @@
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::key;
+use super::key::{self, Scheme};
 use super::store::Store;
 use crate::config::QueryKey;
 use crate::host::normalize_host;
@@ -14,33 +14,32 @@ pub fn after_unsafe(
     store: &Store,
     req: &RequestHeader,
     resp: &ResponseHeader,
+    scheme: Scheme,
     host: &str,
     query: QueryKey,
 ) -> usize {
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut removed = store.purge_url(&key::url(host, target, query));
+    let mut removed = store.purge_url(&key::url(scheme, host, target, query));
     for field in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
         let Some(v) = resp.headers.get(&field).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some(t) = same_host_target(v, host) {
-            removed += store.purge_url(&key::url(host, t, query));
+        if let Some((s, t)) = same_host_target(v, scheme, host) {
+            removed += store.purge_url(&key::url(s, host, t, query));
         }
     }
     removed
 }
 
-/// The target of a URI reference if it is on `host`: a path, or an absolute URL naming it.
-fn same_host_target<'a>(v: &'a str, host: &str) -> Option<&'a str> {
-    match v
-        .strip_prefix("http://")
-        .or_else(|| v.strip_prefix("https://"))
-    {
-        Some(rest) => {
+/// The scheme and target of a URI reference if it is on `host`: a path (on the request's
+/// scheme), or an absolute URL naming the host.
+fn same_host_target<'a>(v: &'a str, scheme: Scheme, host: &str) -> Option<(Scheme, &'a str)> {
+    match Scheme::split(v) {
+        Some((s, rest)) => {
             let (h, t) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            (normalize_host(h) == host).then_some(if t.is_empty() { "/" } else { t })
+            (normalize_host(h) == host).then_some((s, if t.is_empty() { "/" } else { t }))
         }
-        None => v.starts_with('/').then_some(v),
+        None => v.starts_with('/').then_some((scheme, v)),
     }
 }
 
@@ -50,10 +49,11 @@ mod tests {
 
     #[test]
     fn only_the_same_host() {
-        assert_eq!(same_host_target("/a?b", "x.com"), Some("/a?b"));
-        assert_eq!(same_host_target("http://X.com:80/a", "x.com"), Some("/a"));
-        assert_eq!(same_host_target("https://x.com", "x.com"), Some("/"));
-        assert_eq!(same_host_target("http://y.com/a", "x.com"), None);
-        assert_eq!(same_host_target("a/relative", "x.com"), None);
+        let t = |v| same_host_target(v, Scheme::Https, "x.com");
+        assert_eq!(t("/a?b"), Some((Scheme::Https, "/a?b")));
+        assert_eq!(t("http://X.com:80/a"), Some((Scheme::Http, "/a")));
+        assert_eq!(t("https://x.com"), Some((Scheme::Https, "/")));
+        assert_eq!(t("http://y.com/a"), None);
+        assert_eq!(t("a/relative"), None);
     }
 }

@@ -8,13 +8,39 @@ use pingora::http::RequestHeader;
 use crate::config::{CacheKeySettings, QueryKey};
 
 /// The URL part of the key for a host (already normalized) and a request target.
-pub fn url(host: &str, path_and_query: &str, query: QueryKey) -> String {
+/// The scheme the client used: part of the key, so a route served over HTTP and HTTPS keeps
+/// the two apart (an origin may answer them differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// `http://...` or `https://...`: the scheme and the rest.
+    pub fn split(url: &str) -> Option<(Scheme, &str)> {
+        url.strip_prefix("http://")
+            .map(|r| (Scheme::Http, r))
+            .or_else(|| url.strip_prefix("https://").map(|r| (Scheme::Https, r)))
+    }
+}
+
+pub fn url(scheme: Scheme, host: &str, path_and_query: &str, query: QueryKey) -> String {
     let (path, q) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
     let mut out = String::with_capacity(8 + host.len() + path_and_query.len());
-    out.push_str("http://");
+    out.push_str(scheme.as_str());
+    out.push_str("://");
     out.push_str(host);
     out.push_str(path);
     match (q, query) {
@@ -37,9 +63,14 @@ pub fn url(host: &str, path_and_query: &str, query: QueryKey) -> String {
 
 /// The key of a request whose route keys on the URL alone (no header or cookie values); None
 /// when the route's key needs more than the URL. Equal to `for_request` for such routes.
-pub fn for_url_only(host: &str, target: &str, settings: &CacheKeySettings) -> Option<CacheKey> {
+pub fn for_url_only(
+    scheme: Scheme,
+    host: &str,
+    target: &str,
+    settings: &CacheKeySettings,
+) -> Option<CacheKey> {
     (settings.headers.is_empty() && settings.cookies.is_empty())
-        .then(|| CacheKey::new(url(host, target, settings.query), ""))
+        .then(|| CacheKey::new(url(scheme, host, target, settings.query), ""))
 }
 
 /// Value of one cookie in the request's Cookie headers.
@@ -55,9 +86,14 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 /// The full key for a request.
-pub fn for_request(req: &RequestHeader, host: &str, settings: &CacheKeySettings) -> CacheKey {
+pub fn for_request(
+    req: &RequestHeader,
+    scheme: Scheme,
+    host: &str,
+    settings: &CacheKeySettings,
+) -> CacheKey {
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut primary = url(host, target, settings.query);
+    let mut primary = url(scheme, host, target, settings.query);
     for h in &settings.headers {
         primary.push('\n');
         primary.push_str(h);
@@ -83,18 +119,21 @@ mod tests {
     #[test]
     fn query_modes() {
         assert_eq!(
-            url("a.com", "/p?b=2&a=1", QueryKey::Keep),
+            url(Scheme::Http, "a.com", "/p?b=2&a=1", QueryKey::Keep),
             "http://a.com/p?b=2&a=1"
         );
         assert_eq!(
-            url("a.com", "/p?b=2&a=1", QueryKey::Sort),
+            url(Scheme::Http, "a.com", "/p?b=2&a=1", QueryKey::Sort),
             "http://a.com/p?a=1&b=2"
         );
         assert_eq!(
-            url("a.com", "/p?b=2&a=1", QueryKey::Strip),
+            url(Scheme::Http, "a.com", "/p?b=2&a=1", QueryKey::Strip),
             "http://a.com/p"
         );
-        assert_eq!(url("a.com", "/p", QueryKey::Sort), "http://a.com/p");
+        assert_eq!(
+            url(Scheme::Http, "a.com", "/p", QueryKey::Sort),
+            "http://a.com/p"
+        );
     }
 
     #[test]
@@ -107,13 +146,13 @@ mod tests {
             headers: vec!["x-device".into()],
             cookies: vec!["lang".into()],
         };
-        let k = for_request(&r, "a.com", &settings);
+        let k = for_request(&r, Scheme::Http, "a.com", &settings);
         assert_eq!(
             k.primary_key_str(),
             Some("http://a.com/x?q=1\nx-device:mobile\ncookie:lang=fr")
         );
         assert_eq!(cookie(&r, "z"), Some("9"));
-        assert!(for_url_only("a.com", "/x?q=1", &settings).is_none());
+        assert!(for_url_only(Scheme::Http, "a.com", "/x?q=1", &settings).is_none());
         let url_only = CacheKeySettings {
             query: QueryKey::Sort,
             headers: vec![],
@@ -121,8 +160,8 @@ mod tests {
         };
         let r = RequestHeader::build("GET", b"/x?q=1&a=2", None).unwrap();
         assert_eq!(
-            for_url_only("a.com", "/x?q=1&a=2", &url_only).map(|k| k.primary_bin()),
-            Some(for_request(&r, "a.com", &url_only).primary_bin())
+            for_url_only(Scheme::Http, "a.com", "/x?q=1&a=2", &url_only).map(|k| k.primary_bin()),
+            Some(for_request(&r, Scheme::Http, "a.com", &url_only).primary_bin())
         );
         assert_eq!(cookie(&r, "b"), None);
     }

@@ -14,6 +14,7 @@
 mod errors;
 mod locate;
 mod schema;
+mod tls;
 pub mod units;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use schema::{
     HealthCheck, KeepaliveSettings, LogLevel, LogSettings, OriginConfig, PassiveHealth, QueryKey,
     RouteCache, RouteConfig, ServerSettings, ServerSpec, TcpKeepalive, Timeouts,
 };
+pub use tls::{CertificateFiles, ListenFields, ListenSpec, Listener, ListenerTls, OriginTls};
 pub use units::{Dur, Size};
 pub use validate::parse;
 

@@ -15,6 +15,7 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use super::tls::{Listener, OriginTls};
 use super::units::{Dur, Size};
 use super::validate::resolve;
 
@@ -23,9 +24,10 @@ use super::validate::resolve;
 pub struct Config {
     /// `server:`; default: [`ServerSettings::default`].
     pub server: ServerSettings,
-    /// `listen:` (required): the proxy's `ip:port` addresses, at least one, none twice. A single
-    /// string is accepted for a list of one.
-    pub listen: Vec<SocketAddr>,
+    /// `listen:` (required): the proxy's listeners, at least one, no address twice. An entry is
+    /// an `ip:port` string (cleartext) or a [`ListenSpec`] mapping (TLS, h2); a single string is
+    /// accepted for a list of one.
+    pub listen: Vec<Listener>,
     /// `admin.listen`; default: none (no admin listener). Never one of `listen`.
     pub admin: Option<SocketAddr>,
     /// `client:`; default: [`ClientSettings::default`].
@@ -496,6 +498,11 @@ pub struct OriginConfig {
     pub passive_health: PassiveHealth,
     /// Further servers tried after a connect failure, within this origin. Default: `2`.
     pub retries: usize,
+    /// HTTPS to this origin. Default: none (cleartext).
+    pub tls: Option<OriginTls>,
+    /// HTTP/2 to this origin, multiplexed (needs `tls`; falls back to HTTP/1.1 when the origin
+    /// does not offer h2). Default: false.
+    pub http2: bool,
 }
 
 /// [`OriginConfig`] as written. serde's struct-level `default` fills every missing field and
@@ -515,6 +522,8 @@ struct OriginFields {
     health_check: Option<HealthCheck>,
     passive_health: PassiveHealth,
     retries: usize,
+    tls: Option<OriginTls>,
+    http2: bool,
 }
 
 impl Default for OriginFields {
@@ -529,6 +538,8 @@ impl Default for OriginFields {
             health_check: None,
             passive_health: PassiveHealth::default(),
             retries: 2,
+            tls: None,
+            http2: false,
         }
     }
 }
@@ -548,6 +559,8 @@ impl<'de> Deserialize<'de> for OriginConfig {
             health_check: f.health_check,
             passive_health: f.passive_health,
             retries: f.retries,
+            tls: f.tls,
+            http2: f.http2,
         })
     }
 }

@@ -14,6 +14,10 @@ pub struct ClientMetrics {
     pub connections: IntCounter,
     pub connections_open: IntGauge,
     pub requests_per_connection: Histogram,
+    /// Completed TLS handshakes by version (`TLSv1.2`, `TLSv1.3`).
+    pub tls_handshakes: IntCounterVec,
+    /// Requests by protocol (`http/1.1`, `http/1.0`, `h2`) and scheme.
+    pub requests_by_protocol: IntCounterVec,
 }
 
 impl ClientMetrics {
@@ -28,7 +32,22 @@ impl ClientMetrics {
         for reason in crate::guard::REASONS {
             refused_requests.with_label_values(&[reason]);
         }
+        let tls_handshakes = r.counters(
+            "edge_client_tls_handshakes_total",
+            "Completed TLS handshakes with clients, by version (rustls through Pingora does not \
+             say whether a handshake resumed a session).",
+            &["version"],
+        );
+        for version in ["TLSv1.2", "TLSv1.3"] {
+            tls_handshakes.with_label_values(&[version]);
+        }
         ClientMetrics {
+            tls_handshakes,
+            requests_by_protocol: r.counters(
+                "edge_requests_by_protocol_total",
+                "Client requests by HTTP version (http/1.0, http/1.1, h2) and scheme (http, https).",
+                &["protocol", "scheme"],
+            ),
             requests: r.counters(
                 "edge_requests_total",
                 "Client requests answered, by route, origin, status class (2xx..5xx) and cache \

@@ -1,6 +1,6 @@
 //! The process itself: config reloads and the version in force, memory.
 
-use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use super::Reg;
 
@@ -10,6 +10,7 @@ pub struct ProcessMetrics {
     pub config_info: IntGaugeVec,
     pub memory_allocated: IntGauge,
     pub memory_resident: IntGauge,
+    pub certificate_expiry: GaugeVec,
 }
 
 impl ProcessMetrics {
@@ -41,6 +42,11 @@ impl ProcessMetrics {
                 "edge_memory_allocated_bytes",
                 "Heap memory in use by live allocations (jemalloc's stats.allocated).",
             ),
+            certificate_expiry: r.float_gauges(
+                "edge_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which each listener certificate in force expires, by its first name.",
+                &["name"],
+            ),
             memory_resident: r.gauge(
                 "edge_memory_resident_bytes",
                 "Memory the allocator keeps in RAM (jemalloc's stats.resident): live allocations \
@@ -53,6 +59,25 @@ impl ProcessMetrics {
     pub fn set_config_version(&self, version: &str) {
         self.config_info.reset();
         self.config_info.with_label_values(&[version]).set(1);
+    }
+
+    /// The expiry of every certificate in force; at scrape time (a reload may have changed them).
+    pub fn refresh_certificates(
+        &self,
+        tables: impl Iterator<Item = std::sync::Arc<crate::tls::certs::SniTable>>,
+    ) {
+        self.certificate_expiry.reset();
+        for t in tables {
+            for c in t.certs() {
+                let at = c
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.certificate_expiry
+                    .with_label_values(&[&c.label])
+                    .set(at);
+            }
+        }
     }
 
     /// Reads jemalloc's statistics (a snapshot refreshed by advancing its epoch); at scrape time.

@@ -12,6 +12,7 @@ pub struct UpstreamMetrics {
     pub requests: IntCounterVec,
     pub ttfb: HistogramVec,
     pub connect: HistogramVec,
+    pub tls_handshake: HistogramVec,
     pub connect_failures: IntCounterVec,
     pub retries: IntCounterVec,
     pub closed: IntCounterVec,
@@ -39,6 +40,12 @@ impl UpstreamMetrics {
             connect: r.histograms(
                 "edge_upstream_connect_seconds",
                 "TCP connect time of new upstream connections.",
+                &["origin"],
+            ),
+            tls_handshake: r.histograms(
+                "edge_upstream_tls_handshake_seconds",
+                "TLS handshake time of new upstream connections to HTTPS origins (after TCP \
+                 connect).",
                 &["origin"],
             ),
             connect_failures: r.counters(
@@ -136,6 +143,7 @@ pub struct OriginMetrics {
     /// By [reused as usize][cache kind]: see [`TTFB_CACHE_LABELS`].
     pub ttfb: [[Histogram; 4]; 2],
     pub connect: Histogram,
+    pub tls_handshake: Histogram,
     pub retries_connect_failure: IntCounter,
     pub retries_connection_lost: IntCounter,
     pub closed_max_requests: IntCounter,
@@ -166,6 +174,7 @@ impl OriginMetrics {
                 TTFB_CACHE_LABELS.map(|cache| u.ttfb.with_label_values(&[origin, conn, cache]))
             }),
             connect: u.connect.with_label_values(&[origin]),
+            tls_handshake: u.tls_handshake.with_label_values(&[origin]),
             retries_connect_failure: u.retries.with_label_values(&[origin, "connect_failure"]),
             retries_connection_lost: u.retries.with_label_values(&[origin, "connection_lost"]),
             closed_max_requests: closed("max_requests"),

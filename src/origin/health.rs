@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::clock::now_ms;
 use crate::config::{HealthCheck, PassiveHealth};
@@ -73,13 +72,12 @@ impl Health {
 /// One active probe: GET `path` and expect a 2xx or 3xx within `timeout`.
 pub async fn probe(
     addr: std::net::SocketAddr,
+    tls: Option<(&std::sync::Arc<pingora::tls::ClientConfig>, &str)>,
     host: &str,
     hc: &HealthCheck,
 ) -> Result<u16, String> {
     let work = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut s = crate::tls::upstream::connect(addr, tls).await?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edge-health-check\r\nConnection: close\r\n\r\n",
             hc.path

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const NONE: u64 = u64::MAX;
 
@@ -214,14 +213,17 @@ pub fn parse_keep_alive(v: &str) -> (Option<Duration>, Option<u32>) {
 /// server to close the idle connection. `Ok(None)`: it stayed open (no timeout below `limit`).
 pub async fn probe_idle_timeout(
     addr: std::net::SocketAddr,
+    tls: Option<(&std::sync::Arc<pingora::tls::ClientConfig>, &str)>,
     host: &str,
     path: &str,
     limit: Duration,
 ) -> Result<Option<Duration>, String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::tls::upstream::connect(addr, tls),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())??;
     let req =
         format!("HEAD {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edge-keepalive-probe\r\n\r\n");
     s.write_all(req.as_bytes())

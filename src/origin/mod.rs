@@ -8,8 +8,10 @@ pub mod keepalive;
 pub mod reuse;
 pub mod router;
 
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::l4::ext::TcpKeepalive;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{HealthCheck, OriginConfig};
+use crate::config::{HealthCheck, OriginConfig, ServerSpec};
 use crate::metrics::{Metrics, OriginMetrics, ServerMetrics};
 use balance::Balancer;
 use health::Health;
@@ -43,6 +45,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<ServerState>,
     pub metrics: ServerMetrics,
+    /// The name sent in SNI to this server (HTTPS origins), for the edge's own probes.
+    pub sni: String,
     /// Pre-built peer: cloning it per request is cheaper than rebuilding options.
     peer: HttpPeer,
 }
@@ -104,12 +108,20 @@ pub struct Origin {
     pub metrics: OriginMetrics,
     /// The Host header sent upstream when the origin sets one (parsed once).
     pub host_header: Option<http::HeaderValue>,
+    /// TLS for the edge's own probes of an HTTPS origin (health checks, idle-timeout probes).
+    pub probe_tls: Option<Arc<pingora::tls::ClientConfig>>,
 }
 
 impl Origin {
     /// Builds an origin; `previous` is the origin of the same name in the config being
     /// replaced, whose servers hand their state on to servers with the same address.
-    pub fn new(name: &str, config: &OriginConfig, previous: Option<&Origin>, m: &Metrics) -> Self {
+    pub fn new(
+        name: &str,
+        config: &OriginConfig,
+        previous: Option<&Origin>,
+        m: &Metrics,
+        ca_bundle: &BTreeSet<PathBuf>,
+    ) -> Self {
         let key = connection_group(name, config);
         let servers = config
             .servers
@@ -124,7 +136,12 @@ impl Origin {
                     addr: s.addr,
                     state,
                     metrics: ServerMetrics::new(m, name, &s.address),
-                    peer: build_peer(s.addr, key, config),
+                    sni: config
+                        .tls
+                        .as_ref()
+                        .map(|t| crate::tls::upstream::sni(config, t, &s.address))
+                        .unwrap_or_default(),
+                    peer: build_peer(s, key, config, ca_bundle),
                 })
             })
             .collect();
@@ -142,6 +159,7 @@ impl Origin {
             servers,
             balancer,
             metrics: OriginMetrics::new(m, name),
+            probe_tls: config.tls.as_ref().map(crate::tls::upstream::probe_config),
             host_header: config
                 .host
                 .as_deref()
@@ -161,6 +179,14 @@ impl Origin {
 
     pub fn health_check(&self) -> Option<&HealthCheck> {
         self.config.health_check.as_ref()
+    }
+
+    /// How a probe reaches `server`: TLS settings and SNI for an HTTPS origin, None for TCP.
+    pub fn probe_tls<'a>(
+        &'a self,
+        server: &'a Server,
+    ) -> Option<(&'a Arc<pingora::tls::ClientConfig>, &'a str)> {
+        self.probe_tls.as_ref().map(|c| (c, server.sni.as_str()))
     }
 
     /// Host header for health probes.
@@ -273,11 +299,26 @@ fn connection_group(name: &str, c: &OriginConfig) -> u64 {
     c.keepalive.hash(&mut h);
     c.timeouts.hash(&mut h);
     c.tcp_keepalive.hash(&mut h);
+    c.tls.hash(&mut h);
+    c.http2.hash(&mut h);
     h.finish()
 }
 
-fn build_peer(addr: SocketAddr, group_key: u64, c: &OriginConfig) -> HttpPeer {
-    let mut p = HttpPeer::new(addr, false, String::new());
+fn build_peer(
+    server: &ServerSpec,
+    group_key: u64,
+    c: &OriginConfig,
+    ca_bundle: &BTreeSet<PathBuf>,
+) -> HttpPeer {
+    let sni = c
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::upstream::sni(c, t, &server.address))
+        .unwrap_or_default();
+    let mut p = HttpPeer::new(server.addr, c.tls.is_some(), sni);
+    if let Some(t) = &c.tls {
+        crate::tls::upstream::configure_peer(&mut p, c, t, ca_bundle);
+    }
     p.group_key = group_key;
     let o = &mut p.options;
     o.connection_timeout = Some(c.timeouts.connect.get());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pingora::cache::CacheKey;
 
+use crate::cache::key::Scheme;
 use crate::cache::status::Outcome;
 use crate::client::ClientConnection;
 use crate::config::RouteCache;
@@ -44,6 +45,8 @@ pub struct Routed {
     pub cache: Arc<RouteCache>,
     /// The request's host, normalized.
     pub host: String,
+    /// The scheme the client used (part of the cache key).
+    pub scheme: Scheme,
 }
 
 /// The request's part in the cache.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
+use crate::cache::key::Scheme;
 use crate::origin::Origin;
 
 /// Rewrites the upstream request header. `close`: the edge asks the origin to close after this
@@ -16,6 +17,7 @@ pub fn prepare(
     origin: &Origin,
     close: bool,
     client_ip: Option<IpAddr>,
+    scheme: Scheme,
 ) -> Result<()> {
     if let Some(h) = &origin.host_header {
         upstream.insert_header(http::header::HOST, h.clone())?;
@@ -26,11 +28,15 @@ pub fn prepare(
         // The client's Connection field is about the client's connection, not this one.
         upstream.remove_header(&http::header::CONNECTION);
     }
-    forwarding_fields(upstream, client_ip)
+    forwarding_fields(upstream, client_ip, scheme)
 }
 
 /// Appends the client to `X-Forwarded-For` and this hop to `Via`; the scheme the client used.
-fn forwarding_fields(upstream: &mut RequestHeader, client_ip: Option<IpAddr>) -> Result<()> {
+fn forwarding_fields(
+    upstream: &mut RequestHeader,
+    client_ip: Option<IpAddr>,
+    scheme: Scheme,
+) -> Result<()> {
     if let Some(ip) = client_ip {
         let xff = match append_to(upstream, "x-forwarded-for") {
             Some(prev) => format!("{prev}, {ip}"),
@@ -38,7 +44,7 @@ fn forwarding_fields(upstream: &mut RequestHeader, client_ip: Option<IpAddr>) ->
         };
         upstream.insert_header("X-Forwarded-For", xff)?;
     }
-    upstream.insert_header("X-Forwarded-Proto", "http")?;
+    upstream.insert_header("X-Forwarded-Proto", scheme.as_str())?;
     let via = match append_to(upstream, "via") {
         Some(prev) => format!("{prev}, 1.1 edge"),
         None => "1.1 edge".to_string(),
@@ -59,13 +65,14 @@ mod tests {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.insert_header("X-Forwarded-For", "10.0.0.1").unwrap();
         r.insert_header("Via", "1.1 cdn").unwrap();
-        forwarding_fields(&mut r, Some("127.0.0.1".parse().unwrap())).unwrap();
+        forwarding_fields(&mut r, Some("127.0.0.1".parse().unwrap()), Scheme::Http).unwrap();
         assert_eq!(r.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(r.headers["via"], "1.1 cdn, 1.1 edge");
         assert_eq!(r.headers["x-forwarded-proto"], "http");
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        forwarding_fields(&mut r, None).unwrap();
+        forwarding_fields(&mut r, None, Scheme::Https).unwrap();
         assert!(r.headers.get("x-forwarded-for").is_none());
+        assert_eq!(r.headers["x-forwarded-proto"], "https");
         assert_eq!(r.headers["via"], "1.1 edge");
     }
 }

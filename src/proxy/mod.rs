@@ -44,8 +44,9 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::cache::hit;
+use crate::cache::key::{self as cache_key, Scheme};
 use crate::cache::status::Outcome;
-use crate::cache::{invalidate, key as cache_key, policy, vary};
+use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
 use crate::config::Balance;
 use crate::guard;
@@ -62,6 +63,14 @@ use upstream::{replayable, ttfb_cache_kind};
 
 pub struct EdgeProxy {
     pub edge: Arc<Edge>,
+}
+
+/// The scheme the client used: https when its connection is TLS.
+fn client_scheme(session: &Session) -> Scheme {
+    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        Some(_) => Scheme::Https,
+        None => Scheme::Http,
+    }
 }
 
 /// What the express lane hands the proxy with a request it passes on (as the connection's
@@ -136,6 +145,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         let host = normalize_host(request_host(req).unwrap_or_default());
+        let scheme = client_scheme(session);
         let Some(route) = ctx.live.router.route(&host, req.uri.path()) else {
             ctx.refused = Some("no_route");
             let msg = format!("no route for host \"{host}\"");
@@ -148,13 +158,14 @@ impl ProxyHttp for EdgeProxy {
                 hit: None,
                 key: Some(key),
             },
-            None => hit::lookup(req, &host, &route.cache, self.edge.cache.store),
+            None => hit::lookup(req, scheme, &host, &route.cache, self.edge.cache.store),
         };
         ctx.routed = Some(Routed {
             route: route.name.clone(),
             origin: ctx.live.origins.get(&route.origin).cloned(),
             cache: route.cache.clone(),
             host,
+            scheme,
         });
         ctx.cache.key = found.key;
         match found.hit {
@@ -200,6 +211,7 @@ impl ProxyHttp for EdgeProxy {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache without a route"))?;
         Ok(cache_key::for_request(
             session.req_header(),
+            routed.scheme,
             &routed.host,
             &routed.cache.key,
         ))
@@ -328,6 +340,13 @@ impl ProxyHttp for EdgeProxy {
             if let Some(t) = attempt.connect_time {
                 origin.metrics.connect.observe(t.as_secs_f64());
             }
+            // Over TLS the digest's last layer is the TLS handshake, after the TCP connect.
+            let layers = digest.map_or(&[][..], |d| d.timing_digest.as_slice());
+            if let [_, .., Some(tls)] = layers {
+                if let Some(t) = tls.establishment_duration {
+                    origin.metrics.tls_handshake.observe(t.as_secs_f64());
+                }
+            }
         }
         let in_flight = InFlight::new(server.state.clone());
         let ka = &origin.config.keepalive;
@@ -353,6 +372,7 @@ impl ProxyHttp for EdgeProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let scheme = ctx.routed.as_ref().map_or(Scheme::Http, |r| r.scheme);
         let origin = ctx.origin().cloned();
         if let (Some(origin), Some(attempt)) = (origin, ctx.attempt.as_mut()) {
             if let Some(reason) = attempt.close {
@@ -363,7 +383,8 @@ impl ProxyHttp for EdgeProxy {
                     CloseReason::OriginMax => origin.metrics.closed_origin_max.inc(),
                 }
             }
-            forwarded::prepare(upstream, &origin, attempt.close.is_some(), client_ip)?;
+            let close = attempt.close.is_some();
+            forwarded::prepare(upstream, &origin, close, client_ip, scheme)?;
             attempt.sent_at = Some(Instant::now());
         }
         Ok(())
@@ -468,6 +489,7 @@ impl ProxyHttp for EdgeProxy {
                     self.edge.cache.store,
                     req,
                     resp,
+                    routed.scheme,
                     &routed.host,
                     routed.cache.key.query,
                 );
@@ -602,6 +624,12 @@ impl ProxyHttp for EdgeProxy {
                 error,
             },
             origin: ctx.origin().map(|o| o.as_ref()),
+            protocol: match req.version {
+                http::Version::HTTP_2 => "h2",
+                http::Version::HTTP_10 => "http/1.0",
+                _ => "http/1.1",
+            },
+            scheme: client_scheme(session),
         };
         served.record(&self.edge.metrics, &ctx.live.config.log);
     }
