@@ -1,5 +1,6 @@
 //! The raw HTTP/1.1 client: one keep-alive connection that sends bytes exactly as given (well
 //! formed or not) and reads responses by their framing, and a `Response` as the client saw it.
+//! The response reader works on any buffered stream (the TLS client in `tls` uses it too).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -102,55 +103,7 @@ impl Client {
 
     /// Reads a response to a request with `method` (a HEAD response has no body).
     pub fn read_response_to(&mut self, method: &str) -> Option<Response> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let status = line.split_whitespace().nth(1)?.parse().ok()?;
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            self.reader.read_line(&mut h).ok()?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':')?;
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-        let no_body = method == "HEAD" || status == 304 || status == 204;
-        let body = if no_body {
-            Vec::new()
-        } else if headers
-            .get("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
-            let mut body = Vec::new();
-            loop {
-                let mut size = String::new();
-                self.reader.read_line(&mut size).ok()?;
-                let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
-                let mut chunk = vec![0; n + 2];
-                self.reader.read_exact(&mut chunk).ok()?;
-                if n == 0 {
-                    break body;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        } else {
-            let n: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; n];
-            self.reader.read_exact(&mut body).ok()?;
-            body
-        };
-        Some(Response {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        read_response_from(&mut self.reader, method)
     }
 
     /// Waits (bounded by `limit`) for the server to close this connection; returns how long it
@@ -165,6 +118,60 @@ impl Client {
             _ => None,
         }
     }
+}
+
+/// Reads one response to a request with `method` off `reader`, by its framing; None if the
+/// connection closed (or failed) before it was whole.
+pub(super) fn read_response_from(reader: &mut impl BufRead, method: &str) -> Option<Response> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let no_body = method == "HEAD" || status == 304 || status == 204;
+    let body = if no_body {
+        Vec::new()
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break body;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let n: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; n];
+        reader.read_exact(&mut body).ok()?;
+        body
+    };
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// One GET on a fresh connection.

@@ -4,7 +4,8 @@
 //!
 //! One file per role: `origin` (the test origin), `client` (the raw client), `edge` (the edge
 //! process). Everything is re-exported here, so a test needs only `use common::*;`. `cache`
-//! holds the cache tests' shared set-up (`use common::cache::*;`).
+//! holds the cache tests' shared set-up (`use common::cache::*;`), `tls` the HTTPS side:
+//! certificates made at test time, a TLS origin and a TLS client (`use common::tls::*;`).
 //!
 //! Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -13,6 +14,7 @@ pub mod cache;
 mod client;
 mod edge;
 mod origin;
+pub mod tls;
 
 // As with dead code: a test crate that uses nothing of one part (config_check starts no
 // origin) would otherwise warn about its re-export.

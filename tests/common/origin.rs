@@ -1,9 +1,10 @@
 //! The test origin: an HTTP/1.1 server on loopback, one thread per connection, that records
 //! every request it receives (`Seen`), answers prepared responses (`Canned`) or a default one
-//! naming itself, and can be made slow, silent or unhealthy.
+//! naming itself, and can be made slow, silent or unhealthy. It serves over plain TCP, or over
+//! whatever stream `Conn` covers (the TLS origin in `tls` serves the same HTTP over rustls).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,18 @@ impl Origin {
 
     /// `idle` is the origin's own keep-alive timeout: it closes connections idle that long.
     pub fn start_with_idle(name: &str, idle: Duration) -> Origin {
+        Self::start_over(name, idle, Some)
+    }
+
+    /// Serves HTTP/1.1 over what `wrap` makes of each accepted TCP connection, on that
+    /// connection's own thread (None: the connection is dropped unserved). The TLS origin's
+    /// handshake happens there.
+    pub(super) fn start_over<C, W>(name: &str, idle: Duration, wrap: W) -> Origin
+    where
+        C: Conn,
+        W: Fn(TcpStream) -> Option<C> + Send + Sync + 'static,
+    {
+        let wrap = Arc::new(wrap);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
@@ -109,8 +122,9 @@ impl Origin {
                 }
                 let Ok(conn) = conn else { continue };
                 next_conn += 1;
-                let (st, nm, id) = (st.clone(), nm.clone(), next_conn);
+                let (st, nm, id, wrap) = (st.clone(), nm.clone(), next_conn, wrap.clone());
                 thread::spawn(move || {
+                    let Some(conn) = wrap(conn) else { return };
                     let mut counted = false;
                     serve(conn, id, &nm, &st, idle, &mut counted);
                     if counted {
@@ -198,6 +212,23 @@ impl Drop for Origin {
     }
 }
 
+/// A connection the origin serves HTTP/1.1 on: a TCP stream, or a TLS stream over one.
+pub(super) trait Conn: Read + Write {
+    /// Bounds each read on the underlying socket.
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()>;
+    /// Ends the connection, both ways (over TLS: after a close_notify).
+    fn close(&mut self);
+}
+
+impl Conn for TcpStream {
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, limit)
+    }
+    fn close(&mut self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
 /// The edge's idle-timeout probe (see src/origin/keepalive.rs) identifies itself so: its
 /// connections are not traffic and are left out of the counts.
 pub const PROBE_AGENT: &str = "edge-keepalive-probe";
@@ -205,15 +236,15 @@ pub const PROBE_AGENT: &str = "edge-keepalive-probe";
 /// One connection, request after request, until the peer closes it, it stays idle past `idle`,
 /// or a response says `Connection: close`. `counted` is set once the connection is counted as
 /// open (its first request was not the edge's probe), so the caller can count it closed.
-fn serve(
-    conn: TcpStream,
+fn serve<C: Conn>(
+    conn: C,
     id: u64,
     name: &str,
     st: &OriginState,
     idle: Duration,
     counted: &mut bool,
 ) {
-    let mut out = conn.try_clone().unwrap();
+    // Responses are written through the reader to the stream under it: TLS has no second handle.
     let mut reader = BufReader::new(conn);
     let mut nth = 0u32;
     loop {
@@ -260,9 +291,9 @@ fn serve(
             }
             let not_modified =
                 c.header("etag").is_some() && get("if-none-match").as_deref() == c.header("etag");
-            let ok = write_canned(&mut out, name, &c, &method, not_modified);
+            let ok = write_canned(reader.get_mut(), name, &c, &method, not_modified);
             if !ok || close {
-                let _ = out.shutdown(Shutdown::Both);
+                reader.get_mut().close();
                 return;
             }
             continue;
@@ -283,8 +314,8 @@ fn serve(
             text.len(),
             if close { "Connection: close\r\n" } else { "" }
         );
-        if out.write_all(resp.as_bytes()).is_err() || close {
-            let _ = out.shutdown(Shutdown::Both);
+        if reader.get_mut().write_all(resp.as_bytes()).is_err() || close {
+            reader.get_mut().close();
             return;
         }
     }
@@ -293,8 +324,8 @@ fn serve(
 /// The status and body for a request with nothing canned: the health status for /healthz, else
 /// a 200 naming the origin, the request and its body size, after the configured delay. None
 /// when the origin is silent: it has held the connection until the peer gave up.
-fn default_answer(
-    reader: &mut BufReader<TcpStream>,
+fn default_answer<C: Conn>(
+    reader: &mut BufReader<C>,
     st: &OriginState,
     name: &str,
     method: &str,
@@ -341,7 +372,7 @@ fn field(headers: &[(String, String)], name: &str) -> Option<String> {
 
 /// Reads the next request, waiting up to `limit` for its first line (then 10 s for the rest).
 /// None if the peer closed, stayed idle past `limit`, or sent a body that did not arrive whole.
-fn read_request(reader: &mut BufReader<TcpStream>, limit: Duration) -> Option<Request> {
+fn read_request<C: Conn>(reader: &mut BufReader<C>, limit: Duration) -> Option<Request> {
     reader.get_ref().set_read_timeout(Some(limit)).ok();
     let mut line = String::new();
     match reader.read_line(&mut line) {
@@ -394,7 +425,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, limit: Duration) -> Option<Re
 /// Writes the canned response `c` (a 304 with its headers if `not_modified`, no body for a
 /// HEAD); false if the connection failed.
 fn write_canned(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     name: &str,
     c: &Canned,
     method: &str,
@@ -434,7 +465,7 @@ fn write_canned(
     }
 }
 
-fn read_chunked(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+fn read_chunked(r: &mut impl BufRead) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let mut size = String::new();
