@@ -36,14 +36,21 @@ impl Edge {
     /// Starts the edge with `body` (the config without `listen`/`admin`, which are added on
     /// free ports) and waits until it accepts connections.
     pub fn start(body: &str) -> Edge {
+        Self::start_listening("\"127.0.0.1:{PORT}\"", body)
+    }
+
+    /// As `start`, with the one `listen` entry written by the test (YAML flow style); `{PORT}`
+    /// in it becomes the free port (e.g. a TLS listener: `{address: "127.0.0.1:{PORT}", tls:
+    /// ...}`).
+    pub fn start_listening(listen: &str, body: &str) -> Edge {
         // A port found free may be taken (by another test's outgoing connection) before the
         // edge binds it; the edge then refuses to start, and we try other ports.
         for _attempt in 0..5 {
             let port = free_port();
             let admin_port = free_port();
-            let header = format!(
-                "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n"
-            );
+            let listen = listen.replace("{PORT}", &port.to_string());
+            let header =
+                format!("listen: [{listen}]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
             let config_path = temp_path("edge.yaml");
             std::fs::write(&config_path, format!("{header}{body}")).unwrap();
             let mut edge = Self::spawn(
