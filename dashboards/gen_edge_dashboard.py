@@ -141,6 +141,26 @@ panels = [
        "One line per config version (hash of the file); a step shows when it changed.",
        [('max by (version) (edge_config_info)', "{{version}}")],
        x=12, y=80, minv=0, maxv=1),
+    ts("TLS handshakes with clients per second, by version",
+       "Completed handshakes on HTTPS listeners. Many handshakes per request mean clients do not "
+       "keep connections (check client.keepalive_timeout) or do not resume sessions.",
+       [(f'sum by (version) (rate(edge_client_tls_handshakes_total{R}))', "{{version}}")],
+       unit="ops", x=0, y=88),
+    ts("Requests per second by protocol and scheme (h2 share)",
+       "HTTP/1.0, HTTP/1.1 and h2, over http and https. The h2 share is what HTTPS clients "
+       "negotiated by ALPN (listen[].http2).",
+       [(f'sum by (protocol, scheme) (rate(edge_requests_by_protocol_total{R}))', "{{protocol}} {{scheme}}")],
+       unit="reqps", x=12, y=88),
+    ts("Upstream TLS handshake p95 (new connections to HTTPS origins)",
+       "What a miss on a new connection pays on top of TCP connect. Pooled connections pay none; "
+       "new ones resume the TLS session where the origin allows it, which makes this smaller.",
+       [(f'histogram_quantile(0.95, sum by (le, origin) (rate(edge_upstream_tls_handshake_seconds_bucket{{{O}}}{R})))', "{{origin}}")],
+       unit="s", x=0, y=96),
+    ts("Listener certificates: days until expiry",
+       "Each certificate in force on an HTTPS listener, by its first name. The red line is the "
+       "alert's 14 days: renew, then reload (SIGHUP or POST /reload).",
+       [('(edge_tls_certificate_expiry_timestamp_seconds - time()) / 86400', "{{name}}")],
+       unit="d", x=12, y=96, thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 14}]),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::tls::TestCa;
 use common::*;
 
 fn metric_names_in(text: &str) -> BTreeSet<String> {
@@ -37,7 +38,15 @@ fn dashboard_queries_use_exported_metrics() {
 
     let o = Origin::start("o");
     let dead = free_port();
-    let edge = Edge::start(&format!(
+    // A cleartext and an HTTPS listener, so the certificate metrics exist too.
+    let ca = TestCa::new("dashboards CA");
+    let cert = ca.issue(&["www.example.com"]);
+    let listen = format!(
+        "\"127.0.0.1:{{PORT}}\", {{address: \"127.0.0.1:{{PORT2}}\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let edge = Edge::start_listening(&listen, &format!(
         "origins:\n  web: {{servers: [\"{}\", \"127.0.0.1:{dead}\"], keepalive: {{max_requests: 1}}}}\nroutes:\n  - {{origin: web}}\n",
         o.addr
     ));

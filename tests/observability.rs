@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use common::tls::TestCa;
 use common::*;
 
 fn web(o: &Origin) -> String {
@@ -275,7 +276,17 @@ routes:
 "#,
         fast.addr, slow.addr
     );
-    let mut edge = Edge::start(&body);
+    // And an HTTPS listener whose certificate expires in a week.
+    let ca = TestCa::new("observability CA");
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let soon = ca.issue_valid(&["www.example.com"], now - day, now + 7 * day);
+    let listen = format!(
+        "\"127.0.0.1:{{PORT}}\", {{address: \"127.0.0.1:{{PORT2}}\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}",
+        soon.cert.display(),
+        soon.key.display()
+    );
+    let mut edge = Edge::start_listening(&listen, &body);
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic: Vec<_> = [("/x", 20u64), ("/slow/x", 0), ("/gone/x", 50), ("/hot", 20)]

@@ -14,6 +14,8 @@ use super::{free_port, get, temp_path, wait_until, Client, Response};
 pub struct Edge {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// A second listener's address, when the `listen` entries name `{PORT2}`.
+    pub addr2: Option<SocketAddr>,
     child: Child,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -39,16 +41,19 @@ impl Edge {
         Self::start_listening("\"127.0.0.1:{PORT}\"", body)
     }
 
-    /// As `start`, with the one `listen` entry written by the test (YAML flow style); `{PORT}`
-    /// in it becomes the free port (e.g. a TLS listener: `{address: "127.0.0.1:{PORT}", tls:
-    /// ...}`).
+    /// As `start`, with the `listen` entries written by the test (YAML flow style); `{PORT}`
+    /// in them becomes a free port (e.g. a TLS listener: `{address: "127.0.0.1:{PORT}", tls:
+    /// ...}`), and `{PORT2}` a second one (`addr2`).
     pub fn start_listening(listen: &str, body: &str) -> Edge {
         // A port found free may be taken (by another test's outgoing connection) before the
         // edge binds it; the edge then refuses to start, and we try other ports.
         for _attempt in 0..5 {
             let port = free_port();
             let admin_port = free_port();
-            let listen = listen.replace("{PORT}", &port.to_string());
+            let port2 = listen.contains("{PORT2}").then(free_port);
+            let listen = listen
+                .replace("{PORT}", &port.to_string())
+                .replace("{PORT2}", &port2.unwrap_or(0).to_string());
             let header =
                 format!("listen: [{listen}]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
             let config_path = temp_path("edge.yaml");
@@ -60,6 +65,7 @@ impl Edge {
                 header,
                 false,
             );
+            edge.addr2 = port2.map(|p| format!("127.0.0.1:{p}").parse().unwrap());
             let mut exited = false;
             let up = wait_until(Duration::from_secs(20), || {
                 exited = matches!(edge.child.try_wait(), Ok(Some(_)));
@@ -99,6 +105,7 @@ impl Edge {
         Edge {
             addr,
             admin,
+            addr2: None,
             child,
             config_path,
             log_path,
