@@ -117,6 +117,7 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
     assert!(wait_until(Duration::from_secs(5), || edge.metric(tls13) >= 1.0));
     drop(c);
     let handshakes_before = edge.metric(tls13);
+    let connections_before = edge.metric("edge_client_connections_total");
     // curl multiplexes parallel transfers to one host over one h2 connection.
     let port = edge.addr.port();
     let urls: Vec<String> = (0..8)
@@ -140,6 +141,11 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
         edge.metric(tls13) - handshakes_before,
         1.0,
         "eight streams, one connection"
+    );
+    assert_eq!(
+        edge.metric("edge_client_connections_total"),
+        connections_before,
+        "h2 streams are not client connections"
     );
 }
 

@@ -72,11 +72,13 @@ impl ClientMetrics {
             ),
             connections: r.counter(
                 "edge_client_connections_total",
-                "Client connections that sent at least one request.",
+                "HTTP/1 client connections that sent at least one request (h2 connections are not \
+                 counted here: Pingora hands the proxy their streams, not the connection; TLS ones \
+                 show in edge_client_tls_handshakes_total).",
             ),
             connections_open: r.gauge(
                 "edge_client_connections_open",
-                "Client connections open now (that sent at least one request).",
+                "HTTP/1 client connections open now (that sent at least one request).",
             ),
             requests_per_connection: r.add(
                 Histogram::with_opts(

@@ -127,10 +127,14 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(idle);
             session.set_keepalive_reuses_remaining(Some(remaining));
         }
-        let m = &self.edge.metrics;
-        ctx.conn
-            .get_or_insert_with(|| Arc::new(ClientConnection::open(m)))
-            .request();
+        // An h2 request is a stream of a connection Pingora does not show the phases; counted
+        // as connections they would be one per request.
+        if !session.is_http2() {
+            let m = &self.edge.metrics;
+            ctx.conn
+                .get_or_insert_with(|| Arc::new(ClientConnection::open(m)))
+                .request();
+        }
         Ok(())
     }
 

@@ -1,0 +1,21 @@
+# bench/lib.sh: helpers shared by bench/run.sh and bench/tls.sh (sourced): logging, starting and
+# stopping processes by PID, waiting for a port, CPU and memory of a process tree.
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+declare -A PID=()
+stop() { local p=${PID[$1]:-}; [[ -n $p ]] || return 0
+  kill -TERM "$p" 2>/dev/null; for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; unset "PID[$1]"; }
+stop_all() { for n in "${!PID[@]}"; do stop "$n"; done; }
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+launch() { local name=$1 port=$2; shift 2; "$@" >"$RUN/$name.out" 2>&1 & PID[$name]=$!
+  wait_port "$port" || die "$name did not listen on $port (see $RUN/$name.out)"; }
+
+tree() { local p=$1; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree "$c"; done; }
+cpu_ticks() { local t=0 v; for p in $(tree "$1"); do v=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
+rss_mib() { local kb=0 v; for p in $(tree "$1"); do v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null) && kb=$((kb+${v:-0})); done; awk -v k=$kb 'BEGIN{printf "%.1f", k/1024}'; }
+to_ms() { awk -v t="$1" 'BEGIN{v=t+0; if(t~/us$/)v/=1000; else if(t~/ms$/)v=v; else if(t~/s$/)v*=1000; printf "%.2f",v}'; }
