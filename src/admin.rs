@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` for Prometheus, `GET /healthz` for load balancers,
-//! `POST /reload`, `POST /purge` and `GET /config` for operators. Bind it to loopback or a
-//! private interface: it has no authentication.
+//! `POST /reload`, `POST /purge` and `GET /config` for operators. With `admin.token_file` every
+//! endpoint but `/healthz` requires `Authorization: Bearer <token>` (401 otherwise); without
+//! one, `edge -t` allows only a loopback address.
 
 use std::sync::Arc;
 
@@ -26,6 +27,17 @@ fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header("Cache-Control", "no-store")
         .body(body)
         .expect("static response parts")
+}
+
+/// Compares a presented token with the expected one in time that depends on their lengths only,
+/// not on where they first differ. An empty expected token (unreadable file) matches nothing.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (g, e) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = (g.len() != e.len()) as u8 | e.is_empty() as u8;
+    for (i, b) in e.iter().enumerate() {
+        diff |= b ^ g.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
 /// `%XX` and `+` decoding of one query-string value.
@@ -162,6 +174,23 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
+        // Everything but the load balancers' health check needs the token, when one is set.
+        if !(method == "GET" && path == "/healthz") {
+            let live = self.edge.snapshot();
+            if let Some(token) = &live.admin_token {
+                let given = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| token_matches(g.trim(), token)) {
+                    let mut r = text(401, "text/plain", b"a bearer token is required\n".to_vec());
+                    r.headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+                    return r;
+                }
+            }
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 self.refresh_gauges();
@@ -213,5 +242,19 @@ impl ServeHttp for Admin {
                     .to_vec(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("s3cretx", "s3cret"));
+        assert!(!token_matches("S3cret", "s3cret"));
+        assert!(!token_matches("", ""), "an empty token locks the API");
     }
 }

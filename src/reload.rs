@@ -117,7 +117,8 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
     }
     let pending_restart = needs_restart(&edge.boot, &config);
     let version = crate::state::version_of(&source);
-    let unchanged = version == old.version;
+    // A rotated admin token changes no config text, but must take effect.
+    let unchanged = version == old.version && crate::state::admin_token(&config) == old.admin_token;
     if !unchanged {
         let mut live = Live::build(config, source, Some(&old), &edge.metrics, &edge.ca_bundle);
         live.pending_restart = pending_restart.clone();

@@ -134,12 +134,6 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
     server.add_service(proxy).add_dependency(&bootstrap);
 
     if let Some(addr) = admin_addr {
-        if !addr.ip().is_loopback() {
-            log::warn!(
-                "admin listener on {addr} is reachable beyond this machine and has no \
-                 authentication (reload, purge): firewall it or bind it to 127.0.0.1"
-            );
-        }
         let mut admin = Service::new("edge admin".to_string(), Admin { edge: edge.clone() });
         admin.add_tcp(&addr.to_string());
         server.add_service(admin).add_dependency(&bootstrap);

@@ -29,6 +29,9 @@ pub struct Live {
     pub config: Config,
     pub router: Router,
     pub origins: HashMap<String, Arc<Origin>>,
+    /// The bearer token the admin API requires (`admin.token_file`, read when this config was
+    /// built); None: no authentication.
+    pub admin_token: Option<String>,
     /// The client header limits the guard enforces, from `client.*`.
     pub limits: guard::Limits,
     /// Identifies the config text in force (a hash of it), for operators and dashboards.
@@ -65,6 +68,7 @@ impl Live {
         Live {
             router: Router::new(&config.routes),
             origins,
+            admin_token: admin_token(&config),
             limits: guard::Limits {
                 max_headers: config.client.max_headers,
                 max_header_size: config.client.max_header_size.0 as usize,
@@ -76,6 +80,23 @@ impl Live {
             config,
         }
     }
+}
+
+/// The admin API's bearer token as `admin.token_file` holds it now. Checked readable when the
+/// config was validated; if it went since, nothing matches an empty token and the admin API
+/// stays locked.
+pub fn admin_token(config: &Config) -> Option<String> {
+    config.admin_token_file.as_ref().map(|f| {
+        std::fs::read_to_string(f)
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|e| {
+                log::error!(
+                    "admin.token_file {}: {e}; the admin API is locked",
+                    f.display()
+                );
+                String::new()
+            })
+    })
 }
 
 /// The config version: XXH3-64 of its text, so every edge and build names a file alike.

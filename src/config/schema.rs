@@ -30,6 +30,9 @@ pub struct Config {
     pub listen: Vec<Listener>,
     /// `admin.listen`; default: none (no admin listener). Never one of `listen`.
     pub admin: Option<SocketAddr>,
+    /// `admin.token_file`: a file holding the bearer token every admin endpoint but `/healthz`
+    /// requires; default: none (no authentication, loopback only).
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// `client:`; default: [`ClientSettings::default`].
     pub client: ClientSettings,
     /// `log:`; default: [`LogSettings::default`].
@@ -85,12 +88,18 @@ impl Default for ServerSettings {
 }
 
 /// The admin HTTP listener (`admin:`): `/metrics`, `/healthz`, `/config`, `POST /reload`,
-/// `POST /purge`. No authentication: keep it on loopback or a private interface.
+/// `POST /purge`.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// `ip:port` (required when `admin:` is present).
+    /// `ip:port` (required when `admin:` is present). Not a loopback address only with
+    /// `token_file`.
     pub listen: String,
+    /// A file holding a bearer token (surrounding white space ignored): every endpoint but
+    /// `GET /healthz` then requires `Authorization: Bearer <token>`. Re-read on reload.
+    /// Default: none (no authentication).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Downstream (client-facing) connection settings (`client:`), as nginx's `keepalive_timeout`

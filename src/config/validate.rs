@@ -129,6 +129,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let routes = read_routes(&mut ck, get("routes"));
 
     let listen = check_listen(&mut ck, &listen);
+    let admin_token_file = admin.as_ref().and_then(|a| a.token_file.clone());
     let admin = admin.and_then(|a| check_admin(&mut ck, &a, &listen));
     check_server(&mut ck, &server);
     check_client(&mut ck, &client);
@@ -147,6 +148,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         server,
         listen,
         admin,
+        admin_token_file,
         client,
         log,
         cache,
@@ -327,14 +329,37 @@ fn check_certificates(ck: &mut Checker, i: usize, tls: &ListenerTls) {
     }
 }
 
-/// `admin.listen`: an `ip:port` that is not also a proxy listen address.
+/// `admin.listen`: an `ip:port` that is not also a proxy listen address, and on loopback unless
+/// a token is required; `admin.token_file`: readable, not empty.
 fn check_admin(ck: &mut Checker, a: &AdminSettings, listen: &[Listener]) -> Option<SocketAddr> {
+    if let Some(f) = &a.token_file {
+        match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => {}
+            Ok(_) => ck.error(
+                &[key("admin"), key("token_file")],
+                format!("{} is empty", f.display()),
+            ),
+            Err(e) => ck.error(
+                &[key("admin"), key("token_file")],
+                format!("{}: {e}", f.display()),
+            ),
+        }
+    }
     match a.listen.parse::<SocketAddr>() {
         Ok(addr) => {
             if listen.iter().any(|l| l.addr == addr) {
                 ck.error(
                     &[key("admin"), key("listen")],
                     format!("{addr} is also a proxy listen address"),
+                );
+            }
+            if !addr.ip().is_loopback() && a.token_file.is_none() {
+                ck.error(
+                    &[key("admin"), key("listen")],
+                    format!(
+                        "{addr} is reachable beyond this machine: set admin.token_file (reload \
+                         and purge must not answer anyone), or listen on 127.0.0.1"
+                    ),
                 );
             }
             Some(addr)

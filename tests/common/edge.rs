@@ -45,6 +45,11 @@ impl Edge {
     /// in them becomes a free port (e.g. a TLS listener: `{address: "127.0.0.1:{PORT}", tls:
     /// ...}`), and `{PORT2}` a second one (`addr2`).
     pub fn start_listening(listen: &str, body: &str) -> Edge {
+        Self::start_with(listen, "", body)
+    }
+
+    /// As `start_listening`, with more `admin` keys (e.g. `token_file: "..."`).
+    pub fn start_with(listen: &str, admin_extra: &str, body: &str) -> Edge {
         // A port found free may be taken (by another test's outgoing connection) before the
         // edge binds it; the edge then refuses to start, and we try other ports.
         for _attempt in 0..5 {
@@ -54,8 +59,14 @@ impl Edge {
             let listen = listen
                 .replace("{PORT}", &port.to_string())
                 .replace("{PORT2}", &port2.unwrap_or(0).to_string());
-            let header =
-                format!("listen: [{listen}]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
+            let admin_extra = if admin_extra.is_empty() {
+                String::new()
+            } else {
+                format!(", {admin_extra}")
+            };
+            let header = format!(
+                "listen: [{listen}]\nadmin: {{listen: \"127.0.0.1:{admin_port}\"{admin_extra}}}\n"
+            );
             let config_path = temp_path("edge.yaml");
             std::fs::write(&config_path, format!("{header}{body}")).unwrap();
             let mut edge = Self::spawn(
