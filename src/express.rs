@@ -113,6 +113,25 @@ impl HttpServerApp for EdgeApp {
         }
         let started = Instant::now();
         let live = self.edge.snapshot();
+        match read_head(
+            &mut stream,
+            &mut buf,
+            &live.config.client,
+            started,
+            shutdown,
+        )
+        .await
+        {
+            Head::Complete | Head::TooLarge => {}
+            Head::Closed => return None,
+            Head::TimedOut => {
+                let refused = &self.edge.metrics.client.refused_requests;
+                refused.with_label_values(&["header_timeout"]).inc();
+                let _ = stream.write_all(REQUEST_TIMEOUT).await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        }
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let scheme = match stream.get_ssl_digest() {
             Some(_) => Scheme::Https,
@@ -252,6 +271,63 @@ impl EdgeApp {
 /// The client connection carried in the connection's context, if any.
 fn client_connection(ctx: Option<Box<dyn Any + Send + Sync>>) -> Option<Arc<ClientConnection>> {
     ctx?.downcast::<Arc<ClientConnection>>().ok().map(|c| *c)
+}
+
+/// How reading a request head ended.
+enum Head {
+    /// The blank line that ends it is in the buffer.
+    Complete,
+    /// Larger than `client.max_header_size` and still going: the proxy refuses it (431).
+    TooLarge,
+    /// Not complete within `client.header_timeout` of its first byte.
+    TimedOut,
+    /// The client closed, or the server is shutting down.
+    Closed,
+}
+
+/// The answer to a request head that took too long (then the connection is closed).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; \
+charset=utf-8\r\nContent-Length: 31\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+refused: request head too slow\n";
+
+/// Reads until the request head is complete, bounding the whole head by
+/// `client.header_timeout` from its first byte, however slowly it drips (a slowloris client
+/// cannot hold a connection longer than that); Pingora bounds each read, not the head.
+async fn read_head(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    client: &crate::config::ClientSettings,
+    first_byte: Instant,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let deadline = first_byte + client.header_timeout.get();
+    loop {
+        if head_complete(buf) {
+            return Head::Complete;
+        }
+        if buf.len() as u64 > client.max_header_size.0 {
+            return Head::TooLarge;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Head::TimedOut;
+        }
+        if !read_some(stream, buf, Some(left), shutdown).await {
+            return if Instant::now() >= deadline && !*shutdown.borrow() {
+                Head::TimedOut
+            } else {
+                Head::Closed
+            };
+        }
+    }
+}
+
+/// Whether `buf` holds a whole request head: the blank line (CRLF CRLF, or bare LFs, which the
+/// parsers accept too). Most requests end their first read with it, so that is checked first.
+fn head_complete(buf: &[u8]) -> bool {
+    buf.ends_with(b"\r\n\r\n")
+        || buf.windows(4).any(|w| w == b"\r\n\r\n")
+        || buf.windows(2).any(|w| w == b"\n\n")
 }
 
 /// Reads what the client has sent (at least one byte). False when the client closed, the wait
@@ -575,6 +651,29 @@ mod tests {
         for (bytes, expected) in cases {
             assert_eq!(decide(&edge, bytes), expected, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_head_is_complete_at_its_blank_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_complete(b"GET / HTT"));
+        // The 408 is well framed: its Content-Length is its body's.
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut fields);
+        let head = resp.parse(REQUEST_TIMEOUT).unwrap().unwrap();
+        let length = resp
+            .headers
+            .iter()
+            .find(|h| h.name == "Content-Length")
+            .unwrap();
+        let length: usize = std::str::from_utf8(length.value).unwrap().parse().unwrap();
+        assert_eq!(
+            (resp.code, REQUEST_TIMEOUT.len() - head),
+            (Some(408), length)
+        );
     }
 
     #[tokio::test]

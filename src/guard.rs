@@ -20,7 +20,7 @@ pub struct Limits {
 }
 
 /// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
-pub const REASONS: [&str; 7] = [
+pub const REASONS: [&str; 8] = [
     "too_many_headers",
     "header_too_large",
     "missing_host",
@@ -28,6 +28,8 @@ pub const REASONS: [&str; 7] = [
     "duplicate_host",
     "bad_path",
     "path_traversal",
+    // The request head did not arrive within client.header_timeout (the express lane's read).
+    "header_timeout",
 ];
 
 /// Why a request was refused: the status sent and a label for logs and metrics.

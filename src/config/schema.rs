@@ -118,6 +118,10 @@ pub struct ClientSettings {
     pub max_header_size: Size,
     /// Most header fields accepted in one request, 1 to 256; more gets 431. Default: `100`.
     pub max_headers: usize,
+    /// The whole request head, from its first byte to the blank line, must arrive within this,
+    /// whatever the drip rate (nginx's `client_header_timeout`); else `408` and the connection
+    /// is closed. Default: `10s`.
+    pub header_timeout: Dur,
 }
 
 impl Default for ClientSettings {
@@ -127,6 +131,7 @@ impl Default for ClientSettings {
             keepalive_requests: 1000,
             max_header_size: Size(64 << 10),
             max_headers: 100,
+            header_timeout: Dur::secs(10),
         }
     }
 }

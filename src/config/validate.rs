@@ -395,6 +395,12 @@ fn check_server(ck: &mut Checker, s: &ServerSettings) {
 
 /// `client`: keep-alive and header limits within what Pingora supports.
 fn check_client(ck: &mut Checker, c: &ClientSettings) {
+    if c.header_timeout.get().is_zero() {
+        ck.error(
+            &[key("client"), key("header_timeout")],
+            "must be longer than 0s",
+        );
+    }
     if c.keepalive_requests == 0 {
         ck.error(
             &[key("client"), key("keepalive_requests")],
