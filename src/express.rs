@@ -87,7 +87,10 @@ impl HttpServerApp for EdgeApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !matches!(session, ServerSession::H1(_)) || *shutdown.borrow() {
+        // A session with pipelining on may carry a queued request in Pingora's buffer (private
+        // to the session): the lane must not read past it, so the proxy takes it.
+        let queued = matches!(&session, ServerSession::H1(h1) if h1.pipelining_enabled());
+        if !matches!(session, ServerSession::H1(_)) || queued || *shutdown.borrow() {
             return self.proxy.process_new_http(session, shutdown).await;
         }
         let carried = Carried {
@@ -198,6 +201,11 @@ impl EdgeApp {
         s.set_keepalive_reuses_remaining(carried.reuses);
         s.set_connection_user_context(conn_ctx);
         if let ServerSession::H1(h1) = &mut s {
+            // Pingora drops a request pipelined behind another unless told to answer them in
+            // order (RFC 9112 section 9.3): then it keeps it for the connection's next session.
+            if holds_a_second_request(&buf) {
+                h1.set_pipelining_enabled(true);
+            }
             h1.set_pipelined_prefix(buf);
         }
         self.proxy.process_new_http(s, shutdown).await
@@ -271,6 +279,21 @@ impl EdgeApp {
 /// The client connection carried in the connection's context, if any.
 fn client_connection(ctx: Option<Box<dyn Any + Send + Sync>>) -> Option<Arc<ClientConnection>> {
     ctx?.downcast::<Arc<ClientConnection>>().ok().map(|c| *c)
+}
+
+/// Whether `buf` holds more than one request: bytes after a complete head that announces no
+/// body (with a body, what follows the head is the body).
+fn holds_a_second_request(buf: &[u8]) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(len)) = req.parse(buf) else {
+        return false;
+    };
+    let has_body = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+    });
+    len < buf.len() && !has_body
 }
 
 /// How reading a request head ended.
@@ -651,6 +674,18 @@ mod tests {
         for (bytes, expected) in cases {
             assert_eq!(decide(&edge, bytes), expected, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_second_request_is_told_from_a_body() {
+        let two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(holds_a_second_request(two));
+        assert!(!holds_a_second_request(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+        ));
+        let body = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert!(!holds_a_second_request(body));
+        assert!(!holds_a_second_request(b"GET /a HTTP/1.1\r\nHo"));
     }
 
     #[test]

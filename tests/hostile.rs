@@ -128,3 +128,43 @@ fn a_broken_chunked_body_is_not_forwarded_as_a_request() {
     assert!(r.as_ref().is_none_or(|r| r.status >= 400), "{r:?}");
     assert_eq!(o.request_count(), 0, "{:?}", o.requests());
 }
+
+/// Two requests sent in one write are answered in order, each once (RFC 9112 section 9.3),
+/// whether they are fresh hits (the express lane) or misses (the proxy).
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (o, edge) = setup();
+    o.set(
+        "/h",
+        Canned::new(200, &[("Cache-Control", "max-age=60")], "hit"),
+    );
+    assert_eq!(edge.get("a.com", "/h").body, "hit");
+    for (first, second) in [("/h", "/m1"), ("/m2", "/h"), ("/m3", "/m4"), ("/h", "/h")] {
+        let mut c = edge.client();
+        c.send_raw_no_wait(&format!(
+            "GET {first} HTTP/1.1\r\nHost: a.com\r\n\r\nGET {second} HTTP/1.1\r\nHost: a.com\r\n\r\n"
+        ));
+        let a = c.read_response().expect("the first answer");
+        let b = c
+            .read_response()
+            .unwrap_or_else(|| panic!("no second answer: {first} then {second}"));
+        // The test origin answers "o GET <path> body=0" for paths it has no canned answer for.
+        let body = |p: &str| {
+            if p == "/h" {
+                "hit".to_string()
+            } else {
+                format!("o GET {p} body=0\n")
+            }
+        };
+        assert_eq!(
+            (a.status, a.body.clone()),
+            (200, body(first)),
+            "{first} then {second}"
+        );
+        assert_eq!(
+            (b.status, b.body.clone()),
+            (200, body(second)),
+            "{first} then {second}"
+        );
+    }
+}
