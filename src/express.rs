@@ -12,8 +12,10 @@
 //! written straight to the socket from the stored header and body. Everything else, and anything
 //! this narrow parser is unsure of, is handed to the proxy with the bytes already read, which
 //! Pingora then parses as if it had read them itself: refusals, misses, revalidation, stale
-//! serving, conditional and range requests keep their one implementation. The lane refuses
-//! nothing itself: a request the guard would refuse is simply handed over.
+//! serving, conditional and range requests keep their one implementation. The lane refuses only
+//! what the proxy cannot see, through the guard: a head that does not arrive within
+//! `client.header_timeout`, and framing Pingora's parser would rewrite (`Content-Length` with
+//! `Transfer-Encoding`); any other request the guard would refuse is simply handed over.
 
 use std::any::Any;
 use std::io::IoSlice;
@@ -146,6 +148,15 @@ impl HttpServerApp for EdgeApp {
                     .await
             }
             Err(looked_up) => {
+                // Pingora's parser rewrites conflicting framing before the proxy's guard sees
+                // it, so it is refused here, on the bytes as sent.
+                if let Err(r) = crate::guard::check_raw_framing(&buf) {
+                    let refused = &self.edge.metrics.client.refused_requests;
+                    refused.with_label_values(&[r.reason]).inc();
+                    let _ = stream.write_all(&refusal_response(r)).await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
                 let handoff = looked_up.map(|key| Handoff {
                     conn: None,
                     live: live.clone(),
@@ -294,6 +305,21 @@ fn holds_a_second_request(buf: &[u8]) -> bool {
             || h.name.eq_ignore_ascii_case("transfer-encoding")
     });
     len < buf.len() && !has_body
+}
+
+/// The answer to a request refused on its raw bytes; the connection is closed after it.
+fn refusal_response(r: crate::guard::Refusal) -> Vec<u8> {
+    let body = format!("refused: {}\n", r.reason);
+    let reason = http::StatusCode::from_u16(r.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        r.status,
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// How reading a request head ended.

@@ -20,7 +20,7 @@ pub struct Limits {
 }
 
 /// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
     "too_many_headers",
     "header_too_large",
     "missing_host",
@@ -30,7 +30,30 @@ pub const REASONS: [&str; 8] = [
     "path_traversal",
     // The request head did not arrive within client.header_timeout (the express lane's read).
     "header_timeout",
+    "length_and_chunked",
 ];
+
+/// Checks the framing of a raw request head, before Pingora's parser sees it: a request with
+/// both `Content-Length` and `Transfer-Encoding` is refused (RFC 9112 section 6.1 allows a
+/// server to; nginx does). Pingora would drop the `Content-Length` and go on, and a peer that
+/// framed the other way would see another request in the body: the request-smuggling shape.
+/// Heads that do not parse are left to Pingora's parser, which refuses them.
+pub fn check_raw_framing(head: &[u8]) -> Result<(), Refusal> {
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut fields);
+    if req.parse(head).is_err() {
+        return Ok(());
+    }
+    let has = |name: &str| {
+        req.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    if has("content-length") && has("transfer-encoding") {
+        return Err(refuse(400, "length_and_chunked"));
+    }
+    Ok(())
+}
 
 /// Why a request was refused: the status sent and a label for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +245,17 @@ mod tests {
         let mut r = req("/", Some("a.com"));
         r.append_header("Host", "b.com").unwrap();
         assert_eq!(check(&r, &defaults()).unwrap_err().reason, "duplicate_host");
+    }
+
+    #[test]
+    fn length_with_chunked_is_refused() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check_raw_framing(both).unwrap_err().status, 400);
+        let te = b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(check_raw_framing(te), Ok(()));
+        let cl = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(check_raw_framing(cl), Ok(()));
+        assert_eq!(check_raw_framing(b"GARBAGE\r\n\r\n"), Ok(()));
     }
 
     #[test]

@@ -58,6 +58,11 @@ fn hostile_requests_never_reach_the_origin() {
             "transfer-encoding on HTTP/1.0",
             "POST / HTTP/1.0\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
         ),
+        (
+            "content-length with transfer-encoding",
+            "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .into(),
+        ),
         ("garbage request line", "HELLO\r\n\r\n".into()),
         (
             "backslash path",
@@ -167,4 +172,25 @@ fn pipelined_requests_are_answered_in_order() {
             "{first} then {second}"
         );
     }
+}
+
+/// Content-Length with Transfer-Encoding (the request-smuggling shape) is refused with 400 and
+/// the connection closed, before any byte reaches the origin.
+#[test]
+fn length_with_chunked_is_refused_and_closed() {
+    let (o, edge) = setup();
+    let mut c = edge.client();
+    let r = c
+        .send_raw("POST /x HTTP/1.1\r\nHost: a.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.com\r\n\r\n")
+        .expect("an answer");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("length_and_chunked"), "{r:?}");
+    assert!(c
+        .wait_for_close(std::time::Duration::from_secs(5))
+        .is_some());
+    assert_eq!(o.request_count(), 0, "{:?}", o.requests());
+    assert_eq!(
+        edge.metric("edge_refused_requests_total{reason=\"length_and_chunked\"}"),
+        1.0
+    );
 }
