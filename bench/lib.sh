@@ -19,3 +19,13 @@ tree() { local p=$1; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); 
 cpu_ticks() { local t=0 v; for p in $(tree "$1"); do v=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
 rss_mib() { local kb=0 v; for p in $(tree "$1"); do v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null) && kb=$((kb+${v:-0})); done; awk -v k=$kb 'BEGIN{printf "%.1f", k/1024}'; }
 to_ms() { awk -v t="$1" 'BEGIN{v=t+0; if(t~/us$/)v/=1000; else if(t~/ms$/)v=v; else if(t~/s$/)v*=1000; printf "%.2f",v}'; }
+
+# install_missing CMD:PACKAGE ...: installs (apt) the packages whose command is missing.
+install_missing() {
+  local need=() pair
+  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}"); done
+  ((${#need[@]})) || return 0
+  log "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+    || die "apt-get install failed"
+}

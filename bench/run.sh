@@ -39,15 +39,7 @@ declare -A PORT=([nginx]=19181 [pingora]=19183 [edge]=19185)
 source "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- setup
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v cmake >/dev/null || need+=(cmake)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
-    || die "apt-get install failed"
-fi
+install_missing nginx:nginx wrk:wrk cmake:cmake
 log "building edge and the bench origin (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin edge --example bench_origin) || die "build failed"
 EDGE=${EDGE_BIN:-$ROOT/target/release/edge}   # EDGE_BIN: measure another build (bench/ab.sh)

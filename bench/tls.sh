@@ -30,16 +30,7 @@ PORT_ORIGIN=19280
 declare -A PORT=([nginx]=19281 [edge]=19285)
 source "$HERE/lib.sh"
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
-    || die "apt-get install failed"
-fi
+install_missing nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl
 log "building edge (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin edge) || die "build failed"
 EDGE=${EDGE_BIN:-$ROOT/target/release/edge}

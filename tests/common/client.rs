@@ -52,15 +52,7 @@ impl Client {
 
     /// A request with extra header lines (each `Name: value`).
     pub fn request(&mut self, method: &str, host: &str, path: &str, headers: &[&str]) -> Response {
-        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-        for h in headers {
-            raw.push_str(h);
-            raw.push_str("\r\n");
-        }
-        if method == "POST" || method == "PUT" {
-            raw.push_str("Content-Length: 0\r\n");
-        }
-        raw.push_str("\r\n");
+        let raw = request_text(method, host, path, headers);
         self.stream.write_all(raw.as_bytes()).expect("request sent");
         self.read_response_to(method).expect("a response")
     }
@@ -172,6 +164,21 @@ pub(super) fn read_response_from(reader: &mut impl BufRead, method: &str) -> Opt
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// An HTTP/1.1 request head with extra header lines (each `Name: value`); POST and PUT get an
+/// empty body.
+pub fn request_text(method: &str, host: &str, path: &str, headers: &[&str]) -> String {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    if method == "POST" || method == "PUT" {
+        raw.push_str("Content-Length: 0\r\n");
+    }
+    raw.push_str("\r\n");
+    raw
 }
 
 /// One GET on a fresh connection.

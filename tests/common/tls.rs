@@ -520,15 +520,7 @@ impl TlsClient {
 
     /// A request with extra header lines (each `Name: value`), as `Client::request`.
     pub fn request(&mut self, method: &str, host: &str, path: &str, headers: &[&str]) -> Response {
-        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-        for h in headers {
-            raw.push_str(h);
-            raw.push_str("\r\n");
-        }
-        if method == "POST" || method == "PUT" {
-            raw.push_str("Content-Length: 0\r\n");
-        }
-        raw.push_str("\r\n");
+        let raw = super::client::request_text(method, host, path, headers);
         self.send_raw_no_wait(&raw);
         self.read_response_to(method).expect("a response")
     }
