@@ -259,7 +259,8 @@ impl EdgeApp {
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
         m.client.express_hits.inc();
-        let written = send(&mut stream, out, body, file).await;
+        let gap = live.config.client.send_timeout.get();
+        let written = send(&mut stream, out, body, file, gap).await;
         let bytes = if written {
             body.iter().map(|c| c.len()).sum()
         } else {
@@ -547,16 +548,18 @@ fn plain_target_byte(b: u8) -> bool {
 }
 
 /// Writes the header and the body: a body in a memory file with `sendfile`, a small one in the
-/// header's buffer, others with a vectored write.
+/// header's buffer, others with a vectored write. Each write must make progress within `gap`
+/// (`client.send_timeout`): a client that stops reading is dropped, not waited for.
 async fn send(
     stream: &mut Stream,
     mut head: BytesMut,
     body: &[bytes::Bytes],
     file: Option<&BodyFile>,
+    gap: Duration,
 ) -> bool {
     // Only on a plain TCP socket: sendfile would bypass TLS.
     if let Some(file) = file.filter(|_| stream.get_ssl_digest().is_none()) {
-        if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
+        if !write_within(stream, &head, gap).await || !flush_within(stream, gap).await {
             return false;
         }
         let Ok(mut sent) = file.send_to(stream.id(), 0) else {
@@ -569,31 +572,49 @@ async fn send(
                 sent -= chunk.len();
                 continue;
             }
-            if stream.write_all(&chunk[sent..]).await.is_err() {
+            if !write_within(stream, &chunk[sent..], gap).await {
                 return false;
             }
             sent = 0;
         }
-        return stream.flush().await.is_ok();
+        return flush_within(stream, gap).await;
     }
     let total: usize = body.iter().map(|c| c.len()).sum();
     if total <= COPY_BODY_MAX {
         for chunk in body {
             head.put_slice(chunk);
         }
-        return stream.write_all(&head).await.is_ok() && stream.flush().await.is_ok();
+        return write_within(stream, &head, gap).await && flush_within(stream, gap).await;
     }
     let mut slices: Vec<IoSlice> = std::iter::once(IoSlice::new(&head))
         .chain(body.iter().map(|c| IoSlice::new(c)))
         .collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
-        match stream.write_vectored(rest).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+        match pingora::time::timeout(gap, stream.write_vectored(rest)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) => IoSlice::advance_slices(&mut rest, n),
         }
     }
-    stream.flush().await.is_ok()
+    flush_within(stream, gap).await
+}
+
+/// Writes all of `bytes`, each write making progress within `gap`.
+async fn write_within(stream: &mut Stream, mut bytes: &[u8], gap: Duration) -> bool {
+    while !bytes.is_empty() {
+        match pingora::time::timeout(gap, stream.write(bytes)).await {
+            Ok(Ok(n)) if n > 0 => bytes = &bytes[n..],
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn flush_within(stream: &mut Stream, gap: Duration) -> bool {
+    matches!(
+        pingora::time::timeout(gap, stream.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Counts the hit and writes its access-log line, as the proxy's `logging` phase does.

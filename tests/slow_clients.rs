@@ -97,3 +97,49 @@ fn slowloris_connections_are_closed_at_the_header_deadline() {
     );
     assert_eq!(o.requests().iter().filter(|r| r.path == "/").count(), 0);
 }
+
+/// A client that stops reading a response is dropped after `client.send_timeout` without
+/// progress, on the proxy's path (a miss) and on the express lane (a hit): the connection ends
+/// with the body cut short instead of being held open.
+#[test]
+fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
+    let o = Origin::start("o");
+    // Larger than what loopback socket buffers absorb, so the edge's writes stall.
+    let big = "x".repeat(48 << 20);
+    o.set(
+        "/miss",
+        Canned::new(200, &[("Cache-Control", "no-store")], &big),
+    );
+    o.set(
+        "/hit",
+        Canned::new(200, &[("Cache-Control", "max-age=60")], &big),
+    );
+    let edge = Edge::start(&format!(
+        "client: {{send_timeout: 1s}}\ncache: {{max_object_size: 64MiB}}\norigins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+        o.addr
+    ));
+    assert_eq!(edge.get("a.com", "/hit").body.len(), big.len());
+    assert_eq!(edge.get("a.com", "/hit").body.len(), big.len());
+    for (path, logged) in [
+        ("/miss", " /miss status=200"),
+        ("/hit", "writing to the client failed"),
+    ] {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.com\r\n\r\n").as_bytes())
+            .unwrap();
+        // Not reading: the edge must give up on its own and say so in the access log.
+        assert!(
+            wait_until(Duration::from_secs(20), || edge.log().contains(logged)),
+            "{path}: the edge still waits on a client that does not read:\n{}",
+            edge.log()
+        );
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(
+            got.len() < big.len(),
+            "{path}: the whole body arrived ({} bytes)",
+            got.len()
+        );
+    }
+}

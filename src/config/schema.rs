@@ -122,6 +122,9 @@ pub struct ClientSettings {
     /// whatever the drip rate (nginx's `client_header_timeout`); else `408` and the connection
     /// is closed. Default: `10s`.
     pub header_timeout: Dur,
+    /// Longest time a write to the client may make no progress (nginx's `send_timeout`): a
+    /// client that stops reading a response is dropped. Default: `60s`.
+    pub send_timeout: Dur,
 }
 
 impl Default for ClientSettings {
@@ -132,6 +135,7 @@ impl Default for ClientSettings {
             max_header_size: Size(64 << 10),
             max_headers: 100,
             header_timeout: Dur::secs(10),
+            send_timeout: Dur::secs(60),
         }
     }
 }

@@ -117,6 +117,8 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A client that stops reading the response is dropped after this long without progress.
+        session.set_write_timeout(Some(ctx.live.config.client.send_timeout.get()));
         // Pingora has applied the client's own choice by now: `Connection: close`, or HTTP/1.0
         // without `Connection: keep-alive`, left keep-alive off, and off it stays.
         if session.get_keepalive().is_some() {
