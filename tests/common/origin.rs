@@ -42,6 +42,9 @@ pub struct Canned {
     /// Send the body chunked in this many pieces, pausing `chunk_pause` between them.
     pub chunks: usize,
     pub chunk_pause: Duration,
+    /// Send the full Content-Length but only this many body bytes, then stall until the peer
+    /// gives up (a broken origin), and close.
+    pub stall_after: Option<usize>,
 }
 
 impl Canned {
@@ -461,6 +464,15 @@ fn write_canned(
             head.push_str(&format!("Content-Length: {}\r\n", c.body.len()));
         }
         head.push_str("\r\n");
+        if let Some(n) = c.stall_after {
+            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(&body[..n.min(body.len())]);
+            let _ = out.flush();
+            // Holding the connection open without sending the rest: the edge's read timeout
+            // must end it. Bounded, so the origin thread always ends.
+            thread::sleep(Duration::from_secs(15));
+            return false;
+        }
         out.write_all(head.as_bytes()).is_ok() && out.write_all(body).is_ok()
     }
 }
