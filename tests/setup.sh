@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need and a fresh Debian/Ubuntu machine lacks (a Rust
-# toolchain aside), then runs the whole suite. Extra arguments go to `cargo test`.
+# Installs what the tests need and a fresh Debian/Ubuntu machine lacks (a Rust toolchain aside);
+# the README's test command is `bash tests/setup.sh && cargo test`.
 #   cmake, C compiler, make : Pingora's zlib-ng and jemalloc are built from source
 #   prometheus              : tests/observability.rs evaluates dashboards and alerts with a real one
 #   curl (with nghttp2)     : tests/tls.rs speaks h2 to the edge
@@ -16,11 +16,9 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 if ((${#need[@]})); then
-  echo "tests/run.sh: installing ${need[*]}" >&2
+  echo "tests/setup.sh: installing ${need[*]}" >&2
   sudo=""
   [[ $(id -u) == 0 ]] || sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-
-cargo test --locked "$@"
