@@ -29,3 +29,11 @@ install_missing() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
     || die "apt-get install failed"
 }
+
+# wrk_figures FILE: "requests req/s p50_ms p99_ms errors" from a wrk --latency report.
+wrk_figures() {
+  local f=$1
+  echo "$(awk '/requests in/{print $1}' "$f") $(awk '/^Requests\/sec:/{print $2}' "$f")" \
+    "$(to_ms "$(awk '$1=="50%"{print $2}' "$f")") $(to_ms "$(awk '$1=="99%"{print $2}' "$f")")" \
+    "$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",","");n+=$4+$6+$8+$10} END{print n+0}' "$f")"
+}

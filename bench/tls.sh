@@ -119,9 +119,7 @@ for SCENARIO in $SCENARIOS; do
       errs=$(awk '/^requests:/{print $10+$12}' "$f")
       p50=$(to_ms "$(awk '/^time for request:/{print $6}' "$f")") p99=n/a   # h2load: mean, no percentiles
     else
-      reqs=$(awk '/requests in/{print $1}' "$f"); rps=$(awk '/^Requests\/sec:/{print $2}' "$f")
-      p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$f")"); p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$f")")
-      errs=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",","");n+=$4+$6+$8+$10} END{print n+0}' "$f")
+      read -r reqs rps p50 p99 errs <<<"$(wrk_figures "$f")"
     fi
     cpu_s=$(awk -v d=$((c1-c0)) -v hz=$CLK 'BEGIN{printf "%.2f", d/hz}')
     per_cpu=$(awk -v r="${reqs:-0}" -v c="$cpu_s" 'BEGIN{ if (c>0) printf "%.0f", r/c; else print "n/a"}')

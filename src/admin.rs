@@ -182,7 +182,10 @@ impl ServeHttp for Admin {
                     .headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
+                    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token);
                 if !given.is_some_and(|g| token_matches(g.trim(), token)) {
                     let mut r = text(401, "text/plain", b"a bearer token is required\n".to_vec());
                     r.headers_mut()

@@ -14,8 +14,7 @@ pub struct Served<'a> {
     pub entry: AccessEntry<'a>,
     /// The origin the request was routed to, for its latency histogram.
     pub origin: Option<&'a Origin>,
-    /// `http/1.0`, `http/1.1` or `h2`.
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub scheme: Scheme,
 }
 
@@ -30,15 +29,30 @@ impl Served<'_> {
             .response_bytes
             .with_label_values(&[e.origin, e.cache])
             .inc_by(e.bytes as u64);
-        m.client
-            .requests_by_protocol
-            .with_label_values(&[self.protocol, self.scheme.as_str()])
-            .inc();
+        m.client.requests_by_protocol[self.protocol as usize][self.scheme as usize].inc();
         if let Some(o) = self.origin {
             o.metrics.duration.observe(e.total.as_secs_f64());
         }
         if log.access && log::log_enabled!(target: "access", log::Level::Info) {
             info!(target: "access", "{}", e.render(log.access_format));
+        }
+    }
+}
+
+/// The HTTP version a request came in, as counted (`metrics::client::PROTOCOLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http10 = 0,
+    Http11 = 1,
+    H2 = 2,
+}
+
+impl Protocol {
+    pub fn of(v: http::Version) -> Protocol {
+        match v {
+            http::Version::HTTP_2 => Protocol::H2,
+            http::Version::HTTP_10 => Protocol::Http10,
+            _ => Protocol::Http11,
         }
     }
 }
@@ -89,7 +103,7 @@ mod tests {
                 error: None,
             },
             origin: None,
-            protocol: "http/1.1",
+            protocol: Protocol::Http11,
             scheme: Scheme::Https,
         };
         served.record(&m, &log);

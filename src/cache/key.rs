@@ -13,8 +13,8 @@ use crate::config::{CacheKeySettings, QueryKey};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheme {
     #[default]
-    Http,
-    Https,
+    Http = 0,
+    Https = 1,
 }
 
 impl Scheme {

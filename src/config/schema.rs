@@ -7,6 +7,10 @@
 //! struct-level `default` cannot keep one field required, so they are read through a private
 //! "as written" twin where that field is an `Option` (see [`OriginFields`]). `AdminSettings`
 //! has no defaults at all. Checks serde cannot express are in `validate.rs`.
+//!
+//! Slightly over 600 lines on purpose: it is the one place an operator's every key is defined
+//! with its meaning and default, read top to bottom like `conf/edge.yaml` (only the TLS
+//! listener and origin types live in `tls.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

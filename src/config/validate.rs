@@ -20,7 +20,8 @@ use super::schema::{
     AdminSettings, CacheSettings, ClientSettings, Config, LogSettings, OriginConfig, RouteConfig,
     ServerSettings,
 };
-use super::tls::{ListenSpec, Listener, ListenerTls};
+use super::tls::ListenSpec;
+use super::validate_listen::{check_admin, check_listen, check_origin_tls};
 use crate::host::valid_host;
 
 /// The keys allowed at the top of the file.
@@ -29,17 +30,17 @@ const TOP_LEVEL: &[&str] = &[
 ];
 
 /// Collects errors with their location while a file is checked.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     /// The file name, for messages only.
-    file: &'a str,
+    pub(super) file: &'a str,
     /// The whole text, where `locate` finds the line of a field path.
     text: &'a str,
-    errors: Vec<ConfigError>,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
     /// Records a problem found after parsing, at a field path.
-    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+    pub(super) fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line: locate::line_of(self.text, path),
@@ -87,7 +88,7 @@ impl Checker<'_> {
 }
 
 /// One key of a field path.
-fn key(s: &str) -> Seg {
+pub(super) fn key(s: &str) -> Seg {
     Seg::Key(s.to_string())
 }
 
@@ -254,129 +255,6 @@ fn read_routes(ck: &mut Checker, routes_section: Value) -> Vec<(usize, RouteConf
     routes
 }
 
-/// `listen`: at least one listener, each an `ip:port`, no address twice; TLS listeners with
-/// certificates that load (readable, key matching, not expired; a warning on stderr when one
-/// expires within 14 days).
-fn check_listen(ck: &mut Checker, listen: &[ListenSpec]) -> Vec<Listener> {
-    if listen.is_empty() && !ck.errors.iter().any(|e| e.path == "listen") {
-        ck.error(&[key("listen")], "at least one address is needed");
-    }
-    let mut out: Vec<Listener> = Vec::new();
-    for (i, spec) in listen.iter().enumerate() {
-        let (address, tls, http2) = match spec {
-            ListenSpec::Address(a) => (a, None, None),
-            ListenSpec::Full(f) => (&f.address, f.tls.clone(), f.http2),
-        };
-        let mut path = vec![key("listen"), Seg::Index(i)];
-        if matches!(spec, ListenSpec::Full(_)) {
-            path.push(key("address"));
-        }
-        let addr = match address.parse::<SocketAddr>() {
-            Ok(a) if out.iter().any(|l| l.addr == a) => {
-                ck.error(&path, format!("{a} is listed twice"));
-                continue;
-            }
-            Ok(a) => a,
-            Err(_) => {
-                let msg = format!(r#"expected ip:port like "127.0.0.1:8080", got "{address}""#);
-                ck.error(&path, msg);
-                continue;
-            }
-        };
-        if let Some(t) = &tls {
-            check_certificates(ck, i, t);
-        }
-        out.push(Listener {
-            addr,
-            http2: http2.unwrap_or(tls.is_some()),
-            tls,
-        });
-    }
-    out
-}
-
-/// Every certificate of a TLS listener loads; the first error of each is reported.
-fn check_certificates(ck: &mut Checker, i: usize, tls: &ListenerTls) {
-    let base = [
-        key("listen"),
-        Seg::Index(i),
-        key("tls"),
-        key("certificates"),
-    ];
-    if tls.certificates.is_empty() {
-        ck.error(&base, "at least one certificate is needed");
-    }
-    for (j, c) in tls.certificates.iter().enumerate() {
-        let mut path = base.to_vec();
-        path.push(Seg::Index(j));
-        match crate::tls::certs::load(&c.cert, &c.key) {
-            Ok(loaded) => {
-                let left = loaded
-                    .not_after
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                if left < crate::tls::certs::EXPIRY_WARNING {
-                    eprintln!(
-                        "edge: warning: {}: certificate {} expires in {} days",
-                        ck.file,
-                        c.cert.display(),
-                        left.as_secs() / 86_400
-                    );
-                }
-            }
-            Err(e) => ck.error(&path, e),
-        }
-    }
-}
-
-/// `admin.listen`: an `ip:port` that is not also a proxy listen address, and on loopback unless
-/// a token is required; `admin.token_file`: readable, not empty.
-fn check_admin(ck: &mut Checker, a: &AdminSettings, listen: &[Listener]) -> Option<SocketAddr> {
-    if let Some(f) = &a.token_file {
-        match std::fs::read_to_string(f) {
-            Ok(t) if !t.trim().is_empty() => {}
-            Ok(_) => ck.error(
-                &[key("admin"), key("token_file")],
-                format!("{} is empty", f.display()),
-            ),
-            Err(e) => ck.error(
-                &[key("admin"), key("token_file")],
-                format!("{}: {e}", f.display()),
-            ),
-        }
-    }
-    match a.listen.parse::<SocketAddr>() {
-        Ok(addr) => {
-            if listen.iter().any(|l| l.addr == addr) {
-                ck.error(
-                    &[key("admin"), key("listen")],
-                    format!("{addr} is also a proxy listen address"),
-                );
-            }
-            if !addr.ip().is_loopback() && a.token_file.is_none() {
-                ck.error(
-                    &[key("admin"), key("listen")],
-                    format!(
-                        "{addr} is reachable beyond this machine: set admin.token_file (reload \
-                         and purge must not answer anyone), or listen on 127.0.0.1"
-                    ),
-                );
-            }
-            Some(addr)
-        }
-        Err(_) => {
-            ck.error(
-                &[key("admin"), key("listen")],
-                format!(
-                    r#"expected ip:port like "127.0.0.1:9090", got "{}""#,
-                    a.listen
-                ),
-            );
-            None
-        }
-    }
-}
-
 /// `server`: the ranges serde cannot express.
 fn check_server(ck: &mut Checker, s: &ServerSettings) {
     if s.threads == 0 || s.threads > 1024 {
@@ -457,7 +335,7 @@ fn check_cache(ck: &mut Checker, c: &CacheSettings) {
 }
 
 /// The path of a field of origin `name`.
-fn origin_path(name: &str, rest: &[&str]) -> Vec<Seg> {
+pub(super) fn origin_path(name: &str, rest: &[&str]) -> Vec<Seg> {
     let mut p = vec![key("origins"), key(name)];
     p.extend(rest.iter().map(|s| key(s)));
     p
@@ -512,38 +390,6 @@ fn check_origin(ck: &mut Checker, name: &str, o: &OriginConfig) {
     }
     check_probes(ck, name, o);
     check_origin_tls(ck, name, o);
-}
-
-/// `tls` and `http2` of an origin: a CA file that exists unless verification is off, a valid
-/// SNI name, h2 only over TLS.
-fn check_origin_tls(ck: &mut Checker, name: &str, o: &OriginConfig) {
-    let at = |rest: &[&str]| origin_path(name, rest);
-    if o.http2 && o.tls.is_none() {
-        ck.error(
-            &at(&["http2"]),
-            "HTTP/2 to an origin needs tls (h2 is negotiated by ALPN)",
-        );
-    }
-    let Some(tls) = &o.tls else { return };
-    if let Some(f) = &tls.ca_file {
-        if tls.verify && std::fs::metadata(f).is_err() {
-            ck.error(
-                &at(&["tls", "ca_file"]),
-                format!(
-                    "cannot read {} (to skip verification instead, set verify: false)",
-                    f.display()
-                ),
-            );
-        }
-    }
-    if let Some(sni) = &tls.sni {
-        if !valid_host(sni) || sni.contains(':') {
-            ck.error(
-                &at(&["tls", "sni"]),
-                format!("\"{sni}\" is not a host name"),
-            );
-        }
-    }
 }
 
 /// One origin's `health_check` and `tcp_keepalive`, when written.

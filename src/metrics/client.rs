@@ -16,8 +16,21 @@ pub struct ClientMetrics {
     pub requests_per_connection: Histogram,
     /// Completed TLS handshakes by version (`TLSv1.2`, `TLSv1.3`).
     pub tls_handshakes: IntCounterVec,
-    /// Requests by protocol (`http/1.1`, `http/1.0`, `h2`) and scheme.
-    pub requests_by_protocol: IntCounterVec,
+    /// Requests by protocol and scheme, resolved once: `[protocol][scheme]` as
+    /// [`PROTOCOLS`] and [`SCHEMES`] (every request counts in one, the lane's hits included).
+    pub requests_by_protocol: [[IntCounter; 2]; 3],
+}
+
+/// The `protocol` label of `edge_requests_by_protocol_total`.
+pub const PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2"];
+/// Its `scheme` label, indexed as `cache::key::Scheme`.
+pub const SCHEMES: [&str; 2] = ["http", "https"];
+
+impl ClientMetrics {
+    /// Counts a request the edge refused, by reason.
+    pub fn refused(&self, reason: &str) {
+        self.refused_requests.with_label_values(&[reason]).inc();
+    }
 }
 
 impl ClientMetrics {
@@ -43,11 +56,15 @@ impl ClientMetrics {
         }
         ClientMetrics {
             tls_handshakes,
-            requests_by_protocol: r.counters(
-                "edge_requests_by_protocol_total",
-                "Client requests by HTTP version (http/1.0, http/1.1, h2) and scheme (http, https).",
-                &["protocol", "scheme"],
-            ),
+            requests_by_protocol: {
+                let v = r.counters(
+                    "edge_requests_by_protocol_total",
+                    "Client requests by HTTP version (http/1.0, http/1.1, h2) and scheme (http, \
+                     https).",
+                    &["protocol", "scheme"],
+                );
+                PROTOCOLS.map(|p| SCHEMES.map(|s| v.with_label_values(&[p, s])))
+            },
             requests: r.counters(
                 "edge_requests_total",
                 "Client requests answered, by route, origin, status class (2xx..5xx) and cache \

@@ -1,11 +1,15 @@
-//! What the proxy itself answers the client from the cache: a fresh hit written from the store,
-//! and the cache's fields on every response (`Cache-Status`, less the fields meant for this
-//! cache alone).
+//! What the proxy itself answers the client from the cache (a fresh hit written from the store,
+//! the cache's fields on every response: `Cache-Status`, less the fields meant for this cache
+//! alone), and the record a finished request leaves.
 
 use std::time::SystemTime;
 
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+
+use crate::host::request_host;
+use crate::logging::AccessEntry;
+use crate::served::{Protocol, Served};
 
 use super::{EdgeProxy, RequestCtx};
 use crate::cache::hit::{self, HitHead};
@@ -57,5 +61,42 @@ impl EdgeProxy {
         }
         hit::strip_cache_only_fields(resp, &ctx.live.config.cache.targeted_field);
         Ok(())
+    }
+
+    /// The request's record: counted in the metrics and written to the access log.
+    pub(super) fn record(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let client = session.client_addr();
+        let error = e.map(|e| e.to_string());
+        let attempt = ctx.attempt.as_ref();
+        let served = Served {
+            entry: AccessEntry {
+                client: client.map(|c| c as &dyn std::fmt::Display),
+                method: req.method.as_str(),
+                host: request_host(req).unwrap_or("-"),
+                path: &req.uri,
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                bytes: session.body_bytes_sent(),
+                route: ctx.routed.as_ref().map_or("-", |r| &r.route),
+                origin: ctx.origin_name(),
+                server: ctx.server_address(),
+                conn: match attempt.and_then(|a| a.reused) {
+                    Some(true) => "reused",
+                    Some(false) => "new",
+                    None => "-",
+                },
+                cache: ctx.cache.outcome.label(),
+                connect: attempt.and_then(|a| a.connect_time),
+                ttfb: attempt.and_then(|a| a.ttfb),
+                total: ctx.started.elapsed(),
+                tries: ctx.tried.len(),
+                refused: ctx.refused,
+                error,
+            },
+            origin: ctx.origin().map(|o| o.as_ref()),
+            protocol: Protocol::of(req.version),
+            scheme: ctx.scheme,
+        };
+        served.record(&self.edge.metrics, &ctx.live.config.log);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora::cache::CacheKey;
+use pingora::proxy::Session;
 
 use crate::cache::key::Scheme;
 use crate::cache::status::Outcome;
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     pub fwd_status: Option<u16>,
     /// Why the edge refused the request itself (a guard reason, `no_route`).
     pub refused: Option<&'static str>,
+    /// The scheme the client used (its connection is TLS or not), known from the start.
+    pub scheme: Scheme,
 }
 
 /// The router's decision for a request.
@@ -111,6 +114,7 @@ impl RequestCtx {
             cache: CacheCtx::default(),
             fwd_status: None,
             refused: None,
+            scheme: Scheme::Http,
         }
     }
 
@@ -135,4 +139,21 @@ impl RequestCtx {
     pub fn server_address(&self) -> &str {
         self.upstream().map_or("-", |(_, s)| s.address.as_str())
     }
+}
+
+/// The scheme the client used: https when its connection is TLS.
+pub(super) fn client_scheme(session: &Session) -> Scheme {
+    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        Some(_) => Scheme::Https,
+        None => Scheme::Http,
+    }
+}
+
+/// What the express lane hands the proxy with a request it passes on (as the connection's
+/// context): the client connection, and the cache key it built and found no fresh hit for, so
+/// the proxy does not build, hash and look it up again.
+pub(crate) struct Handoff {
+    pub conn: Option<Arc<ClientConnection>>,
+    pub live: Arc<Live>,
+    pub looked_up: Option<CacheKey>,
 }

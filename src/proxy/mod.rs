@@ -51,35 +51,17 @@ use crate::client::{self, ClientConnection};
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
-use crate::logging::AccessEntry;
 use crate::origin::reuse::{close_reason, CloseReason};
 use crate::origin::InFlight;
-use crate::served::Served;
-use crate::state::{Edge, Live};
+use crate::state::Edge;
+pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
-use ctx::{Attempt, Routed};
+use ctx::{client_scheme, Attempt, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{replayable, ttfb_cache_kind};
 
 pub struct EdgeProxy {
     pub edge: Arc<Edge>,
-}
-
-/// The scheme the client used: https when its connection is TLS.
-fn client_scheme(session: &Session) -> Scheme {
-    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-        Some(_) => Scheme::Https,
-        None => Scheme::Http,
-    }
-}
-
-/// What the express lane hands the proxy with a request it passes on (as the connection's
-/// context): the client connection, and the cache key it built and found no fresh hit for, so
-/// the proxy does not build, hash and look it up again.
-pub(crate) struct Handoff {
-    pub conn: Option<Arc<ClientConnection>>,
-    pub live: Arc<Live>,
-    pub looked_up: Option<CacheKey>,
 }
 
 #[async_trait]
@@ -117,6 +99,7 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.scheme = client_scheme(session);
         // A client that stops reading the response is dropped after this long without progress.
         session.set_write_timeout(Some(ctx.live.config.client.send_timeout.get()));
         // Pingora has applied the client's own choice by now: `Connection: close`, or HTTP/1.0
@@ -145,13 +128,12 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         if let Err(r) = guard::check(req, &ctx.live.limits) {
             ctx.refused = Some(r.reason);
-            let refused = &self.edge.metrics.client.refused_requests;
-            refused.with_label_values(&[r.reason]).inc();
+            self.edge.metrics.client.refused(r.reason);
             respond_text(session, r.status, &format!("refused: {}", r.reason), false).await?;
             return Ok(true);
         }
         let host = normalize_host(request_host(req).unwrap_or_default());
-        let scheme = client_scheme(session);
+        let scheme = ctx.scheme;
         let Some(route) = ctx.live.router.route(&host, req.uri.path()) else {
             ctx.refused = Some("no_route");
             let msg = format!("no route for host \"{host}\"");
@@ -601,43 +583,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(a) = ctx.attempt.as_mut() {
             a.in_flight = None;
         }
-        let req = session.req_header();
-        let client = session.client_addr();
-        let error = e.map(|e| e.to_string());
-        let attempt = ctx.attempt.as_ref();
-        let served = Served {
-            entry: AccessEntry {
-                client: client.map(|c| c as &dyn std::fmt::Display),
-                method: req.method.as_str(),
-                host: request_host(req).unwrap_or("-"),
-                path: &req.uri,
-                status: session.response_written().map_or(0, |r| r.status.as_u16()),
-                bytes: session.body_bytes_sent(),
-                route: ctx.routed.as_ref().map_or("-", |r| &r.route),
-                origin: ctx.origin_name(),
-                server: ctx.server_address(),
-                conn: match attempt.and_then(|a| a.reused) {
-                    Some(true) => "reused",
-                    Some(false) => "new",
-                    None => "-",
-                },
-                cache: ctx.cache.outcome.label(),
-                connect: attempt.and_then(|a| a.connect_time),
-                ttfb: attempt.and_then(|a| a.ttfb),
-                total: ctx.started.elapsed(),
-                tries: ctx.tried.len(),
-                refused: ctx.refused,
-                error,
-            },
-            origin: ctx.origin().map(|o| o.as_ref()),
-            protocol: match req.version {
-                http::Version::HTTP_2 => "h2",
-                http::Version::HTTP_10 => "http/1.0",
-                _ => "http/1.1",
-            },
-            scheme: client_scheme(session),
-        };
-        served.record(&self.edge.metrics, &ctx.live.config.log);
+        self.record(session, e, ctx);
     }
 
     /// Hands the client connection on to the connection's next request.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
-use prometheus::IntCounterVec;
+use prometheus::IntCounter;
 
 use crate::config::{Config, ListenerTls};
 use crate::state::Edge;
@@ -73,8 +73,11 @@ pub fn reload_certificates(
 /// with forward secrecy only, as Mozilla's intermediate profile), certificates from `resolver`,
 /// h2 offered by ALPN when `http2`.
 pub fn listener_settings(resolver: Arc<CertResolver>, http2: bool, edge: &Edge) -> TlsSettings {
+    let v = &edge.metrics.client.tls_handshakes;
     let counted = Handshakes {
-        by_version: edge.metrics.client.tls_handshakes.clone(),
+        tls13: v.with_label_values(&["TLSv1.3"]),
+        tls12: v.with_label_values(&["TLSv1.2"]),
+        other: v.with_label_values(&["other"]),
     };
     let mut settings =
         TlsSettings::with_callbacks(Box::new(counted)).expect("rustls settings with callbacks");
@@ -85,9 +88,11 @@ pub fn listener_settings(resolver: Arc<CertResolver>, http2: bool, edge: &Edge) 
     settings
 }
 
-/// Counts completed client handshakes by TLS version.
+/// Counts completed client handshakes by TLS version (handles resolved once).
 struct Handshakes {
-    by_version: IntCounterVec,
+    tls13: IntCounter,
+    tls12: IntCounter,
+    other: IntCounter,
 }
 
 #[async_trait]
@@ -96,12 +101,12 @@ impl TlsAccept for Handshakes {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let version = match tls.version() {
-            Some(v) if v.contains("1_3") || v.contains("1.3") => "TLSv1.3",
-            Some(v) if v.contains("1_2") || v.contains("1.2") => "TLSv1.2",
-            _ => "other",
-        };
-        self.by_version.with_label_values(&[version]).inc();
+        // rustls names them TLSv1_3, openssl TLSv1.3.
+        match tls.version() {
+            Some(v) if v.contains("1_3") || v.contains("1.3") => self.tls13.inc(),
+            Some(v) if v.contains("1_2") || v.contains("1.2") => self.tls12.inc(),
+            _ => self.other.inc(),
+        }
         None
     }
 }

@@ -50,7 +50,18 @@ pub fn write_bundle(config: &Config, path: &Path) -> std::io::Result<Option<Path
         pem.push(b'\n');
         pem.extend(std::fs::read(f)?);
     }
-    std::fs::write(path, pem)?;
+    // A new file every start, never through a link someone left at a predictable path (the
+    // default is under /tmp): the old one goes, and create_new refuses anything that is there
+    // again by the time it is opened.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, &pem)?;
     Ok(Some(path.to_path_buf()))
 }
 

@@ -1,0 +1,164 @@
+//! The lane's reading of a request head: waiting for it (bounded by the keep-alive timeout,
+//! then by `client.header_timeout` for the whole head), parsing it once, and the facts about
+//! its framing that the guard and Pingora's pipelining need, whatever the lane then does.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use super::MAX_FIELDS;
+
+/// A request head as parsed once by the lane.
+pub(super) struct Parsed<'h, 'b> {
+    pub req: httparse::Request<'h, 'b>,
+    /// Its length in bytes: what follows is a body, or another request.
+    pub len: usize,
+}
+
+/// What the head says about the request's framing, known even when the lane does not parse it
+/// for itself (more fields than it reads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Framing {
+    pub content_length: bool,
+    pub transfer_encoding: bool,
+    /// Bytes follow the head although it announces no body: another request (pipelining).
+    pub pipelined: bool,
+}
+
+/// Parses a complete head with up to `MAX_FIELDS` fields.
+pub(super) fn parse<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [httparse::Header<'b>; MAX_FIELDS],
+) -> Option<Parsed<'h, 'b>> {
+    let mut req = httparse::Request::new(fields);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Some(Parsed { req, len }),
+        _ => None,
+    }
+}
+
+/// The framing of the head in `buf`: from `parsed` when the lane parsed it, else by a parse
+/// with room for every field Pingora accepts (rare: more than `MAX_FIELDS`). A head that does
+/// not parse is left to Pingora's parser, which refuses it.
+pub(super) fn framing(buf: &[u8], parsed: Option<&Parsed>) -> Framing {
+    let of = |fields: &[httparse::Header], len: usize| {
+        let has = |name: &str| fields.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        let (content_length, transfer_encoding) = (has("content-length"), has("transfer-encoding"));
+        Framing {
+            content_length,
+            transfer_encoding,
+            pipelined: len < buf.len() && !content_length && !transfer_encoding,
+        }
+    };
+    if let Some(p) = parsed {
+        return of(p.req.headers, p.len);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => of(req.headers, len),
+        _ => Framing::default(),
+    }
+}
+
+/// The answer to a request refused on its raw bytes; the connection is closed after it.
+pub(super) fn refusal_response(r: crate::guard::Refusal) -> Vec<u8> {
+    let body = format!("refused: {}\n", r.reason);
+    let reason = http::StatusCode::from_u16(r.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        r.status,
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// How reading a request head ended.
+pub(super) enum Head {
+    /// The blank line that ends it is in the buffer.
+    Complete,
+    /// Larger than `client.max_header_size` and still going: the proxy refuses it (431).
+    TooLarge,
+    /// Not complete within `client.header_timeout` of its first byte.
+    TimedOut,
+    /// The client closed, or the server is shutting down.
+    Closed,
+}
+
+/// Reads until the request head is complete, bounding the whole head by
+/// `client.header_timeout` from its first byte, however slowly it drips (a slowloris client
+/// cannot hold a connection longer than that); Pingora bounds each read, not the head.
+pub(super) async fn read_head(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    client: &crate::config::ClientSettings,
+    first_byte: Instant,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let deadline = first_byte + client.header_timeout.get();
+    loop {
+        if head_complete(buf) {
+            return Head::Complete;
+        }
+        if buf.len() as u64 > client.max_header_size.0 {
+            return Head::TooLarge;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Head::TimedOut;
+        }
+        if !read_some(stream, buf, Some(left), shutdown).await {
+            return if Instant::now() >= deadline && !*shutdown.borrow() {
+                Head::TimedOut
+            } else {
+                Head::Closed
+            };
+        }
+    }
+}
+
+/// Whether `buf` holds a whole request head: the blank line (CRLF CRLF, or bare LFs, which the
+/// parsers accept too). Most requests end their first read with it, so that is checked first.
+pub(super) fn head_complete(buf: &[u8]) -> bool {
+    buf.ends_with(b"\r\n\r\n")
+        || buf.windows(4).any(|w| w == b"\r\n\r\n")
+        || buf.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Reads what the client has sent (at least one byte). False when the client closed, the wait
+/// ran out, the read failed, or the server is shutting down.
+pub(super) async fn read_some(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    wait: Option<Duration>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let mut shutdown = shutdown.clone();
+    let stopping = async move {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let read = async {
+        match wait {
+            Some(d) => pingora::time::timeout(d, stream.read_buf(buf))
+                .await
+                .unwrap_or(Ok(0)),
+            None => stream.read_buf(buf).await,
+        }
+    };
+    tokio::select! {
+        biased;
+        n = read => matches!(n, Ok(n) if n > 0),
+        _ = stopping => false,
+    }
+}
