@@ -12,15 +12,25 @@ use pingora::http::RequestHeader;
 
 use crate::host::{request_host, valid_host};
 
-/// The client header limits the checks enforce (`client.max_headers`, `client.max_header_size`).
+/// The client request limits the checks enforce (`client.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_headers: usize,
     pub max_header_size: usize,
+    /// Bodies up to this size are read whole before the origin is chosen (`proxy::body`).
+    pub body_buffer_size: usize,
+    /// Largest body accepted; 0 = unlimited.
+    pub max_body_size: u64,
+    /// Longest gap between two reads of a body.
+    pub body_timeout: std::time::Duration,
 }
 
+/// The most `client.body_buffer_size` may be: Pingora keeps a request body it has read for
+/// sending upstream in a buffer of this size (its retry buffer), and a body read whole must fit.
+pub const BODY_BUFFER_LIMIT: usize = 64 << 10;
+
 /// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
-pub const REASONS: [&str; 9] = [
+pub const REASONS: [&str; 12] = [
     "too_many_headers",
     "header_too_large",
     "missing_host",
@@ -31,6 +41,12 @@ pub const REASONS: [&str; 9] = [
     // The request head did not arrive within client.header_timeout (the express lane's read).
     "header_timeout",
     "length_and_chunked",
+    // The body is larger than client.max_body_size (Content-Length, or counted as it came).
+    "body_too_large",
+    // The body's framing is broken (a bad chunk size, a bare LF, a body cut short).
+    "bad_body",
+    // No body bytes arrived for client.body_timeout.
+    "body_timeout",
 ];
 
 /// The framing rule on the head as sent (the express lane reads it before Pingora's parser): a
@@ -43,6 +59,23 @@ pub fn check_framing(content_length: bool, transfer_encoding: bool) -> Result<()
         return Err(refuse(400, "length_and_chunked"));
     }
     Ok(())
+}
+
+/// A body larger than `client.max_body_size`: by its `Content-Length`, before any of it is
+/// read (nginx's `client_max_body_size`), or counted as it arrives.
+pub const BODY_TOO_LARGE: Refusal = refuse(413, "body_too_large");
+/// A body whose chunked framing is broken (RFC 9112 section 7.1).
+pub const BAD_BODY: Refusal = refuse(400, "bad_body");
+/// A body whose next bytes did not arrive within `client.body_timeout`.
+pub const BODY_TIMEOUT: Refusal = refuse(408, "body_timeout");
+
+/// The body-size rule on a request's `Content-Length` (absent for chunked bodies, which are
+/// counted as they are read).
+pub fn check_body_length(content_length: Option<u64>, limits: &Limits) -> Result<(), Refusal> {
+    match content_length {
+        Some(n) if limits.max_body_size > 0 && n > limits.max_body_size => Err(BODY_TOO_LARGE),
+        _ => Ok(()),
+    }
 }
 
 /// Why a request was refused: the status sent and a label for logs and metrics.
@@ -184,6 +217,9 @@ mod tests {
         Limits {
             max_headers: c.max_headers,
             max_header_size: c.max_header_size.0 as usize,
+            body_buffer_size: c.body_buffer_size.0 as usize,
+            max_body_size: c.max_body_size.0,
+            body_timeout: c.body_timeout.get(),
         }
     }
 

@@ -14,7 +14,7 @@
 //! Around it: [`state`] holds what is built once (the cache, the metrics, the connection
 //! ledger) and the config in force; [`config`] is what operators write; [`reload`] swaps a new
 //! config in; [`admin`] exposes metrics, reload and purge; [`background`] runs health checks
-//! and idle-timeout probes; [`server`] wires it all into Pingora. Leaves: [`host`], [`hash`]
+//! and idle-timeout probes; [`connections`] holds the client connection limit; [`server`] wires it all into Pingora. Leaves: [`host`], [`hash`]
 //! (the one specified hash), [`clock`], [`metrics`], [`logging`], [`demo`].
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod express;
 pub mod guard;

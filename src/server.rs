@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::background::HealthChecker;
 use crate::config::Config;
+use crate::connections::{AtCapacity, Limited, OpenConnections};
 use crate::express::EdgeApp;
 use crate::proxy::EdgeProxy;
 use crate::reload::SighupReloader;
@@ -111,6 +112,8 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
         }
     };
 
+    warn_if_descriptors_short(&edge);
+
     // Fresh hits are answered on the express lane in front of the proxy (see `express`).
     let mut proxy =
         pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });
@@ -120,7 +123,18 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
         options.h2c = true;
         proxy.server_options = Some(options);
     }
-    let mut proxy = Service::new("edge proxy".to_string(), EdgeApp::new(proxy, edge.clone()));
+    // Every client connection counts against client.max_connections (see `connections`).
+    let open = Arc::new(OpenConnections::default());
+    let app = Limited::new(
+        EdgeApp::new(proxy, edge.clone()),
+        edge.clone(),
+        open.clone(),
+    );
+    let mut proxy = Service::new("edge proxy".to_string(), app);
+    proxy.set_connection_filter(Arc::new(AtCapacity {
+        open,
+        edge: edge.clone(),
+    }));
     for l in &listen {
         let addr = l.addr.to_string();
         match edge.tls.get(&l.addr) {
@@ -151,4 +165,18 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
         },
     ));
     server.run_forever()
+}
+
+/// Raises the descriptor limit and says so when it cannot cover `client.max_connections`
+/// (each needs a descriptor, and so do pooled upstream connections, listeners and files).
+fn warn_if_descriptors_short(edge: &Edge) {
+    let max = edge.snapshot().config.client.max_connections as u64;
+    match crate::connections::raise_descriptor_limit() {
+        Some(fds) if max > 0 && fds < max + 1024 => log::warn!(
+            "open files limit is {fds}: client.max_connections ({max}) can run \
+             out of descriptors (accept then pauses 1s at a time); raise LimitNOFILE/ulimit -n"
+        ),
+        Some(fds) => log::info!("open files limit: {fds}"),
+        None => log::warn!("cannot read the open files limit"),
+    }
 }

@@ -32,7 +32,7 @@ pub struct Live {
     /// The bearer token the admin API requires (`admin.token_file`, read when this config was
     /// built); None: no authentication.
     pub admin_token: Option<String>,
-    /// The client header limits the guard enforces, from `client.*`.
+    /// The client request limits the guard enforces, from `client.*`.
     pub limits: guard::Limits,
     /// Identifies the config text in force (a hash of it), for operators and dashboards.
     pub version: String,
@@ -72,6 +72,9 @@ impl Live {
             limits: guard::Limits {
                 max_headers: config.client.max_headers,
                 max_header_size: config.client.max_header_size.0 as usize,
+                body_buffer_size: config.client.body_buffer_size.0 as usize,
+                max_body_size: config.client.max_body_size.0,
+                body_timeout: config.client.body_timeout.get(),
             },
             version: version_of(&source),
             loaded_at: SystemTime::now(),

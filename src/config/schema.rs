@@ -129,6 +129,23 @@ pub struct ClientSettings {
     /// Longest time a write to the client may make no progress (nginx's `send_timeout`): a
     /// client that stops reading a response is dropped. Default: `60s`.
     pub send_timeout: Dur,
+    /// Request bodies up to this size are read whole, and their framing checked, before the
+    /// origin is chosen (nginx's `proxy_request_buffering on`): a broken body gets `400` and the
+    /// origin sees nothing of the request. Larger bodies stream. At most `64KiB` (Pingora's
+    /// request body buffer); `0` streams every body. Default: `64KiB`.
+    pub body_buffer_size: Size,
+    /// Largest request body accepted: a larger `Content-Length` gets `413` before any of the
+    /// body is read; a chunked body that grows past it gets `413`, or, once streaming to the
+    /// origin, an aborted upstream request. `0` = unlimited. Default: `100MiB`.
+    pub max_body_size: Size,
+    /// Longest gap between two reads of a request body (nginx's `client_body_timeout`); else
+    /// `408` and the connection is closed. Default: `60s`.
+    pub body_timeout: Dur,
+    /// Client connections open at once; a new connection beyond this is closed as soon as it is
+    /// accepted (before any TLS handshake) and counted. Each connection costs a file descriptor
+    /// (two while it has an upstream connection): the edge raises its soft descriptor limit to
+    /// the hard one at start. `0` = unlimited. Default: `10000`.
+    pub max_connections: usize,
 }
 
 impl Default for ClientSettings {
@@ -140,6 +157,10 @@ impl Default for ClientSettings {
             max_headers: 100,
             header_timeout: Dur::secs(10),
             send_timeout: Dur::secs(60),
+            body_buffer_size: Size(64 << 10),
+            max_body_size: Size(100 << 20),
+            body_timeout: Dur::secs(60),
+            max_connections: 10_000,
         }
     }
 }

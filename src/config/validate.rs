@@ -279,6 +279,21 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
             "must be longer than 0s",
         );
     }
+    if c.body_timeout.get().is_zero() {
+        ck.error(
+            &[key("client"), key("body_timeout")],
+            "must be longer than 0s",
+        );
+    }
+    if c.body_buffer_size.0 > crate::guard::BODY_BUFFER_LIMIT as u64 {
+        ck.error(
+            &[key("client"), key("body_buffer_size")],
+            format!(
+                "expected at most 64KiB (Pingora's request body buffer), got {} bytes",
+                c.body_buffer_size.0
+            ),
+        );
+    }
     if c.keepalive_requests == 0 {
         ck.error(
             &[key("client"), key("keepalive_requests")],

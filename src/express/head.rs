@@ -20,12 +20,27 @@ pub(super) struct Parsed<'h, 'b> {
 
 /// What the head says about the request's framing, known even when the lane does not parse it
 /// for itself (more fields than it reads).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Framing {
     pub content_length: bool,
     pub transfer_encoding: bool,
     /// Bytes follow the head although it announces no body: another request (pipelining).
     pub pipelined: bool,
+    /// The head's length: the body, if any, starts there.
+    pub head_len: usize,
+    /// The body as the head announces it, when the lane can read it ahead (see `body`).
+    pub body: Option<BodyFraming>,
+    /// Where the `Expect: 100-continue` field line sits in the head (HTTP/1.1 only).
+    pub expect_continue: Option<std::ops::Range<usize>>,
+}
+
+/// A request body's framing, when it is one the lane reads ahead: a single valid
+/// `Content-Length` above 0, or `Transfer-Encoding` ending in `chunked`. Anything else
+/// (conflicting lengths, other codings) is left to Pingora's parser, which refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    Length(u64),
+    Chunked,
 }
 
 /// Parses a complete head with up to `MAX_FIELDS` fields.
@@ -44,24 +59,64 @@ pub(super) fn parse<'h, 'b>(
 /// with room for every field Pingora accepts (rare: more than `MAX_FIELDS`). A head that does
 /// not parse is left to Pingora's parser, which refuses it.
 pub(super) fn framing(buf: &[u8], parsed: Option<&Parsed>) -> Framing {
-    let of = |fields: &[httparse::Header], len: usize| {
-        let has = |name: &str| fields.iter().any(|h| h.name.eq_ignore_ascii_case(name));
-        let (content_length, transfer_encoding) = (has("content-length"), has("transfer-encoding"));
-        Framing {
-            content_length,
-            transfer_encoding,
-            pipelined: len < buf.len() && !content_length && !transfer_encoding,
-        }
-    };
     if let Some(p) = parsed {
-        return of(p.req.headers, p.len);
+        return framing_of(buf, &p.req, p.len);
     }
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut fields);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => of(req.headers, len),
+        Ok(httparse::Status::Complete(len)) => framing_of(buf, &req, len),
         _ => Framing::default(),
     }
+}
+
+fn framing_of(buf: &[u8], req: &httparse::Request, len: usize) -> Framing {
+    let (mut lengths, mut length, mut codings) = (0, None, None);
+    let mut expect_continue = None;
+    for f in req.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            length = std::str::from_utf8(f.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Several fields are one list: the last coding of the last field is the final one.
+            codings = Some(f.value);
+        } else if f.name.eq_ignore_ascii_case("expect")
+            && f.value.eq_ignore_ascii_case(b"100-continue")
+            && req.version == Some(1)
+        {
+            expect_continue = field_line(buf, f);
+        }
+    }
+    let chunked = codings.is_some_and(|v| {
+        let last = v.rsplit(|&b| b == b',').next().unwrap_or_default();
+        last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+    });
+    let body = match (lengths, length, codings.is_some()) {
+        (0, _, true) if chunked => Some(BodyFraming::Chunked),
+        (1, Some(n), false) if n > 0 => Some(BodyFraming::Length(n)),
+        _ => None,
+    };
+    let (content_length, transfer_encoding) = (lengths > 0, codings.is_some());
+    Framing {
+        content_length,
+        transfer_encoding,
+        pipelined: len < buf.len() && !content_length && !transfer_encoding,
+        head_len: len,
+        body,
+        expect_continue,
+    }
+}
+
+/// The byte range of a field's whole line in `buf` (name to the line's end), found from where
+/// the parser's slices point.
+fn field_line(buf: &[u8], f: &httparse::Header) -> Option<std::ops::Range<usize>> {
+    let start = (f.name.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let value_end = (f.value.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)? + f.value.len();
+    let end = value_end + buf.get(value_end..)?.iter().position(|&b| b == b'\n')? + 1;
+    (end <= buf.len()).then_some(start..end)
 }
 
 /// The answer to a request refused on its raw bytes; the connection is closed after it.

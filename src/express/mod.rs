@@ -14,8 +14,10 @@
 //! Pingora then parses as if it had read them itself: refusals, misses, revalidation, stale
 //! serving, conditional and range requests keep their one implementation. The lane refuses only
 //! what the proxy cannot see, through the guard: a head that does not arrive within
-//! `client.header_timeout`, and framing Pingora's parser would rewrite (`Content-Length` with
-//! `Transfer-Encoding`); any other request the guard would refuse is simply handed over.
+//! `client.header_timeout`, framing Pingora's parser would rewrite (`Content-Length` with
+//! `Transfer-Encoding`), and a small body that is broken, too large or too slow, which it reads
+//! ahead before handing the request over (see `body`); any other request the guard would
+//! refuse is simply handed over.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -43,12 +45,14 @@ use crate::state::{Edge, Live};
 /// Most request fields the lane parses; a request with more is handed to the proxy.
 const MAX_FIELDS: usize = 64;
 
+mod body;
 mod head;
 mod plan;
 mod send;
 #[cfg(test)]
 mod tests;
 
+use body::Ahead;
 use head::Head;
 use plan::{plan, Express};
 use send::{send, COPY_BODY_MAX};
@@ -129,6 +133,18 @@ impl HttpServerApp for EdgeApp {
         // is refused here, on the head as sent.
         if let Err(r) = guard::check_framing(framing.content_length, framing.transfer_encoding) {
             return self.refuse(stream, r).await;
+        }
+        if framing.body.is_some() {
+            // Never the lane's to answer: read the body ahead (see `body`), then hand over.
+            let limits = &live.limits;
+            return match body::read_ahead(&mut stream, &mut buf, &framing, limits, shutdown).await {
+                Ahead::Ready { pipelined } => {
+                    self.hand_over(stream, buf, carried, None, pipelined, shutdown)
+                        .await
+                }
+                Ahead::Refused(r) => self.refuse(stream, r).await,
+                Ahead::Closed => None,
+            };
         }
         let scheme = match stream.get_ssl_digest() {
             Some(_) => Scheme::Https,

@@ -19,7 +19,8 @@ use crate::state::{Edge, Live};
 
 /// Request fields the lane leaves to the proxy whatever the cache says: protocol switches. (What
 /// takes a request off every fresh-hit path is `cache::hit`'s rule.)
-const NEEDS_PROXY: [&str; 2] = ["expect", "upgrade"];
+// A body (announced, even if not sent yet) is read ahead and handed over (see `body`).
+const NEEDS_PROXY: [&str; 4] = ["expect", "upgrade", "content-length", "transfer-encoding"];
 
 /// A request the lane will answer.
 pub(super) struct Express<'a> {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
-use super::head::{framing, head_complete, parse, Framing};
+use super::head::{framing, head_complete, parse, BodyFraming, Framing};
 use super::*;
 use crate::cache::key::for_url_only;
 
@@ -84,7 +84,10 @@ fn a_second_request_is_told_from_a_body() {
         Framing {
             content_length: true,
             transfer_encoding: false,
-            pipelined: false
+            pipelined: false,
+            head_len: body.len() - 3,
+            body: Some(BodyFraming::Length(3)),
+            expect_continue: None,
         }
     );
     assert_eq!(of(b"GET /a HTTP/1.1\r\nHo"), Framing::default());
@@ -96,6 +99,42 @@ fn a_second_request_is_told_from_a_body() {
     many.push_str("Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
     let f = of(many.as_bytes());
     assert!(f.content_length && f.transfer_encoding);
+}
+
+#[test]
+fn the_body_framing_the_lane_reads_ahead() {
+    let of = |bytes: &str| {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let parsed = parse(bytes.as_bytes(), &mut fields);
+        framing(bytes.as_bytes(), parsed.as_ref())
+    };
+    let body = |fields: &str| of(&format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n")).body;
+    assert_eq!(body("Content-Length: 5\r\n"), Some(BodyFraming::Length(5)));
+    assert_eq!(body("Content-Length: 0\r\n"), None);
+    assert_eq!(
+        body("Content-Length: +5\r\n"),
+        None,
+        "Pingora's parser decides"
+    );
+    assert_eq!(
+        body("Content-Length: 5\r\nContent-Length: 5\r\n"),
+        None,
+        "two lengths: Pingora's parser decides"
+    );
+    assert_eq!(
+        body("Transfer-Encoding: gzip, chunked\r\n"),
+        Some(BodyFraming::Chunked)
+    );
+    assert_eq!(
+        body("Transfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n"),
+        Some(BodyFraming::Chunked)
+    );
+    assert_eq!(body("Transfer-Encoding: chunked, gzip\r\n"), None);
+    let head = "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+    let line = of(head).expect_continue.expect("the field's line");
+    assert_eq!(&head[line], "Expect: 100-Continue\r\n");
+    let old = head.replace("HTTP/1.1", "HTTP/1.0");
+    assert_eq!(of(&old).expect_continue, None, "HTTP/1.0 has no 100");
 }
 
 #[test]

@@ -13,6 +13,8 @@ pub struct ClientMetrics {
     pub express_hits: IntCounter,
     pub connections: IntCounter,
     pub connections_open: IntGauge,
+    /// Connections closed as soon as accepted because `client.max_connections` were open.
+    pub connections_refused: IntCounter,
     pub requests_per_connection: Histogram,
     /// Completed TLS handshakes by version (`TLSv1.2`, `TLSv1.3`).
     pub tls_handshakes: IntCounterVec,
@@ -92,6 +94,11 @@ impl ClientMetrics {
                 "HTTP/1 client connections that sent at least one request (h2 connections are not \
                  counted here: Pingora hands the proxy their streams, not the connection; TLS ones \
                  show in edge_client_tls_handshakes_total).",
+            ),
+            connections_refused: r.counter(
+                "edge_client_connections_refused_total",
+                "Client connections closed as soon as they were accepted because \
+                 client.max_connections were open.",
             ),
             connections_open: r.gauge(
                 "edge_client_connections_open",

@@ -7,6 +7,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::guard;
+
 /// The error by which a request nobody may retry refuses a pooled connection idle too long
 /// (see `connected_to_upstream`): nothing was sent, so the retry it asks for is always safe.
 pub const STALE_POOLED_CONNECTION: ErrorType = ErrorType::Custom("stale pooled connection");
@@ -14,6 +16,9 @@ pub const STALE_POOLED_CONNECTION: ErrorType = ErrorType::Custom("stale pooled c
 /// The status and a short reason for a request that failed with `e`; status 0 means nothing is
 /// to be sent (the client itself went away).
 pub fn status_for(e: &Error) -> (u16, &'static str) {
+    if let Some(r) = client_refusal(e) {
+        return (r.status, r.reason);
+    }
     match e.etype() {
         ErrorType::HTTPStatus(code) => (*code, "error"),
         ErrorType::ConnectTimedout => (504, "origin connect timed out"),
@@ -31,6 +36,21 @@ pub fn status_for(e: &Error) -> (u16, &'static str) {
             },
             ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
         },
+    }
+}
+
+/// A failure that is the client's doing while Pingora streamed its body upstream: the body
+/// stopped arriving for `client.body_timeout` (`408`), or its chunked framing broke (`400`).
+/// (Bodies up to `client.body_buffer_size` were checked whole before the origin was chosen.)
+pub fn client_refusal(e: &Error) -> Option<guard::Refusal> {
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::ReadTimedout => Some(guard::BODY_TIMEOUT),
+        ErrorType::InvalidHTTPHeader => Some(guard::BAD_BODY),
+        ErrorType::Custom(name) if name.starts_with("Invalid") => Some(guard::BAD_BODY),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `upstream_peer` | which server, which connection | `origin` |
 //! | `connected_to_upstream` | keep or close the connection after this request | `origin::reuse` |
 //! | `upstream_request_filter` | what the origin receives | `forwarded` |
+//! | `request_body_filter` | the body's size limit as it streams | `guard` |
 //! | `upstream_response_filter` | what is learned from the origin | `origin` |
 //! | `response_cache_filter` | whether and how long to store | `cache::policy` |
 //! | `response_filter` | what the client is told about the cache | `cache::status`, `cache::invalidate` |
@@ -100,8 +101,11 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.scheme = client_scheme(session);
-        // A client that stops reading the response is dropped after this long without progress.
+        // A client that stops reading the response is dropped after this long without progress;
+        // one that stops sending its body, after this long without a byte (HTTP/1; h2 streams
+        // are read by Pingora's h2 server).
         session.set_write_timeout(Some(ctx.live.config.client.send_timeout.get()));
+        session.set_read_timeout(Some(ctx.live.limits.body_timeout));
         // Pingora has applied the client's own choice by now: `Connection: close`, or HTTP/1.0
         // without `Connection: keep-alive`, left keep-alive off, and off it stays.
         if session.get_keepalive().is_some() {
@@ -126,7 +130,9 @@ impl ProxyHttp for EdgeProxy {
     /// Refuses hostile requests, routes, and answers fresh hits from the store.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        if let Err(r) = guard::check(req, &ctx.live.limits) {
+        let checked = guard::check(req, &ctx.live.limits)
+            .and_then(|()| guard::check_body_length(content_length(req), &ctx.live.limits));
+        if let Err(r) = checked {
             ctx.refused = Some(r.reason);
             self.edge.metrics.client.refused(r.reason);
             respond_text(session, r.status, &format!("refused: {}", r.reason), false).await?;
@@ -374,6 +380,38 @@ impl ProxyHttp for EdgeProxy {
             let close = attempt.close.is_some();
             forwarded::prepare(upstream, &origin, close, client_ip, scheme)?;
             attempt.sent_at = Some(Instant::now());
+            // A retry sends the body again from its first byte.
+            ctx.body_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Each piece of the request body on its way upstream (the part the express lane read
+    /// ahead included): counted against `client.max_body_size`, for chunked bodies and h2
+    /// streams, whose size no header announced. Past the limit the request fails: `413` if the
+    /// origin has not answered yet, and the origin sees an incomplete request, never a
+    /// complete one.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let max = ctx.live.limits.max_body_size;
+            if max > 0 && ctx.body_bytes > max {
+                ctx.refused = Some(guard::BODY_TOO_LARGE.reason);
+                self.edge
+                    .metrics
+                    .client
+                    .refused(guard::BODY_TOO_LARGE.reason);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(guard::BODY_TOO_LARGE.status),
+                    "request body larger than client.max_body_size",
+                );
+            }
         }
         Ok(())
     }
@@ -565,6 +603,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (code, reason) = status_for(e);
+        if let Some(r) = errors::client_refusal(e) {
+            ctx.refused = Some(r.reason);
+            self.edge.metrics.client.refused(r.reason);
+        }
         if code > 0 && session.response_written().is_none() {
             let msg = error_text(code, reason, ctx.origin_name());
             if let Err(we) = respond_text(session, code, &msg, false).await {
@@ -596,4 +638,12 @@ impl ProxyHttp for EdgeProxy {
             .clone()
             .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
     }
+}
+
+/// The request's `Content-Length`, when it has one valid value (Pingora refused any other).
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
