@@ -14,9 +14,11 @@
 //! Around it: [`state`] holds what is built once (the cache, the metrics, the connection
 //! ledger) and the config in force; [`config`] is what operators write; [`reload`] swaps a new
 //! config in; [`admin`] exposes metrics, reload and purge; [`background`] runs health checks
-//! and idle-timeout probes; [`connections`] holds the client connection limit; [`server`] wires it all into Pingora. Leaves: [`host`], [`hash`]
-//! (the one specified hash), [`clock`], [`metrics`], [`logging`], [`demo`].
+//! and idle-timeout probes; [`connections`] holds the client connection limit; [`server`] wires
+//! it all into Pingora. Leaves: [`host`], [`hash`] (the one specified hash), [`clock`],
+//! [`metrics`], [`logging`], [`access_log`] (its buffered writer), [`demo`].
 
+pub mod access_log;
 pub mod admin;
 pub mod background;
 pub mod cache;

@@ -124,6 +124,8 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
         live.pending_restart = pending_restart.clone();
         forget_removed_servers(&old, &live, &edge.metrics);
         crate::logging::set_level(live.config.log.level.filter());
+        let to = crate::access_log::Destination::of(&live.config.log);
+        edge.access_log.set_destination(&to);
         edge.cache.apply(&live.config.cache);
         edge.live.store(std::sync::Arc::new(live));
     }

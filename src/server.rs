@@ -7,9 +7,11 @@ use std::sync::Arc;
 use pingora::apps::HttpServerOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use pingora::server::RunArgs;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLogService;
 use crate::admin::Admin;
 use crate::background::HealthChecker;
 use crate::config::Config;
@@ -164,7 +166,18 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
             edge: Arc::clone(&edge),
         },
     ));
-    server.run_forever()
+    server.add_service(background_service(
+        "access log",
+        AccessLogService {
+            log: Arc::clone(&edge.access_log),
+        },
+    ));
+    // Not run_forever(), which exits the process as soon as Pingora is done: run() returns
+    // after the stop (SIGTERM or SIGQUIT: once the grace period and the runtimes are over, so
+    // every request has logged; SIGINT: at once), and the access log writes what it holds.
+    server.run(RunArgs::default());
+    edge.access_log.close();
+    std::process::exit(0)
 }
 
 /// Raises the descriptor limit and says so when it cannot cover `client.max_connections`

@@ -2,7 +2,8 @@
 //! admin, background tasks); nothing is reached through globals.
 //!
 //! - [`Edge`]: what lives as long as the process: the cache, the metrics registry, the upstream
-//!   connection ledger, and the config in force behind one atomic pointer.
+//!   connection ledger, the access log's writer, and the config in force behind one atomic
+//!   pointer.
 //! - [`Live`]: the config in force plus what is built from it (router, origins with their
 //!   balancers, health state and metric handles). Requests take a snapshot when they start and
 //!   keep it to the end, so a reload never shows a request half of one config and half of
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::{AccessLog, Destination};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::guard;
@@ -126,10 +128,12 @@ pub struct Edge {
     pub boot: Config,
     /// Serializes reloads: two at once would race on which one is "previous".
     pub reload_lock: Mutex<()>,
+    /// The access log's buffered writer (`log.access_file` or stderr); a reload moves it.
+    pub access_log: Arc<AccessLog>,
 }
 
 impl Edge {
-    /// Fails when a listener's certificates cannot be loaded.
+    /// Fails when a listener's certificates cannot be loaded or `log.access_file` opened.
     pub fn new(
         config: Config,
         source: String,
@@ -137,6 +141,9 @@ impl Edge {
     ) -> Result<Arc<Self>, String> {
         let tls = crate::tls::resolvers(&config)?;
         let metrics = Metrics::new();
+        let to = Destination::of(&config.log);
+        let access_log = AccessLog::open(&to, metrics.process.access_log_dropped.clone())
+            .map_err(|e| format!("log.access_file: cannot open {to}: {e}"))?;
         let cache = Cache::new(&config.cache);
         let ca_bundle = crate::tls::upstream::ca_files(&config);
         let live = Live::build(config.clone(), source, None, &metrics, &ca_bundle);
@@ -151,6 +158,7 @@ impl Edge {
             ledger: ConnectionLedger::default(),
             config_path,
             reload_lock: Mutex::new(()),
+            access_log: Arc::new(access_log),
         }))
     }
 

@@ -396,6 +396,34 @@ fn removed_servers_stop_getting_requests() {
     );
 }
 
+/// A reload that sets `log.access_file` moves the access log from stderr to the file.
+#[test]
+fn a_reload_moves_the_access_log_to_its_new_file() {
+    let o = Origin::start("o");
+    let body = format!(
+        "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+        o.addr
+    );
+    let edge = Edge::start(&body);
+    assert_eq!(edge.get("example.com", "/before").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || edge
+        .log()
+        .contains(" /before ")));
+    let file = temp_path("access.log");
+    edge.rewrite(&format!(
+        "log: {{access_file: \"{}\"}}\n{body}",
+        file.display()
+    ));
+    assert_eq!(edge.reload().status, 200);
+    assert!(wait_until(Duration::from_secs(5), || file.exists()));
+    assert_eq!(edge.get("example.com", "/after").status, 200);
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(5), || read().contains(" /after ")));
+    assert!(!read().contains("/before"));
+    assert!(!edge.log().contains("/after"));
+    let _ = std::fs::remove_file(&file);
+}
+
 #[test]
 fn binary_upgrade_hands_over_the_listener_without_failing_a_request() {
     let o = Origin::start("o");

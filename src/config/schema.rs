@@ -195,10 +195,14 @@ impl LogLevel {
 pub struct LogSettings {
     /// Most verbose level logged. Default: `info`.
     pub level: LogLevel,
-    /// One line per request (target `access`, level info). Default: `true`.
+    /// One line per request, whatever `level` (see `access_log`). Default: `true`.
     pub access: bool,
     /// `text` (`key=value`) or `json` (one object per line). Default: `text`.
     pub access_format: crate::logging::Format,
+    /// The access log's file, an absolute path (a daemon runs from `/`): opened for appending,
+    /// created `0640` if missing, reopened on `SIGUSR1` (logrotate) and when a reload changes
+    /// it. Default: none (stderr).
+    pub access_file: Option<std::path::PathBuf>,
 }
 
 impl Default for LogSettings {
@@ -207,6 +211,7 @@ impl Default for LogSettings {
             level: LogLevel::Info,
             access: true,
             access_format: crate::logging::Format::Text,
+            access_file: None,
         }
     }
 }

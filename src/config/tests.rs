@@ -128,3 +128,28 @@ fn cache_object_size_is_bounded_by_the_eviction_weights() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn access_file_must_be_absolute_and_writable() {
+    let with = |path: &str| format!("{GOOD}log: {{access_file: \"{path}\"}}\n");
+    let dir = std::env::temp_dir();
+    let ok = dir.join(format!("edge-config-{}-access.log", std::process::id()));
+    let c = parse(&with(&ok.display().to_string()), "edge.yaml").unwrap();
+    assert_eq!(c.log.access_file, Some(ok.clone()));
+    assert!(!ok.exists(), "checking must not create the file");
+
+    let errs = errors(&with("access.log"));
+    assert!(
+        errs[0].ends_with("log.access_file: expected an absolute path, got \"access.log\""),
+        "{errs:?}"
+    );
+    let errs = errors(&with("/nonexistent-edge-dir/access.log"));
+    assert!(
+        errs[0].ends_with(
+            "/nonexistent-edge-dir/access.log cannot be created: its directory does not exist"
+        ),
+        "{errs:?}"
+    );
+    let errs = errors(&with(&dir.display().to_string()));
+    assert!(errs[0].ends_with("is a directory"), "{errs:?}");
+}

@@ -5,8 +5,8 @@
 //! Each top-level section, each origin and each route is deserialized on its own so that one bad
 //! entry does not hide the errors of the next. Errors come out in a fixed order: unknown
 //! top-level keys; what serde refused (`server`, `client`, `log`, `cache`, `listen`, `admin`,
-//! each origin, each route); then the checks (`listen`, `admin`, `server`, `client`, `cache`,
-//! each origin, each route).
+//! each origin, each route); then the checks (`listen`, `admin`, `server`, `client`, `log`,
+//! `cache`, each origin, each route).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -134,6 +134,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let admin = admin.and_then(|a| check_admin(&mut ck, &a, &listen));
     check_server(&mut ck, &server);
     check_client(&mut ck, &client);
+    check_log(&mut ck, &log);
     check_cache(&mut ck, &cache);
     for (name, o) in &origins {
         check_origin(&mut ck, name, o);
@@ -318,6 +319,53 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
             ),
         );
     }
+}
+
+/// `log.access_file`: an absolute path (a daemon runs from `/`, where a relative one would
+/// land after a reload) that the edge can append to: the file if it exists, else its directory.
+/// Checked without creating or changing anything, so `edge -t` stays read-only.
+fn check_log(ck: &mut Checker, l: &LogSettings) {
+    let Some(path) = &l.access_file else {
+        return;
+    };
+    let at = [key("log"), key("access_file")];
+    if !path.is_absolute() {
+        ck.error(
+            &at,
+            format!("expected an absolute path, got \"{}\"", path.display()),
+        );
+        return;
+    }
+    let problem = if path.exists() {
+        if path.is_dir() {
+            Some("is a directory".to_string())
+        } else {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .err()
+                .map(|e| format!("cannot be opened for appending: {e}"))
+        }
+    } else {
+        match path.parent() {
+            Some(dir) if dir.is_dir() => (!writable(dir))
+                .then(|| format!("cannot be created: {} is not writable", dir.display())),
+            _ => Some("cannot be created: its directory does not exist".to_string()),
+        }
+    };
+    if let Some(p) = problem {
+        ck.error(&at, format!("{} {p}", path.display()));
+    }
+}
+
+/// Whether this process may create files in `dir` (access(2), as the kernel would judge it).
+fn writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 /// `cache`: sizes within the store's and the eviction policy's bounds, a valid header name.

@@ -342,5 +342,5 @@ fn record(
         protocol: Protocol::Http11,
         scheme: express.req.scheme,
     };
-    served.record(&edge.metrics, &live.config.log);
+    served.record(&edge.metrics, &edge.access_log, &live.config.log);
 }

@@ -1,6 +1,6 @@
-//! The process itself: config reloads and the version in force, memory.
+//! The process itself: config reloads and the version in force, memory, the access log.
 
-use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use super::Reg;
 
@@ -11,6 +11,8 @@ pub struct ProcessMetrics {
     pub memory_allocated: IntGauge,
     pub memory_resident: IntGauge,
     pub certificate_expiry: GaugeVec,
+    /// Handed to the access log's writer (`access_log`), which counts what it loses.
+    pub access_log_dropped: IntCounter,
 }
 
 impl ProcessMetrics {
@@ -46,6 +48,11 @@ impl ProcessMetrics {
                 "edge_tls_certificate_expiry_timestamp_seconds",
                 "Unix time at which each listener certificate in force expires, by its first name.",
                 &["name"],
+            ),
+            access_log_dropped: r.counter(
+                "edge_access_log_dropped_lines_total",
+                "Access-log lines lost: dropped because the writer fell behind (1 MiB waiting) \
+                 or because writing to the destination failed.",
             ),
             memory_resident: r.gauge(
                 "edge_memory_resident_bytes",

@@ -97,6 +97,10 @@ impl EdgeProxy {
             protocol: Protocol::of(req.version),
             scheme: ctx.scheme,
         };
-        served.record(&self.edge.metrics, &ctx.live.config.log);
+        served.record(
+            &self.edge.metrics,
+            &self.edge.access_log,
+            &ctx.live.config.log,
+        );
     }
 }
