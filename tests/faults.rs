@@ -281,3 +281,65 @@ routes:
     );
     assert!(ended >= 1, "the kill ended no connection of the edge's");
 }
+
+/// A server killed and restarted before the probes see it dead (`fall` is far off) was marked
+/// down by the connect failures of requests (passive health, for `fail_timeout`: 10 s by
+/// default); the first passing probe after it is back ends that mark, so it takes requests
+/// again within one health interval, not ten seconds.
+#[test]
+fn a_quick_restart_is_back_at_the_next_passing_probe() {
+    const INTERVAL: Duration = Duration::from_millis(300);
+    const MARGIN: Duration = Duration::from_secs(1);
+    let (a, b) = (Origin::start("a"), Origin::start("b"));
+    let edge = Edge::start(&format!(
+        r#"
+origins:
+  web:
+    servers: ["{}", "{}"]
+    health_check: {{path: /healthz, interval: 300ms, timeout: 300ms, rise: 1, fall: 10}}
+routes:
+  - {{origin: web, cache: {{enabled: false}}}}
+"#,
+        a.addr, b.addr
+    ));
+    let mut c = edge.client();
+    let mut n = 0;
+    let mut get = |c: &mut Client| {
+        n += 1;
+        let r = c.get("example.com", &format!("/{n}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        r
+    };
+    for _ in 0..4 {
+        get(&mut c);
+    }
+    assert!(b.request_count() >= 1);
+    b.kill();
+    let marked = format!(
+        "server {} marked down for 10s after connect failure",
+        b.addr
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            assert_eq!(get(&mut c).server(), "a");
+            edge.log().contains(&marked)
+        }),
+        "no request found b dead"
+    );
+    b.restart();
+    let restarted = Instant::now();
+    let b_before = b.request_count();
+    let back = wait_until(INTERVAL + MARGIN, || {
+        get(&mut c);
+        b.request_count() > b_before
+    });
+    let took = restarted.elapsed();
+    assert!(
+        !edge
+            .log()
+            .contains(&format!("server {} is down: health check", b.addr)),
+        "the probes saw b down: this test is about the passive mark alone"
+    );
+    assert!(back, "b got no request within {took:?} of coming back");
+    println!("b back after {took:?}");
+}
