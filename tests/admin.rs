@@ -109,8 +109,8 @@ fn config_check_keeps_an_open_admin_on_loopback() {
 }
 
 /// Bad requests to the admin API change nothing: a purge or a reload without the token, with a
-/// wrong one, with a body over the 1 MiB limit (declared or chunked), or on an unknown path
-/// leaves the cached object a hit and the config version as it was, though a reload would
+/// wrong one, with a body over the 1 MiB limit (declared or chunked) or broken, with the wrong
+/// method, or on an unknown path leaves the cached object a hit and the config version as it was, though a reload would
 /// change it (the file was rewritten). A body at the limit is taken (and ignored), and the same
 /// purge and reload with the token then do change things.
 #[test]
@@ -216,6 +216,23 @@ fn bad_admin_requests_change_nothing() {
         let (r, mut c) = with_body(path, ok, 2 * LIMIT, true, LIMIT + (64 << 10));
         expect(&format!("POST {path}, chunked over the limit"), &r, 413);
         assert!(c.wait_for_close(Duration::from_secs(5)).is_some());
+    }
+    // A body with broken framing.
+    for path in [purge, "/reload"] {
+        let r = Client::connect(edge.admin)
+            .send_raw(&format!(
+                "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret-token\r\n\
+                 Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+            ))
+            .expect("an answer");
+        expect(&format!("POST {path}, broken chunked body"), &r, 400);
+    }
+    for (method, path) in [("GET", purge), ("GET", "/reload"), ("PUT", "/reload")] {
+        expect(
+            &format!("{method} {path}"),
+            &admin(&edge, method, path, ok),
+            405,
+        );
     }
     for (method, path) in [
         ("POST", "/purge/"),
