@@ -1,9 +1,12 @@
 //! The admin listener: `GET /metrics` for Prometheus, `GET /healthz` for load balancers,
 //! `POST /reload`, `POST /purge` and `GET /config` for operators. With `admin.token_file` every
 //! endpoint but `/healthz` requires `Authorization: Bearer <token>` (401 otherwise); without
-//! one, `edge -t` allows only a loopback address.
+//! one, `edge -t` allows only a loopback address. No endpoint takes a body: one is read and
+//! dropped, up to `MAX_BODY` within `BODY_TIMEOUT`; a larger one is refused with 413 before the
+//! endpoint runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -18,6 +21,13 @@ use crate::state::Edge;
 pub struct Admin {
     pub edge: Arc<Edge>,
 }
+
+/// Largest request body the admin listener reads. Its endpoints take none (a purge names what
+/// it removes in the query string); this bounds what a client may send along anyway.
+const MAX_BODY: usize = 1 << 20;
+
+/// Longest wait for a request body, whole (a client dripping one cannot hold the listener).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
@@ -78,6 +88,53 @@ fn split_url(url: &str) -> Option<(Scheme, String, &str)> {
         normalize_host(host),
         if target.is_empty() { "/" } else { target },
     ))
+}
+
+/// Reads the request body and drops it. A declared `Content-Length` over `MAX_BODY` is refused
+/// (413) before any of it is read, a chunked body as soon as it passes the limit; a body that is
+/// broken or slower than `BODY_TIMEOUT` gets 400 or 408. Err is the answer to send instead of
+/// the endpoint's, after which the connection is closed: the rest of the body is never read.
+async fn take_body(session: &mut ServerSession) -> Result<(), Response<Vec<u8>>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || {
+        text(
+            413,
+            "text/plain",
+            format!("request body larger than {MAX_BODY} bytes\n").into_bytes(),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut total = 0;
+        while let Some(chunk) = session.read_request_body().await? {
+            total += chunk.len();
+            if total > MAX_BODY {
+                return Ok(false);
+            }
+        }
+        Ok::<_, Box<pingora::Error>>(true)
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(too_large()),
+        Ok(Err(e)) => Err(text(
+            400,
+            "text/plain",
+            format!("bad request body: {e}\n").into_bytes(),
+        )),
+        Err(_) => Err(text(
+            408,
+            "text/plain",
+            format!("request body not received within {BODY_TIMEOUT:?}\n").into_bytes(),
+        )),
+    }
 }
 
 impl Admin {
@@ -190,9 +247,15 @@ impl ServeHttp for Admin {
                     let mut r = text(401, "text/plain", b"a bearer token is required\n".to_vec());
                     r.headers_mut()
                         .insert(http::header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+                    // A body is left unread: Pingora closes a connection answered before its
+                    // request body was read, rather than drain it.
                     return r;
                 }
             }
+        }
+        if let Err(refused) = take_body(session).await {
+            session.set_keepalive(None);
+            return refused;
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {

@@ -37,6 +37,8 @@ impl Health {
             self.connect_fail_streak.store(0, Ordering::Relaxed);
             let until = now_ms() + policy.fail_timeout.get().as_millis() as u64;
             self.passive_down_until_ms.store(until, Ordering::Relaxed);
+            // Active checks may end the mark early, with `rise` passes counted from now.
+            self.probe_ok_streak.store(0, Ordering::Relaxed);
             return true;
         }
         false
@@ -48,15 +50,20 @@ impl Health {
         }
     }
 
-    /// Records one probe result; returns the new state when it changed.
+    /// Records one probe result; returns the new state when it changed. `rise` passes in a row
+    /// bring a server back from either mark: the probes' own, and a passive one (a server
+    /// restarted before `fall` probes failed would otherwise stay out for all of
+    /// `fail_timeout` while it answers every check).
     pub fn probe_result(&self, ok: bool, hc: &HealthCheck) -> Option<bool> {
         if ok {
             self.probe_fail_streak.store(0, Ordering::Relaxed);
             let n = self.probe_ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= hc.rise && self.probe_down.swap(false, Ordering::Relaxed) {
-                // A probe that passes also clears a passive mark: the server answers again.
-                self.passive_down_until_ms.store(0, Ordering::Relaxed);
-                return Some(true);
+            if n >= hc.rise {
+                let passive = self.passive_down_until_ms.swap(0, Ordering::Relaxed) > now_ms();
+                let probe = self.probe_down.swap(false, Ordering::Relaxed);
+                if passive || probe {
+                    return Some(true);
+                }
             }
         } else {
             self.probe_ok_streak.store(0, Ordering::Relaxed);
@@ -158,5 +165,26 @@ mod tests {
         let h = Health::default();
         assert!(h.connect_failed(&p0));
         assert!(h.is_up(), "a zero fail_timeout never keeps a server out");
+    }
+
+    #[test]
+    fn passing_probes_end_a_passive_mark() {
+        let h = Health::default();
+        let hc = HealthCheck {
+            rise: 2,
+            fall: 3,
+            ..Default::default()
+        };
+        assert_eq!(h.probe_result(true, &hc), None);
+        assert_eq!(h.probe_result(true, &hc), None, "up already");
+        let p = PassiveHealth::default();
+        assert!(h.connect_failed(&p));
+        assert!(!h.is_up());
+        // Passes from before the failure do not count.
+        assert_eq!(h.probe_result(true, &hc), None);
+        assert!(!h.is_up());
+        assert_eq!(h.probe_result(true, &hc), Some(true));
+        assert!(h.is_up());
+        assert_eq!(h.probe_result(true, &hc), None);
     }
 }

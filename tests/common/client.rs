@@ -64,23 +64,7 @@ impl Client {
 
     /// Closes the connection with a reset (as load generators and browsers do when they give up).
     pub fn reset(self) {
-        use std::os::unix::io::AsRawFd;
-        #[repr(C)]
-        struct Linger {
-            onoff: i32,
-            secs: i32,
-        }
-        let l = Linger { onoff: 1, secs: 0 };
-        // SOL_SOCKET = 1, SO_LINGER = 13 on Linux.
-        unsafe {
-            libc_setsockopt(
-                self.stream.as_raw_fd(),
-                1,
-                13,
-                &l as *const Linger as *const std::ffi::c_void,
-                std::mem::size_of::<Linger>() as u32,
-            );
-        }
+        linger_zero(&self.stream);
     }
 
     /// Sends bytes as they are and reads one response; None if the connection closed first.
@@ -184,6 +168,28 @@ pub fn request_text(method: &str, host: &str, path: &str, headers: &[&str]) -> S
 /// One GET on a fresh connection.
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
     Client::connect(addr).get(host, path)
+}
+
+/// Sets SO_LINGER to 0 on `stream`'s socket: when its last handle is closed, the peer gets a
+/// reset rather than a FIN.
+pub fn linger_zero(stream: &TcpStream) {
+    use std::os::unix::io::AsRawFd;
+    #[repr(C)]
+    struct Linger {
+        onoff: i32,
+        secs: i32,
+    }
+    let l = Linger { onoff: 1, secs: 0 };
+    // SOL_SOCKET = 1, SO_LINGER = 13 on Linux.
+    unsafe {
+        libc_setsockopt(
+            stream.as_raw_fd(),
+            1,
+            13,
+            &l as *const Linger as *const std::ffi::c_void,
+            std::mem::size_of::<Linger>() as u32,
+        );
+    }
 }
 
 extern "C" {

@@ -1,15 +1,18 @@
 //! The test origin: an HTTP/1.1 server on loopback, one thread per connection, that records
 //! every request it receives (`Seen`), answers prepared responses (`Canned`) or a default one
-//! naming itself, and can be made slow, silent or unhealthy. It serves over plain TCP, or over
-//! whatever stream `Conn` covers (the TLS origin in `tls` serves the same HTTP over rustls).
+//! naming itself, and can be made slow, silent or unhealthy, or be killed and restarted on the
+//! same address (`kill`, `restart`). It serves over plain TCP, or over whatever stream `Conn`
+//! covers (the TLS origin in `tls` serves the same HTTP over rustls).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use super::{linger_zero, wait_until};
 
 /// One request as the origin received it.
 #[derive(Clone, Debug)]
@@ -82,14 +85,30 @@ struct OriginState {
     delay_ms: AtomicU64,
     /// Never answer (to provoke read timeouts).
     silent: AtomicBool,
-    stopping: AtomicBool,
+    /// Ids of connections accepted so far (over every listener, across restarts).
+    next_conn: AtomicU64,
+    /// A handle on the socket of every connection being served, by id, so `kill` can end them.
+    live: Mutex<HashMap<u64, TcpStream>>,
 }
+
+/// A listening socket's accept loop, on a thread of its own; `stop` (then a connection to wake
+/// it) ends the loop, which closes the socket.
+struct Accepting {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Starts serving on a listener (the same for `start` and `restart`).
+type ServeOn = dyn Fn(TcpListener) -> Accepting + Send + Sync;
 
 /// An origin server on loopback, named so responses say who answered (`X-Server`).
 pub struct Origin {
     pub name: String,
     pub addr: SocketAddr,
     state: Arc<OriginState>,
+    serve_on: Arc<ServeOn>,
+    /// None while killed.
+    accepting: Mutex<Option<Accepting>>,
 }
 
 impl Origin {
@@ -117,30 +136,87 @@ impl Origin {
         state.health_status.store(200, Ordering::SeqCst);
         *state.keep_alive.lock().unwrap() = Some("timeout=60".to_string());
         let (st, nm) = (state.clone(), name.to_string());
-        thread::spawn(move || {
-            let mut next_conn = 0u64;
-            for conn in listener.incoming() {
-                if st.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                next_conn += 1;
-                let (st, nm, id, wrap) = (st.clone(), nm.clone(), next_conn, wrap.clone());
-                thread::spawn(move || {
-                    let Some(conn) = wrap(conn) else { return };
-                    let mut counted = false;
-                    serve(conn, id, &nm, &st, idle, &mut counted);
-                    if counted {
-                        st.open.fetch_sub(1, Ordering::SeqCst);
+        let serve_on: Arc<ServeOn> = Arc::new(move |listener: TcpListener| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (st, nm, wrap, stopped) = (st.clone(), nm.clone(), wrap.clone(), stop.clone());
+            let thread = thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stopped.load(Ordering::SeqCst) {
+                        return; // drops the listener: connects are refused from now
                     }
-                });
-            }
+                    let Ok(conn) = conn else { continue };
+                    let id = st.next_conn.fetch_add(1, Ordering::SeqCst) + 1;
+                    let Ok(handle) = conn.try_clone() else {
+                        continue;
+                    };
+                    st.live.lock().unwrap().insert(id, handle);
+                    let (st, nm, wrap) = (st.clone(), nm.clone(), wrap.clone());
+                    thread::spawn(move || {
+                        if let Some(conn) = wrap(conn) {
+                            let mut counted = false;
+                            serve(conn, id, &nm, &st, idle, &mut counted);
+                            if counted {
+                                st.open.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        st.live.lock().unwrap().remove(&id);
+                    });
+                }
+            });
+            Accepting { stop, thread }
         });
+        let accepting = serve_on(listener);
         Origin {
             name: name.to_string(),
             addr,
             state,
+            serve_on,
+            accepting: Mutex::new(Some(accepting)),
         }
+    }
+
+    /// Kills the server as a crash looks from outside: its listening socket is closed (connects
+    /// are refused) and every connection it has open is ended at once, idle or in the middle of
+    /// a request or response: a FIN now, then a reset when the connection's thread lets go of it
+    /// (linger 0). What it has recorded stays; `restart` serves again on the same address.
+    /// Returns how many connections it ended.
+    pub fn kill(&self) -> usize {
+        let accepting = self
+            .accepting
+            .lock()
+            .unwrap()
+            .take()
+            .expect("kill: the origin is not running");
+        accepting.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes accept()
+        assert!(
+            wait_until(Duration::from_secs(5), || accepting.thread.is_finished()),
+            "kill: the origin's listener did not close"
+        );
+        // Every connection was registered by the accept loop, which has ended.
+        let mut live = self.state.live.lock().unwrap();
+        let ended = live.len();
+        for (_, conn) in live.drain() {
+            linger_zero(&conn);
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        ended
+    }
+
+    /// Serves again on the same address after `kill`, with the same state (counts, canned
+    /// answers, health status).
+    pub fn restart(&self) {
+        let mut accepting = self.accepting.lock().unwrap();
+        assert!(accepting.is_none(), "restart: the origin is running");
+        // The port was ours a moment ago and is bound with SO_REUSEADDR (std does so on Unix),
+        // so this fails only if another socket took it meanwhile: tried for a bounded while.
+        let mut listener = None;
+        wait_until(Duration::from_secs(5), || {
+            listener = TcpListener::bind(self.addr).ok();
+            listener.is_some()
+        });
+        let listener = listener.unwrap_or_else(|| panic!("restart: cannot bind {}", self.addr));
+        *accepting = Some((self.serve_on)(listener));
     }
 
     /// Idle-timeout probe connections the edge made.
@@ -210,8 +286,10 @@ impl Origin {
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.state.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // unblock accept()
+        if let Some(a) = self.accepting.get_mut().unwrap().take() {
+            a.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.addr); // unblock accept()
+        }
     }
 }
 
@@ -268,6 +346,13 @@ fn serve<C: Conn>(
         else {
             return;
         };
+        // A connection `kill` ended sees nothing more, not even a request that was already in its
+        // buffers: a dead process neither counts nor answers it. Checked under the lock `kill`
+        // takes, so nothing is recorded once `kill` has returned.
+        let live = st.live.lock().unwrap();
+        if !live.contains_key(&id) {
+            return;
+        }
         let get = |n: &str| field(&headers, n);
         let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         nth += 1;
@@ -287,6 +372,7 @@ fn serve<C: Conn>(
             path: path.clone(),
             headers: headers.clone(),
         });
+        drop(live);
         let canned = st.canned.lock().unwrap().get(&path).cloned();
         if let Some(c) = canned {
             if !c.delay.is_zero() {
