@@ -30,7 +30,7 @@ pub struct Limits {
 pub const BODY_BUFFER_LIMIT: usize = 64 << 10;
 
 /// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
-pub const REASONS: [&str; 12] = [
+pub const REASONS: [&str; 14] = [
     "too_many_headers",
     "header_too_large",
     "missing_host",
@@ -47,6 +47,11 @@ pub const REASONS: [&str; 12] = [
     "bad_body",
     // No body bytes arrived for client.body_timeout.
     "body_timeout",
+    // A space or control byte in the request line (the express lane, before Pingora's parser
+    // would percent-encode it and go on).
+    "bad_request_line",
+    // TRACE or TRACK: a request echoed back with its credentials (cross-site tracing).
+    "method_not_allowed",
 ];
 
 /// The framing rule on the head as sent (the express lane reads it before Pingora's parser): a
@@ -78,6 +83,26 @@ pub fn check_body_length(content_length: Option<u64>, limits: &Limits) -> Result
     }
 }
 
+/// The request-line rule on the head as sent (the express lane reads it before Pingora's
+/// parser, which percent-encodes spaces and control bytes in the target and goes on): a request
+/// line with more than the two spaces that separate method, target and version, or with a
+/// control byte, is refused (RFC 9112 section 3.2: a recipient SHOULD NOT autocorrect an
+/// invalid request line, which may be crafted to pass filters; nginx refuses it too). A line
+/// that is no request line at all is left to Pingora's parser, which refuses it.
+pub fn check_request_line(head: &[u8]) -> Result<(), Refusal> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    if !version.starts_with(b"HTTP/") {
+        return Ok(());
+    }
+    let spaces = line.iter().filter(|&&b| b == b' ').count();
+    if spaces != 2 || line.iter().any(|&b| b.is_ascii_control()) {
+        return Err(refuse(400, "bad_request_line"));
+    }
+    Ok(())
+}
+
 /// Why a request was refused: the status sent and a label for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -96,6 +121,11 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
 /// Checks a parsed request header; `host` is the Host header or the authority of an
 /// absolute-form target.
 pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
+    // TRACE echoes the request, cookies and credentials included, back to a script that could
+    // not read them (cross-site tracing); nginx answers it 405 as well.
+    if matches!(req.method.as_str(), "TRACE" | "TRACK") {
+        return Err(refuse(405, "method_not_allowed"));
+    }
     let size: usize = req.raw_path().len()
         + req
             .headers
@@ -210,6 +240,32 @@ fn percent_decode(p: &[u8]) -> Option<Cow<'_, [u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lines_with_spaces_or_control_bytes_are_refused() {
+        let bad = refuse(400, "bad_request_line");
+        assert_eq!(
+            check_request_line(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(bad)
+        );
+        assert_eq!(
+            check_request_line(b"GET /a\x01b HTTP/1.1\r\n\r\n"),
+            Err(bad)
+        );
+        assert_eq!(check_request_line(b"GET  /a HTTP/1.1\r\n\r\n"), Err(bad));
+        assert_eq!(check_request_line(b"GET /a\tb HTTP/1.1\r\n\r\n"), Err(bad));
+        assert_eq!(
+            check_request_line(b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(check_request_line(b"GET /a HTTP/1.1\nHost: a\n\n"), Ok(()));
+        assert_eq!(check_request_line(b"GET /a<\">{} HTTP/1.1\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check_request_line(b"HELLO\r\n\r\n"),
+            Ok(()),
+            "Pingora's to refuse"
+        );
+    }
 
     /// The limits of a config that sets none.
     fn defaults() -> Limits {

@@ -243,6 +243,30 @@ fn corpus() -> Vec<(&'static str, String, u16, Option<&'static str>)> {
             405,
             None,
         ),
+        (
+            "space in the target",
+            get("/a b", host),
+            400,
+            Some("bad_request_line"),
+        ),
+        (
+            "control byte in the target",
+            get("/a\x01b", host),
+            400,
+            Some("bad_request_line"),
+        ),
+        (
+            "tab in the target",
+            get("/a\tb", host),
+            400,
+            Some("bad_request_line"),
+        ),
+        (
+            "TRACE",
+            "TRACE / HTTP/1.1\r\nHost: a.com\r\n\r\n".into(),
+            405,
+            Some("method_not_allowed"),
+        ),
     ]
 }
 

@@ -14,8 +14,8 @@
 //! Pingora then parses as if it had read them itself: refusals, misses, revalidation, stale
 //! serving, conditional and range requests keep their one implementation. The lane refuses only
 //! what the proxy cannot see, through the guard: a head that does not arrive within
-//! `client.header_timeout`, framing Pingora's parser would rewrite (`Content-Length` with
-//! `Transfer-Encoding`), and a small body that is broken, too large or too slow, which it reads
+//! `client.header_timeout`, what Pingora's parser would rewrite (`Content-Length` with
+//! `Transfer-Encoding`, a space or control byte in the request line), and a small body that is broken, too large or too slow, which it reads
 //! ahead before handing the request over (see `body`); any other request the guard would
 //! refuse is simply handed over.
 
@@ -133,6 +133,13 @@ impl HttpServerApp for EdgeApp {
         // is refused here, on the head as sent.
         if let Err(r) = guard::check_framing(framing.content_length, framing.transfer_encoding) {
             return self.refuse(stream, r).await;
+        }
+        // A head the lane could not parse: Pingora's parser would percent-encode a space or a
+        // control byte in the target and go on, so the request line is judged here, as sent.
+        if parsed.is_none() {
+            if let Err(r) = guard::check_request_line(&buf) {
+                return self.refuse(stream, r).await;
+            }
         }
         if framing.body.is_some() {
             // Never the lane's to answer: read the body ahead (see `body`), then hand over.
