@@ -1,7 +1,8 @@
 //! Broken origins cannot hurt clients or the cache: an origin that sends half a response and
 //! stalls ends the client's response at the read timeout (the bytes it got, then a closed
 //! connection) and leaves nothing stored; a server killed under load costs at most the requests
-//! it had in flight (a fast 502), and takes traffic again as soon as a health check sees it back.
+//! it had in flight (a fast 502), and takes traffic again as soon as a health check sees it back;
+//! an origin that never answers gives 504s at the read timeout, with the edge's memory flat.
 
 mod common;
 
@@ -342,4 +343,61 @@ routes:
     );
     assert!(back, "b got no request within {took:?} of coming back");
     println!("b back after {took:?}");
+}
+
+/// Rounds of concurrent requests to an origin that accepts and never answers: each gets a `504`
+/// at `timeouts.read`, and the edge's peak memory stops growing after the first round (nothing
+/// is kept per timed-out request: no connection, no buffer, no cache entry).
+#[test]
+fn a_silent_origin_gives_504s_at_the_read_timeout_with_memory_flat() {
+    let o = Origin::start("silent");
+    o.set_silent(true);
+    let edge = Edge::start(&format!(
+        "origins:\n  web: {{servers: [\"{}\"], timeouts: {{read: 100ms}}}}\nroutes:\n  - {{origin: web}}\n",
+        o.addr
+    ));
+    let round = |n: usize| {
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let addr = edge.addr;
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let mut slowest = Duration::ZERO;
+                    for i in 0..n {
+                        let asked = Instant::now();
+                        let r = c.get("a.com", &format!("/s/{t}/{i}"));
+                        slowest = slowest.max(asked.elapsed());
+                        assert_eq!(r.status, 504, "{}", r.body);
+                        // The 504 closes the client connection: start a new one.
+                        c = Client::connect(addr);
+                    }
+                    slowest
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .max()
+            .unwrap()
+    };
+    let slowest = round(10);
+    let after_first = edge.peak_rss();
+    for _ in 0..3 {
+        let s = round(10);
+        assert!(s < Duration::from_secs(2), "a 504 took {s:?}");
+    }
+    assert!(slowest < Duration::from_secs(2), "a 504 took {slowest:?}");
+    let after_all = edge.peak_rss();
+    let grown = after_all.saturating_sub(after_first);
+    eprintln!(
+        "peak RSS {} MiB after 160 timeouts, {} MiB after 640",
+        after_first >> 20,
+        after_all >> 20
+    );
+    assert!(
+        grown < 8 << 20,
+        "peak memory grew by {} KiB over 480 more timed-out requests",
+        grown >> 10
+    );
 }
