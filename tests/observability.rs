@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -358,7 +359,9 @@ fn prometheus_evaluates_every_dashboard_query_and_alert() {
     );
 
     // A scenario in which every alert fires: low reuse (max_requests: 3), a slow origin, a dead
-    // server, an origin with no live server (5xx), a refused reload; and steady traffic.
+    // server, an origin with no live server (5xx), a refused reload, bursts of connections past
+    // client.max_connections, an access log that cannot be written (/dev/full: every batch is
+    // dropped and counted); and steady traffic.
     let fast = Origin::start("fast");
     fast.set(
         "/hot",
@@ -370,6 +373,8 @@ fn prometheus_evaluates_every_dashboard_query_and_alert() {
     let hc = "health_check: {path: /healthz, interval: 200ms, timeout: 1s, rise: 1, fall: 1}";
     let body = format!(
         r#"
+client: {{max_connections: 8}}
+log: {{access_file: /dev/full}}
 origins:
   web: {{servers: ["{}", "127.0.0.1:{dead}"], keepalive: {{max_requests: 3}}, {hc}}}
   slow: {{servers: ["{}"]}}
@@ -428,6 +433,20 @@ routes:
         })
         .collect();
 
+    // Bursts of idle connections past max_connections (8; the four above hold about four).
+    let bursts = {
+        let (stop, addr) = (stop.clone(), edge.addr);
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let held: Vec<_> = (0..8)
+                    .filter_map(|_| TcpStream::connect(addr).ok())
+                    .collect();
+                thread::sleep(Duration::from_millis(100)); // pacing, as above
+                drop(held);
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     let prom = Prometheus::start(&bin, edge.admin, &rules);
     // The refused reload must happen while Prometheus watches, or increase() sees no change.
     let scrapes = |n: u32| {
@@ -489,6 +508,7 @@ routes:
     for t in traffic {
         t.join().unwrap();
     }
+    bursts.join().unwrap();
 
     // EdgeDown fires once the edge is gone.
     let edge_down = edge_down.expect("an EdgeDown alert");
