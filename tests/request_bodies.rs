@@ -263,7 +263,13 @@ fn body_size_and_time_limits() {
     let asked = Instant::now();
     let a = answer(&mut s);
     let took = asked.elapsed();
-    assert_eq!(a.status, Some(408), "{}", a.text);
+    assert_eq!(
+        a.status,
+        Some(408),
+        "after {took:?}: {:?}; log:\n{}",
+        a.text,
+        edge.log()
+    );
     assert!(a.closed);
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),

@@ -12,14 +12,12 @@
 //! read, even for bodies that stream), `client.body_timeout` between reads (`408`), and
 //! `Expect: 100-continue`, answered by the edge when it reads the body itself.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use super::head::{read_some, BodyFraming, Framing};
+use super::head::{read_some, BodyFraming, Framing, Read};
 use crate::guard::{self, Limits, Refusal};
 
 /// How reading a body ahead ended.
@@ -111,13 +109,10 @@ pub(super) async fn read_ahead(
         {
             return Ahead::Ready { pipelined: false };
         }
-        let asked = Instant::now();
-        if !read_some(stream, buf, Some(limits.body_timeout), shutdown).await {
-            let timed_out = asked.elapsed() >= limits.body_timeout && !*shutdown.borrow();
-            return match timed_out {
-                true => Ahead::Refused(guard::BODY_TIMEOUT),
-                false => Ahead::Closed,
-            };
+        match read_some(stream, buf, Some(limits.body_timeout), shutdown).await {
+            Read::Data => {}
+            Read::TimedOut => return Ahead::Refused(guard::BODY_TIMEOUT),
+            Read::Closed => return Ahead::Closed,
         }
     }
 }

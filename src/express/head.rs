@@ -168,12 +168,10 @@ pub(super) async fn read_head(
         if left.is_zero() {
             return Head::TimedOut;
         }
-        if !read_some(stream, buf, Some(left), shutdown).await {
-            return if Instant::now() >= deadline && !*shutdown.borrow() {
-                Head::TimedOut
-            } else {
-                Head::Closed
-            };
+        match read_some(stream, buf, Some(left), shutdown).await {
+            Read::Data => {}
+            Read::TimedOut => return Head::TimedOut,
+            Read::Closed => return Head::Closed,
         }
     }
 }
@@ -186,14 +184,26 @@ pub(super) fn head_complete(buf: &[u8]) -> bool {
         || buf.windows(2).any(|w| w == b"\n\n")
 }
 
-/// Reads what the client has sent (at least one byte). False when the client closed, the wait
-/// ran out, the read failed, or the server is shutting down.
+/// How one read of the client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// At least one byte arrived.
+    Data,
+    /// Nothing arrived within the wait.
+    TimedOut,
+    /// The client closed, the read failed, or the server is shutting down.
+    Closed,
+}
+
+/// Reads what the client has sent (at least one byte), waiting at most `wait`. The outcome says
+/// which way it ended, so that a timeout is never told from a close by the clock (Pingora's
+/// timer fires on coarse ticks, possibly a little before `wait` measured by `Instant`).
 pub(super) async fn read_some(
     stream: &mut Stream,
     buf: &mut BytesMut,
     wait: Option<Duration>,
     shutdown: &ShutdownWatch,
-) -> bool {
+) -> Read {
     let mut shutdown = shutdown.clone();
     let stopping = async move {
         while shutdown.changed().await.is_ok() {
@@ -204,16 +214,21 @@ pub(super) async fn read_some(
         std::future::pending::<()>().await
     };
     let read = async {
-        match wait {
-            Some(d) => pingora::time::timeout(d, stream.read_buf(buf))
-                .await
-                .unwrap_or(Ok(0)),
+        let n = match wait {
+            Some(d) => match pingora::time::timeout(d, stream.read_buf(buf)).await {
+                Ok(n) => n,
+                Err(_) => return Read::TimedOut,
+            },
             None => stream.read_buf(buf).await,
+        };
+        match n {
+            Ok(n) if n > 0 => Read::Data,
+            _ => Read::Closed,
         }
     };
     tokio::select! {
         biased;
-        n = read => matches!(n, Ok(n) if n > 0),
-        _ = stopping => false,
+        r = read => r,
+        _ = stopping => Read::Closed,
     }
 }

@@ -105,7 +105,7 @@ impl HttpServerApp for EdgeApp {
         };
         let mut stream = h1.into_inner();
         let mut buf = BytesMut::with_capacity(4096);
-        if !head::read_some(&mut stream, &mut buf, wait, shutdown).await {
+        if head::read_some(&mut stream, &mut buf, wait, shutdown).await != head::Read::Data {
             // Closed, idle too long, or shutting down: as the proxy would, close quietly.
             return None;
         }
