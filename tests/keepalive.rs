@@ -281,3 +281,50 @@ fn http10_clients_keep_alive_only_when_they_ask() {
         .expect("a second response on the kept connection");
     assert_eq!(r.status, 200);
 }
+
+/// With default settings, steady load keeps reuse at or above 0.9999: after the pool is warm,
+/// 20,000 misses from four keep-alive clients open no new upstream connection (the default
+/// retires a connection only when the origin asks, it idles too long, or the pool is full).
+/// With nginx's fixed 1000 requests per connection, the same run would open 20.
+#[test]
+fn steady_load_with_defaults_keeps_reuse_above_four_nines() {
+    let o = Origin::start("o");
+    let edge = Edge::start(&format!(
+        "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+        o.addr
+    ));
+    let run = |n: usize| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let addr = edge.addr;
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for i in 0..n {
+                        let r = c.get("a.com", &format!("/{w}/{i}"));
+                        assert_eq!(r.status, 200);
+                        // client.keepalive_requests (1000) closes the client side now and then.
+                        if r.header("connection") == Some("close") {
+                            c = Client::connect(addr);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    };
+    let count = |conn: &str| {
+        edge.metric(&format!(
+            "edge_upstream_requests_total{{connection=\"{conn}\",origin=\"web\"}}"
+        ))
+    };
+    run(100); // warm: the pool opens what four clients need
+    let (reused0, new0) = (count("reused"), count("new"));
+    run(5_000);
+    let (reused, new) = (count("reused") - reused0, count("new") - new0);
+    let ratio = reused / (reused + new);
+    eprintln!("steady load: {reused} reused, {new} new: reuse {ratio:.5}");
+    assert_eq!(reused + new, 20_000.0);
+    assert!(ratio >= 0.9999, "reuse {ratio:.5}: {new} new connections");
+}

@@ -345,8 +345,11 @@ pub struct KeepaliveSettings {
     /// Connections kept open per server of this origin. `0` disables pooling. Default: `64`.
     pub pool_size: usize,
     /// Requests sent on one upstream connection before the edge closes it, at least 1.
-    /// Default: `1000`.
-    pub max_requests: u32,
+    /// Default: none (unlimited): a connection is retired when the origin asks (`Connection:
+    /// close`, or the `max=` of its `Keep-Alive`), when it idles too long, or when the pool is
+    /// full. A fixed default such as nginx's 1000 would open a new connection every 1000
+    /// requests, so steady reuse could never pass 0.999.
+    pub max_requests: Option<u32>,
     /// Learn each server's own idle timeout (from `Keep-Alive: timeout=`, and by measuring
     /// when it closes an idle connection) and close pooled connections a safety margin before
     /// it, never later than `idle_timeout`. Default: `true`.
@@ -361,7 +364,7 @@ impl Default for KeepaliveSettings {
         KeepaliveSettings {
             idle_timeout: Dur::secs(55),
             pool_size: 64,
-            max_requests: 1000,
+            max_requests: None,
             learn: true,
             margin: None,
         }

@@ -16,7 +16,7 @@ fn the_contract_example_parses() {
     let web = &c.origins["web"];
     assert_eq!(web.servers[1].weight, 3);
     assert_eq!(web.keepalive.idle_timeout, Dur::secs(55));
-    assert_eq!(web.keepalive.max_requests, 1000);
+    assert_eq!(web.keepalive.max_requests, None);
     assert_eq!(web.health_check.as_ref().unwrap().path, "/healthz");
     assert_eq!(c.routes[0].path_prefix, "/static/");
     assert_eq!(c.routes[1].path_prefix, "/");

@@ -445,10 +445,10 @@ fn check_origin(ck: &mut Checker, name: &str, o: &OriginConfig) {
             ck.error(&at(&["timeouts", field]), "must be longer than 0s");
         }
     }
-    if o.keepalive.max_requests == 0 {
+    if o.keepalive.max_requests == Some(0) {
         ck.error(
             &at(&["keepalive", "max_requests"]),
-            "must be at least 1 (use pool_size: 0 to disable pooling)",
+            "must be at least 1 (use pool_size: 0 to disable pooling; leave it out for no limit)",
         );
     }
     check_probes(ck, name, o);

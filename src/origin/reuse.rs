@@ -121,13 +121,13 @@ impl ConnectionLedger {
 pub fn close_reason(
     pooling_off: bool,
     conn: &ConnUse,
-    max_requests: u32,
+    max_requests: Option<u32>,
     concurrency: usize,
     pool_size: usize,
 ) -> Option<CloseReason> {
     if pooling_off {
         Some(CloseReason::PoolingOff)
-    } else if conn.request_no >= max_requests {
+    } else if max_requests.is_some_and(|max| conn.request_no >= max) {
         Some(CloseReason::MaxRequests)
     } else if conn.origin_last.is_some_and(|last| conn.request_no >= last) {
         Some(CloseReason::OriginMax)
@@ -164,24 +164,26 @@ mod tests {
             idle_age: None,
             origin_last,
         };
-        assert_eq!(close_reason(false, &c(1, None), 100, 1, 4), None);
+        assert_eq!(close_reason(false, &c(1, None), Some(100), 1, 4), None);
         assert_eq!(
-            close_reason(false, &c(100, None), 100, 1, 4),
+            close_reason(false, &c(100, None), Some(100), 1, 4),
             Some(CloseReason::MaxRequests)
         );
         assert_eq!(
-            close_reason(false, &c(1, None), 100, 5, 4),
+            close_reason(false, &c(1, None), Some(100), 5, 4),
             Some(CloseReason::PoolFull)
         );
         assert_eq!(
-            close_reason(true, &c(1, None), 100, 1, 4),
+            close_reason(true, &c(1, None), Some(100), 1, 4),
             Some(CloseReason::PoolingOff)
         );
         assert_eq!(
-            close_reason(false, &c(5, Some(5)), 100, 1, 4),
+            close_reason(false, &c(5, Some(5)), Some(100), 1, 4),
             Some(CloseReason::OriginMax)
         );
-        assert_eq!(close_reason(false, &c(4, Some(5)), 100, 1, 4), None);
+        assert_eq!(close_reason(false, &c(4, Some(5)), Some(100), 1, 4), None);
+        // No limit of our own (the default): only the origin, the pool or idle time retire it.
+        assert_eq!(close_reason(false, &c(1_000_000, None), None, 1, 4), None);
     }
 
     #[test]
