@@ -161,6 +161,20 @@ panels = [
        "alert's 14 days: renew, then reload (SIGHUP or POST /reload).",
        [('(edge_tls_certificate_expiry_timestamp_seconds - time()) / 86400', "{{name}}")],
        unit="d", x=12, y=96, thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 14}]),
+    ts("Cache-miss TTFB p50: reused vs new connections, per origin",
+       "Median time to first byte of cache misses, on a pooled connection and on a new one, per "
+       "origin. The gap is what a miss pays when it waits for a TCP (and TLS) handshake: what a "
+       "short origin keep-alive costs, and what connection reuse saves.",
+       [(f'histogram_quantile(0.5, sum by (le, origin, connection) (rate(edge_upstream_ttfb_seconds_bucket{{cache="miss",{O}}}{R})))',
+         "{{origin}} {{connection}}")],
+       unit="s", x=0, y=104),
+    ts("Share of cache misses that paid a handshake",
+       "Cache misses sent on a new upstream connection, per origin. Good: near zero at steady load. "
+       "A steady share means pooled connections do not last until the next miss: the origin's "
+       "keep-alive timeout is short for the traffic, or pool_size is small.",
+       [(f'sum by (origin) (rate(edge_upstream_ttfb_seconds_count{{cache="miss",connection="new",{O}}}{R})) / '
+         f'sum by (origin) (rate(edge_upstream_ttfb_seconds_count{{cache="miss",{O}}}{R}))', "{{origin}}")],
+       unit="percentunit", x=12, y=104, minv=0, maxv=1),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1
