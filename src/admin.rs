@@ -217,7 +217,10 @@ impl Admin {
     /// memory.
     fn refresh_gauges(&self) {
         let m = &self.edge.metrics;
-        m.upstream.refresh(self.edge.snapshot().origins.values());
+        m.upstream.refresh(
+            self.edge.snapshot().origins.values(),
+            self.edge.sched_delay.get(),
+        );
         m.cache.refresh(&self.edge.cache);
         m.process.refresh_memory();
         m.process

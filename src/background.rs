@@ -37,6 +37,7 @@ impl HealthChecker {
                 continue;
             }
             let (origin, server) = (origin.clone(), server.clone());
+            let sched = self.edge.sched_delay.get();
             tokio::spawn(async move {
                 let host = origin.probe_host(&server).to_string();
                 let path = origin
@@ -77,7 +78,7 @@ impl HealthChecker {
                         origin.name,
                         server.address,
                         t,
-                        origin.idle_limit(&server)
+                        origin.idle_limit(&server, sched)
                     );
                 }
             });
@@ -127,8 +128,11 @@ impl BackgroundService for HealthChecker {
                 }
             }
             next_due.retain(|name, _| live.origins.contains_key(name));
+            let asked = Instant::now();
             tokio::select! {
-                _ = tokio::time::sleep(CHECKER_TICK) => {}
+                _ = tokio::time::sleep(CHECKER_TICK) => {
+                    self.edge.sched_delay.observe(CHECKER_TICK, asked.elapsed());
+                }
                 _ = shutdown.changed() => return,
             }
         }

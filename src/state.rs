@@ -130,6 +130,8 @@ pub struct Edge {
     pub reload_lock: Mutex<()>,
     /// The access log's buffered writer (`log.access_file` or stderr); a reload moves it.
     pub access_log: Arc<AccessLog>,
+    /// How late this process's timers fire (part of every keep-alive margin).
+    pub sched_delay: crate::clock::SchedDelay,
 }
 
 impl Edge {
@@ -159,6 +161,7 @@ impl Edge {
             config_path,
             reload_lock: Mutex::new(()),
             access_log: Arc::new(access_log),
+            sched_delay: Default::default(),
         }))
     }
 

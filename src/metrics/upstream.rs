@@ -109,7 +109,11 @@ impl UpstreamMetrics {
 
     /// Health and idle-timeout gauges, derived at scrape time: passive marks expire by the
     /// clock, not by an event, so only a read at scrape time shows them exactly.
-    pub fn refresh<'a>(&self, origins: impl Iterator<Item = &'a std::sync::Arc<Origin>>) {
+    pub fn refresh<'a>(
+        &self,
+        origins: impl Iterator<Item = &'a std::sync::Arc<Origin>>,
+        sched: std::time::Duration,
+    ) {
         for origin in origins {
             for s in &origin.servers {
                 s.metrics.up.set(s.health().is_up() as i64);
@@ -125,7 +129,7 @@ impl UpstreamMetrics {
                 }
                 self.idle_effective
                     .with_label_values(&labels)
-                    .set(origin.idle_limit(s).as_secs_f64());
+                    .set(origin.idle_limit(s, sched).as_secs_f64());
             }
         }
     }

@@ -11,11 +11,11 @@
 //! - from experience: a pooled connection found closed on reuse lowers the learned value to the
 //!   idle age it had.
 //!
-//! The margin covers the round trip (the request must reach the origin before its timer fires);
-//! it is measured as twice the smallest recent time to first byte from that server (an upper
-//! bound of the round trip) plus 5 ms of timer slack. The effective idle limit is the lower of
-//! the configured `idle_timeout` and the learned timeout minus the margin: learning can only
-//! shorten what the operator configured.
+//! The margin is sized from measurements (see [`IdleLearning::margin`]): the round trip, the
+//! origin's timer spread across probes, our own timer granularity and the scheduling delay seen
+//! on this process. The effective idle limit is the lower of the configured `idle_timeout` and
+//! the learned timeout minus the margin: learning can only shorten what the operator
+//! configured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -160,18 +160,27 @@ impl IdleLearning {
             });
     }
 
-    /// Twice the round trip (the request must reach the origin before its timer fires, and
-    /// our idle clock starts half a round trip after the origin's), plus the origin's timer
-    /// slack, plus 5 ms for our own timers. The slack is the spread the probe samples showed,
-    /// but at least a tenth of the timeout: a busy origin's timers fire late by tens of
-    /// milliseconds, so any one measurement can overstate when it closes (seen on loopback:
-    /// 300 ms timers closing at 300 to 330 ms). A tenth less idle time costs almost no reuse.
-    pub fn margin(&self, override_margin: Option<Duration>) -> Duration {
+    /// The margin kept before a learned timeout, from what was measured, each term for a
+    /// reason:
+    /// - one round trip (the smallest recent time to first byte, an upper bound of it): the
+    ///   origin's idle clock starts at its last byte, ours half a round trip later when that
+    ///   byte arrives, and our request takes another half to reach it, so the origin has been
+    ///   idle a round trip longer than we count;
+    /// - the origin's timer slack: how far apart the probe samples closed;
+    /// - our own timers: 2 ms (millisecond clocks) plus how late this process's timers fire
+    ///   now (`sched`), by which a request leaves after its idle check and a probe sees a
+    ///   close after it happened.
+    ///
+    /// History widens it at once: a pooled connection found closed caps the learned timeout at
+    /// its idle age (see `found_closed_at`) for a while, and asks for a new probe. A fraction
+    /// of the timeout, as this margin once was (a tenth: 100 ms for a 1 s origin), cost every
+    /// request whose gap fell in it a new connection and its handshake, where the evidence
+    /// supports a few tens of milliseconds (bench/keepalive.sh, BENCHMARKS.md).
+    pub fn margin(&self, override_margin: Option<Duration>, sched: Duration) -> Duration {
         override_margin.unwrap_or_else(|| {
             let rtt = get(&self.rtt_us).map_or(Duration::ZERO, Duration::from_micros);
             let spread = Duration::from_millis(self.jitter_ms.load(Ordering::Relaxed));
-            let slack = spread.max(self.learned().unwrap_or_default() / 10);
-            rtt * 2 + slack + Duration::from_millis(5)
+            rtt + spread + Duration::from_millis(2) + sched
         })
     }
 
@@ -181,12 +190,13 @@ impl IdleLearning {
         configured: Duration,
         learn: bool,
         margin: Option<Duration>,
+        sched: Duration,
     ) -> Duration {
         if !learn {
             return configured;
         }
         match self.learned() {
-            Some(t) => configured.min(t.saturating_sub(self.margin(margin))),
+            Some(t) => configured.min(t.saturating_sub(self.margin(margin, sched))),
             None => configured,
         }
     }
@@ -280,32 +290,39 @@ mod tests {
     fn learned_value_only_shortens_the_configured_one() {
         let l = IdleLearning::default();
         let configured = Duration::from_secs(55);
-        assert_eq!(l.effective_idle(configured, true, None), configured);
+        let calm = Duration::ZERO;
+        assert_eq!(l.effective_idle(configured, true, None, calm), configured);
         l.ttfb(Duration::from_millis(10));
         l.header_said(Duration::from_secs(5));
-        // margin: 2 x 10 ms round trip + a tenth of 5 s + 5 ms
+        // margin: the 10 ms round trip + no probe spread yet + 2 ms
         assert_eq!(
-            l.effective_idle(configured, true, None),
-            Duration::from_millis(5000 - 525)
+            l.effective_idle(configured, true, None, calm),
+            Duration::from_millis(5000 - 12)
         );
         l.probe_measured(&[
             Some(Duration::from_millis(1000)),
-            Some(Duration::from_millis(1000)),
+            Some(Duration::from_millis(1004)),
         ]);
         assert_eq!(
-            l.effective_idle(configured, true, None),
-            Duration::from_millis(1000 - 125)
+            l.effective_idle(configured, true, None, calm),
+            Duration::from_millis(1000 - 16),
+            "the probes' 4 ms spread joins the margin"
+        );
+        assert_eq!(
+            l.effective_idle(configured, true, None, Duration::from_millis(7)),
+            Duration::from_millis(1000 - 23),
+            "so does how late this process's timers fire"
         );
         l.found_closed_at(Duration::from_millis(800));
         assert_eq!(l.learned(), Some(Duration::from_millis(800)));
         assert_eq!(
-            l.effective_idle(Duration::from_millis(100), true, None),
+            l.effective_idle(Duration::from_millis(100), true, None, calm),
             Duration::from_millis(100),
             "never longer than configured"
         );
-        assert_eq!(l.effective_idle(configured, false, None), configured);
+        assert_eq!(l.effective_idle(configured, false, None, calm), configured);
         assert_eq!(
-            l.effective_idle(configured, true, Some(Duration::from_millis(300))),
+            l.effective_idle(configured, true, Some(Duration::from_millis(300)), calm),
             Duration::from_millis(500)
         );
     }
@@ -313,26 +330,19 @@ mod tests {
     #[test]
     fn probes_take_the_earliest_close_and_their_spread_widens_the_margin() {
         let l = IdleLearning::default();
+        let calm = Duration::ZERO;
         l.probe_measured(&[
             Some(Duration::from_millis(320)),
             Some(Duration::from_millis(300)),
             None,
         ]);
         assert_eq!(l.learned(), Some(Duration::from_millis(300)));
-        assert_eq!(
-            l.margin(None),
-            Duration::from_millis(30 + 5),
-            "a tenth beats a 20 ms spread"
-        );
+        assert_eq!(l.margin(None, calm), Duration::from_millis(20 + 2));
         l.probe_measured(&[
             Some(Duration::from_millis(300)),
             Some(Duration::from_millis(380)),
         ]);
-        assert_eq!(
-            l.margin(None),
-            Duration::from_millis(80 + 5),
-            "a wide spread beats a tenth"
-        );
+        assert_eq!(l.margin(None, calm), Duration::from_millis(80 + 2));
         l.found_closed_at(Duration::from_millis(290));
         l.probe_measured(&[Some(Duration::from_millis(310))]);
         assert_eq!(
@@ -347,16 +357,13 @@ mod tests {
     #[test]
     fn rtt_tracks_the_minimum_and_creeps_up() {
         let l = IdleLearning::default();
+        let calm = Duration::ZERO;
         l.ttfb(Duration::from_millis(10));
         l.ttfb(Duration::from_millis(2));
-        assert_eq!(
-            l.margin(None),
-            Duration::from_millis(9),
-            "nothing learned yet: no slack"
-        );
+        assert_eq!(l.margin(None, calm), Duration::from_millis(4));
         for _ in 0..200 {
             l.ttfb(Duration::from_millis(20));
         }
-        assert!(l.margin(None) > Duration::from_millis(30));
+        assert!(l.margin(None, calm) > Duration::from_millis(15));
     }
 }

@@ -195,13 +195,15 @@ impl Origin {
     }
 
     /// How long a pooled connection to this server may stay idle now: the configured
-    /// `idle_timeout`, or less when the server's own timeout was learned.
-    pub fn idle_limit(&self, server: &Server) -> Duration {
+    /// `idle_timeout`, or less when the server's own timeout was learned; `sched` is how late
+    /// this process's timers fire (`clock::SchedDelay`).
+    pub fn idle_limit(&self, server: &Server, sched: Duration) -> Duration {
         let ka = &self.config.keepalive;
         server.state.idle.effective_idle(
             ka.idle_timeout.get(),
             ka.learn,
             ka.margin.map(|m| m.get()),
+            sched,
         )
     }
 

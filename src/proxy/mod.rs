@@ -283,7 +283,10 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.attempt = Some(Attempt::new(idx));
         let server = &origin.servers[idx];
-        Ok(server.peer(origin.idle_limit(server), fresh))
+        Ok(server.peer(
+            origin.idle_limit(server, self.edge.sched_delay.get()),
+            fresh,
+        ))
     }
 
     /// The attempt has its connection: counted, and judged (kept after the response, or closed
@@ -310,7 +313,7 @@ impl ProxyHttp for EdgeProxy {
             // A request nobody may retry never rides a pooled connection that has been idle
             // past the current limit (it was pooled under an older, longer one): it takes
             // another connection instead. Nothing was sent, so this refusal is always safe.
-            let limit = origin.idle_limit(&server);
+            let limit = origin.idle_limit(&server, self.edge.sched_delay.get());
             if let Some(age) = conn.usage.idle_age.filter(|age| *age > limit) {
                 ctx.fresh_connection = true;
                 origin.metrics.closed_stale_for_unsafe.inc();

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# bench/keepalive.sh: what a short origin keep-alive costs cache misses, proxy by proxy.
+#
+# An origin (nginx) that closes idle connections after $ORIGIN_IDLE seconds without saying so,
+# behind a relay that delays every byte $DELAY_MS each way (a round trip of twice that), and
+# one client sending uncacheable POSTs one at a time with idle gaps spread around the origin's
+# timeout ($GAP_LO_MS to $GAP_HI_MS): about half the gaps are longer than the timeout. For each
+# proxy: POSTs that failed (a pooled connection closed under them), time to first byte p50/p99
+# as the client sees it, and upstream connections opened (counted at the origin), also per
+# minute. The physical floor is one new connection per gap longer than the origin's timeout
+# less a round trip.
+#
+#   bash bench/keepalive.sh                 # nginx, bare Pingora, edge (~4 minutes)
+#   REQUESTS=100 PROXIES="edge" bash bench/keepalive.sh
+#   EDGE_KEEPALIVE="learn: false" PROXIES=edge bash bench/keepalive.sh   # other edge settings
+#
+# Only processes started here are stopped (by PID); loopback only; every wait is bounded.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+RUN=${RUN:-/tmp/edge-bench-keepalive}
+REQUESTS=${REQUESTS:-60}
+DELAY_MS=${DELAY_MS:-5}
+ORIGIN_IDLE=${ORIGIN_IDLE:-1}
+GAP_LO_MS=${GAP_LO_MS:-850}
+GAP_HI_MS=${GAP_HI_MS:-1150}
+PROXIES=${PROXIES:-"nginx pingora edge"}
+BARE=${BARE:-$ROOT/../shared/bench/bare-pingora}
+PORT_ORIGIN=19280; PORT_RELAY=19281
+declare -A PORT=([nginx]=19282 [pingora]=19283 [edge]=19285)
+
+source "$HERE/lib.sh"
+
+install_missing nginx:nginx curl:curl
+log "building edge and the delay relay (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin edge --example delay_relay) || die "build failed"
+EDGE=${EDGE_BIN:-$ROOT/target/release/edge}
+RELAY=$ROOT/target/release/examples/delay_relay
+BARE_BIN=""
+if [[ -f $BARE/Cargo.toml && $PROXIES == *pingora* ]]; then
+  log "building bare-pingora from $BARE"
+  CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
+    && BARE_BIN=$RUN/bare-target/release/bare-pingora
+fi
+[[ -z $BARE_BIN ]] && PROXIES=${PROXIES//pingora/} && log "no bare-pingora: skipped"
+
+# The origin: a keep-alive timeout it does not announce; one log line per request with its
+# connection's serial and the request's number on it, the client's tag and user agent.
+rm -rf "$RUN/origin"; mkdir -p "$RUN/origin"
+cat >"$RUN/origin/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $RUN/origin/nginx.pid; error_log $RUN/origin/error.log warn;
+events { worker_connections 1024; }
+http {
+  keepalive_timeout ${ORIGIN_IDLE}s; keepalive_requests 100000;
+  log_format conn '\$connection \$connection_requests \$http_x_bench "\$http_user_agent"';
+  server {
+    listen 127.0.0.1:$PORT_ORIGIN;
+    access_log $RUN/origin/access.log conn buffer=4k flush=1s;
+    location / { add_header Cache-Control "no-store" always; return 200 "ok\n"; }
+  }
+}
+CONF
+launch origin $PORT_ORIGIN nginx -e "$RUN/origin/error.log" -p "$RUN/origin" -c "$RUN/origin/nginx.conf"
+launch relay $PORT_RELAY "$RELAY" 127.0.0.1:$PORT_RELAY 127.0.0.1:$PORT_ORIGIN "$DELAY_MS"
+
+start_proxy() {  # name
+  local name=$1 port=${PORT[$1]} d="$RUN/$1"; rm -rf "$d"; mkdir -p "$d"
+  case $name in
+  nginx)
+    cat >"$d/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream origin { server 127.0.0.1:$PORT_RELAY; keepalive 16; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+    launch "$name" "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" ;;
+  pingora)
+    BP_THREADS=1 launch "$name" "$port" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$PORT_RELAY" nocache ;;
+  edge)
+    local ka=""; [[ -n ${EDGE_KEEPALIVE:-} ]] && ka=", keepalive: {$EDGE_KEEPALIVE}"
+    cat >"$d/edge.yaml" <<CONF
+server: {threads: 1, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
+listen: ["127.0.0.1:$port"]
+admin: {listen: "127.0.0.1:$((port + 10))"}
+log: {level: warn, access: false}
+origins:
+  o: {servers: ["127.0.0.1:$PORT_RELAY"]$ka}
+routes:
+  - {origin: o}
+CONF
+    launch "$name" "$port" "$EDGE" -c "$d/edge.yaml"
+    # Let the edge measure the origin's idle timeout first (its probe waits out the timeout).
+    sleep $((ORIGIN_IDLE + 1)) ;;
+  esac
+}
+
+pct() {  # sorted values on stdin, percentile
+  awk -v p="$1" '{a[NR]=$1} END{ if (NR==0) {print "n/a"; exit}; i=int(NR*p/100+0.999); if(i<1)i=1; printf "%.1f", a[i]*1000 }'
+}
+
+echo "| proxy | POSTs | failed | TTFB p50 ms | TTFB p99 ms | upstream conns opened | per minute | gaps over timeout - RTT |" >"$RUN/table.md"
+echo "|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
+floor_ms=$((ORIGIN_IDLE * 1000 - 2 * DELAY_MS))
+for p in $PROXIES; do
+  start_proxy "$p"
+  port=${PORT[$p]}; tag="ka-$p"; out=$RUN/$p.results; : >"$out"
+  RANDOM=42   # the same gaps for every proxy
+  long=0; started=$(date +%s.%N)
+  for i in $(seq "$REQUESTS"); do
+    gap=$((GAP_LO_MS + RANDOM % (GAP_HI_MS - GAP_LO_MS + 1)))
+    ((i > 1 && gap > floor_ms)) && long=$((long + 1))
+    ((i > 1)) && sleep "$(awk -v g=$gap 'BEGIN{printf "%.3f", g/1000}')"
+    curl -s -o /dev/null -m 10 -X POST --data "x=$i" -H "X-Bench: $tag" \
+      -w '%{http_code} %{time_starttransfer}\n' "http://127.0.0.1:$port/p/$i" >>"$out"
+  done
+  minutes=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN{printf "%.3f", (e-s)/60}')
+  failed=$(awk '$1 != 200' "$out" | wc -l)
+  p50=$(awk '{print $2}' "$out" | sort -g | pct 50)
+  p99=$(awk '{print $2}' "$out" | sort -g | pct 99)
+  sleep 1.5   # the origin flushes its access log every second
+  conns=$(awk -v t="$tag" '$3==t && $2==1 {n++} END{print n+0}' "$RUN/origin/access.log")
+  per_min=$(awk -v c="$conns" -v m="$minutes" 'BEGIN{printf "%.1f", c/m}')
+  log "$p: $failed of $REQUESTS POSTs failed, TTFB p50 $p50 ms p99 $p99 ms, $conns upstream connections ($per_min/min), floor $long"
+  echo "| $p | $REQUESTS | $failed | $p50 | $p99 | $conns | $per_min | $long |" >>"$RUN/table.md"
+  stop "$p"
+done
+probes=$(awk '$2==1 && /edge-keepalive-probe/ {n++} END{print n+0}' "$RUN/origin/access.log")
+echo
+echo "bench: origin idle timeout ${ORIGIN_IDLE}s (unannounced), relay ${DELAY_MS} ms each way, gaps ${GAP_LO_MS}-${GAP_HI_MS} ms, $REQUESTS POSTs, one client, $(date -u +%F)"
+echo "edge probe connections (idle-timeout measurement) during the run: $probes"
+cat "$RUN/table.md"
