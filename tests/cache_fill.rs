@@ -252,6 +252,71 @@ fn purge_by_url_prefix_and_tag() {
     assert_eq!(edge.metric("edge_cache_purged_total{kind=\"tag\"}"), 2.0);
 }
 
+/// A purge that arrives while an object's first fill is in flight (its request waiting for
+/// the origin's answer, or its body still arriving) keeps that fill out of the cache: the
+/// client it was for gets the whole response, the next request goes to the origin again.
+#[test]
+fn a_purge_during_a_first_fill_keeps_it_out_of_the_cache() {
+    let o = Origin::start("o");
+    let edge = edge_for(&o, "", "");
+    let tagged = [("Cache-Control", "max-age=600"), ("Surrogate-Key", "slow")];
+    let body = "z".repeat(30_000);
+    let cases = [
+        ("/streaming/url", "url=http://example.com/streaming/url"),
+        (
+            "/streaming/prefix",
+            "prefix=http://example.com/streaming/pre",
+        ),
+        ("/streaming/tag", "tag=slow"),
+        ("/waiting/url", "url=http://example.com/waiting/url"),
+        ("/waiting/tag", "tag=slow"),
+    ];
+    let mut stored = Vec::new();
+    for (path, query) in cases {
+        let mut c = Canned::new(200, &tagged, &body);
+        if path.starts_with("/streaming/") {
+            // The header and a first piece at once, the rest over 800 ms.
+            c.chunks = 3;
+            c.chunk_pause = Duration::from_millis(400);
+        } else {
+            // Nothing for 600 ms: the origin has the request, the edge waits for the header.
+            c.delay = Duration::from_millis(600);
+        }
+        o.set(path, c);
+        let addr = edge.addr;
+        let first = thread::spawn(move || Client::connect(addr).get("example.com", path));
+        assert!(wait_until(Duration::from_secs(5), || o.count(path) == 1));
+        thread::sleep(Duration::from_millis(150));
+        let purged = edge.admin_post(&format!("/purge?{query}"));
+        assert_eq!(purged.status, 200, "{path}: {}", purged.body);
+        let r = first.join().unwrap();
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, body.len()),
+            "{path}: the client of the purged fill gets it whole"
+        );
+        o.set(path, Canned::new(200, &tagged, "new"));
+        let again = edge.get("example.com", path);
+        let status = status_of(&again);
+        if o.count(path) != 2 || again.body != "new" || !status.contains("fwd=uri-miss") {
+            stored.push(format!(
+                "{path} (purge {query}): {} origin requests, {} bytes, {status}",
+                o.count(path),
+                again.body.len()
+            ));
+            continue;
+        }
+        // What was fetched after the purge is stored as usual.
+        assert!(status_of(&edge.get("example.com", path)).contains("hit"));
+        assert_eq!(o.count(path), 2, "{path}");
+    }
+    assert!(
+        stored.is_empty(),
+        "fills begun before a purge were stored:\n{}",
+        stored.join("\n")
+    );
+}
+
 #[test]
 fn unsafe_requests_invalidate_their_uri_and_location() {
     let o = Origin::start("o");

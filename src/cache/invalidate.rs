@@ -19,13 +19,13 @@ pub fn after_unsafe(
     query: QueryKey,
 ) -> usize {
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut removed = store.purge_url(&key::url(scheme, host, target, query));
+    let mut removed = store.invalidate_url(&key::url(scheme, host, target, query));
     for field in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
         let Some(v) = resp.headers.get(&field).and_then(|v| v.to_str().ok()) else {
             continue;
         };
         if let Some((s, t)) = same_host_target(v, scheme, host) {
-            removed += store.purge_url(&key::url(s, host, t, query));
+            removed += store.invalidate_url(&key::url(s, host, t, query));
         }
     }
     removed

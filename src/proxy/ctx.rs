@@ -67,6 +67,9 @@ pub struct CacheCtx {
     pub key: Option<CacheKey>,
     /// The key the express lane already looked up without a fresh hit (see `Handoff`).
     pub looked_up: Option<CacheKey>,
+    /// The store's purge epoch when the request last went to the origin: purges after it
+    /// keep the response out of the cache (`store::FillStart`).
+    pub purge_epoch: Option<u64>,
     pub outcome: Outcome,
 }
 

@@ -47,6 +47,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::cache::hit;
 use crate::cache::key::{self as cache_key, Scheme};
 use crate::cache::status::Outcome;
+use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
 use crate::config::Balance;
@@ -370,6 +371,8 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let scheme = ctx.routed.as_ref().map_or(Scheme::Http, |r| r.scheme);
+        // Read before the request goes out (again, on a retry: its response is the one stored).
+        ctx.cache.purge_epoch = Some(self.edge.cache.store.purge_epoch());
         let origin = ctx.origin().cloned();
         if let (Some(origin), Some(attempt)) = (origin, ctx.attempt.as_mut()) {
             if let Some(reason) = attempt.close {
@@ -472,7 +475,7 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .contains_key(http::header::AUTHORIZATION);
         let settings = &ctx.live.config.cache;
-        Ok(match &ctx.cache.not_modified {
+        let mut decision = match &ctx.cache.not_modified {
             // RFC 9111 section 4.3.4: a 304 updates every stored field it carries (Pingora
             // merges only the caching ones); the new fields also decide the new freshness.
             Some(fields) => {
@@ -481,7 +484,14 @@ impl ProxyHttp for EdgeProxy {
                 policy::response_cacheable(&updated, authorization, route, settings)
             }
             None => policy::response_cacheable(resp, authorization, route, settings),
-        })
+        };
+        // The store does not keep a response that a purge since its request went out covers.
+        if let (RespCacheable::Cacheable(meta), Some(epoch)) =
+            (&mut decision, ctx.cache.purge_epoch)
+        {
+            meta.extensions_mut().insert(FillStart(epoch));
+        }
+        Ok(decision)
     }
 
     /// What the client is told about the cache; what an unsafe request invalidated.

@@ -64,13 +64,14 @@ impl HandleMiss for Fill {
             .partial
             .get_mut(&self.key)
             .and_then(|m| m.remove(&self.id))
-            .is_some();
+            .is_some_and(|p| !p.purged);
         if maps.partial.get(&self.key).is_some_and(|m| m.is_empty()) {
             maps.partial.remove(&self.key);
         }
         self.progress.send_replace(true);
         if !still_wanted {
-            // Purged while it was being written: do not resurrect it.
+            // Purged while it was being written, or since its request went to the origin
+            // (`Purges`): do not resurrect it.
             return Ok(MissFinishType::Created(0));
         }
         // A previous version is replaced: its size leaves the store (the eviction manager

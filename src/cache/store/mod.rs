@@ -10,9 +10,11 @@
 //!   total passes `cache.max_size`, and the proxy purges what it names.
 //! - Indexes by URL and by tag (`Surrogate-Key`, `Cache-Tag`) serve the purge API; a prefix
 //!   purge scans the URLs.
+//! - A purge also covers fills in flight that began before it, first fills included: they are
+//!   not stored (see `Purges`).
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -107,6 +109,87 @@ struct Partial {
     meta: Meta,
     chunks: Arc<RwLock<Vec<Bytes>>>,
     progress: Arc<watch::Sender<bool>>,
+    /// What a purge matches it by, as it will be stored.
+    url: Arc<str>,
+    tags: Vec<Arc<str>>,
+    /// A purge covers it: new readers do not join it and it is not stored. It stays listed
+    /// until its fill ends, because the fill's own client reads it by its write tag
+    /// (pingora-cache panics if that lookup finds nothing).
+    purged: bool,
+}
+
+/// The purge epoch read just before a fill's request went to the origin
+/// ([`Store::purge_epoch`]), carried to the store in the response's `CacheMeta` extensions.
+/// A purge with a later epoch that matches the fill keeps it out of the store, even one that
+/// came before the response header did (see `Purges`).
+#[derive(Clone, Copy, Debug)]
+pub struct FillStart(pub u64);
+
+/// What a purge named.
+enum Purged {
+    Key(HashBinary),
+    Url(Arc<str>),
+    Prefix(Box<str>),
+    Tag(Box<str>),
+}
+
+impl Purged {
+    fn covers(&self, key: &HashBinary, url: &str, tags: &[Arc<str>]) -> bool {
+        match self {
+            Purged::Key(k) => k == key,
+            Purged::Url(u) => **u == *url,
+            Purged::Prefix(p) => url.starts_with(&**p),
+            Purged::Tag(t) => tags.iter().any(|x| **x == **t),
+        }
+    }
+}
+
+/// How many recent purges are remembered for fills still waiting for their response header.
+/// A fill that began before the oldest of them is not stored (it cannot be told whether a
+/// forgotten purge covered it): only fills that outlast this many purges are affected.
+const PURGES_KEPT: usize = 1024;
+
+/// Purges invalidate what began before them, fills in flight included (as in Varnish and
+/// Fastly): otherwise a purge sent after the origin changed is undone by a fill that started
+/// before it and stores the old content when it finishes. A purge therefore
+/// - marks the partial writes it matches (by key, URL, prefix or the tags of the response being
+///   written) purged: their clients still get them whole, but no new reader joins them and
+///   `finish` does not store them;
+/// - is remembered here with its epoch, for fills whose request went out before it but whose
+///   response header (and so their partial write) comes after: `get_miss_handler` compares
+///   their `FillStart` with the purges since and does not store a covered one.
+///
+/// Bounded: the last `PURGES_KEPT` purges, a URL, prefix or tag each. Kept in `Maps`, so a
+/// purge and the start of a fill are ordered by the store's lock: a fill either starts before
+/// the purge (and is marked by it) or after (and sees it here).
+#[derive(Default)]
+struct Purges {
+    /// Oldest first, epochs increasing.
+    recent: VecDeque<(u64, Purged)>,
+    /// The epoch of the newest purge no longer in `recent`.
+    forgotten: u64,
+}
+
+impl Purges {
+    fn record(&mut self, epoch: u64, what: Purged) {
+        if self.recent.len() == PURGES_KEPT {
+            if let Some((e, _)) = self.recent.pop_front() {
+                self.forgotten = e;
+            }
+        }
+        self.recent.push_back((epoch, what));
+    }
+
+    /// Whether a purge after `start` covers this fill (or may have: a forgotten one).
+    fn cover(&self, start: u64, key: &HashBinary, url: &str, tags: &[Arc<str>]) -> bool {
+        start < self.forgotten
+            || self
+                .recent
+                .iter()
+                .rev()
+                .take_while(|(e, _)| *e > start)
+                .any(|(_, p)| p.covers(key, url, tags))
+    }
 }
 
 #[derive(Default)]
@@ -119,11 +202,14 @@ struct Maps {
     by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
     /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
     variants: HashMap<HashBinary, HashSet<HashBinary>>,
+    purges: Purges,
 }
 
 pub struct Store {
     maps: RwLock<Maps>,
     next_write: AtomicU64,
+    /// Counts purges (see `Purges`); only changed with `maps` locked for writing.
+    purge_epoch: AtomicU64,
     bytes: AtomicUsize,
     /// Told about purges so its accounting matches what is stored.
     eviction: &'static (dyn EvictionManager + Sync),
@@ -202,6 +288,7 @@ impl Store {
         Store {
             maps: RwLock::new(Maps::default()),
             next_write: AtomicU64::new(1),
+            purge_epoch: AtomicU64::new(0),
             bytes: AtomicUsize::new(0),
             eviction,
         }
@@ -264,11 +351,25 @@ impl Store {
         let mut maps = self.write();
         let mut n = 0;
         for k in keys {
-            // Also drop writes in flight, so a purge is not undone by a fill that started before.
-            maps.partial.remove(&k);
+            // Also refills of what is removed, whatever they are tagged with now, so a purge is
+            // not undone by a fill that started before (`purge_fills` marked those that the
+            // purge itself matches).
+            Self::purge_writes(&mut maps, &k);
             n += self.remove_locked(&mut maps, &k, true) as usize;
         }
         n
+    }
+
+    /// Marks the writes in flight for this key purged (see `Partial::purged`).
+    fn purge_writes(maps: &mut Maps, key: &HashBinary) {
+        for p in maps
+            .partial
+            .get_mut(key)
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            p.purged = true;
+        }
     }
 
     /// The object stored under this primary key if it can be served as it is at `now`: complete,
@@ -305,39 +406,77 @@ impl Store {
             .is_some_and(|set| set.iter().any(|k| *k != own))
     }
 
-    /// Removes the objects an index lists under `name` (a URL, a tag).
-    fn purge_indexed(
-        &self,
-        index: impl Fn(&Maps) -> &HashMap<Arc<str>, HashSet<HashBinary>>,
-        name: &str,
-    ) -> usize {
-        let keys: Vec<HashBinary> = index(&self.read())
+    /// The epoch a fill starts at: read before its request goes to the origin, it is handed
+    /// back as [`FillStart`] in the response's meta.
+    pub fn purge_epoch(&self) -> u64 {
+        self.purge_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a purge and marks the writes in flight it covers purged (see `Purges`).
+    fn purge_fills(&self, maps: &mut Maps, what: Purged) {
+        match &what {
+            Purged::Key(k) => Self::purge_writes(maps, k),
+            _ => {
+                for (k, writes) in maps.partial.iter_mut() {
+                    for p in writes.values_mut() {
+                        p.purged |= what.covers(k, &p.url, &p.tags);
+                    }
+                }
+            }
+        }
+        let epoch = self.purge_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        maps.purges.record(epoch, what);
+    }
+
+    /// Purges `what`: first the fills in flight (a fill then either finished before, and
+    /// `find` sees its object, or does not store it), then the stored objects `find` lists
+    /// (looked up under the read lock: a prefix scans every URL).
+    fn purge_matching(&self, what: Purged, find: impl FnOnce(&Maps) -> Vec<HashBinary>) -> usize {
+        self.purge_fills(&mut self.write(), what);
+        let keys = find(&self.read());
+        self.remove_many(keys)
+    }
+
+    /// The keys an index lists under `name` (a URL, a tag).
+    fn indexed(index: &HashMap<Arc<str>, HashSet<HashBinary>>, name: &str) -> Vec<HashBinary> {
+        index
             .get(name)
             .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Removes every variant stored for this URL, and refills of them in flight: the
+    /// invalidation after an unsafe request. Unlike `purge_url` it is not recorded in `Purges`:
+    /// it follows every successful POST, PUT or DELETE, which would soon flush out the
+    /// operator's purges (and with them slow fills: see `PURGES_KEPT`).
+    pub fn invalidate_url(&self, url: &str) -> usize {
+        let keys = Self::indexed(&self.read().by_url, url);
         self.remove_many(keys)
     }
 
     /// Removes every variant stored for this URL.
     pub fn purge_url(&self, url: &str) -> usize {
-        self.purge_indexed(|m| &m.by_url, url)
+        self.purge_matching(Purged::Url(Arc::from(url)), |m| {
+            Self::indexed(&m.by_url, url)
+        })
     }
 
     /// Removes every object tagged `tag` by its origin.
     pub fn purge_tag(&self, tag: &str) -> usize {
-        self.purge_indexed(|m| &m.by_tag, tag)
+        self.purge_matching(Purged::Tag(Box::from(tag)), |m| {
+            Self::indexed(&m.by_tag, tag)
+        })
     }
 
     /// Removes every object whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        let keys: Vec<HashBinary> = self
-            .read()
-            .by_url
-            .iter()
-            .filter(|(u, _)| u.starts_with(prefix))
-            .flat_map(|(_, s)| s.iter().copied())
-            .collect();
-        self.remove_many(keys)
+        self.purge_matching(Purged::Prefix(Box::from(prefix)), |m| {
+            m.by_url
+                .iter()
+                .filter(|(u, _)| u.starts_with(prefix))
+                .flat_map(|(_, s)| s.iter().copied())
+                .collect()
+        })
     }
 
     fn hit_from_partial(p: &Partial) -> Result<Option<(CacheMeta, HitHandler)>> {
@@ -360,7 +499,11 @@ impl Storage for Store {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let k = key.combined_bin();
         let maps = self.read();
-        if let Some(p) = maps.partial.get(&k).and_then(|m| m.values().next()) {
+        if let Some(p) = maps
+            .partial
+            .get(&k)
+            .and_then(|m| m.values().find(|p| !p.purged))
+        {
             return Self::hit_from_partial(p);
         }
         let Some(obj) = maps.objects.get(&k) else {
@@ -406,10 +549,15 @@ impl Storage for Store {
         let serialized = meta.serialize()?;
         let id = self.next_write.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(false);
-        let partial = Partial {
+        let url: Arc<str> = Arc::from(url_of_primary(key.primary_key()));
+        let tags = tags_of(meta);
+        let mut partial = Partial {
             meta: serialized.clone(),
             chunks: Arc::new(RwLock::new(Vec::new())),
             progress: Arc::new(tx),
+            url: url.clone(),
+            tags: tags.clone(),
+            purged: false,
         };
         let handler = Fill {
             header: Arc::new(owned_header(&serialized)?),
@@ -422,15 +570,18 @@ impl Storage for Store {
             chunks: partial.chunks.clone(),
             progress: partial.progress.clone(),
             written: 0,
-            url: Arc::from(url_of_primary(key.primary_key())),
-            tags: tags_of(meta),
+            url,
+            tags,
             compact: key.to_compact(),
         };
-        self.write()
-            .partial
-            .entry(k)
-            .or_default()
-            .insert(id, partial);
+        let mut maps = self.write();
+        // A purge since the request went to the origin covers this response: it goes to its
+        // client but is not stored, and no other reader joins it.
+        partial.purged = meta
+            .extensions()
+            .get::<FillStart>()
+            .is_some_and(|s| maps.purges.cover(s.0, &k, &handler.url, &handler.tags));
+        maps.partial.entry(k).or_default().insert(id, partial);
         Ok(Box::new(handler))
     }
 
@@ -442,9 +593,13 @@ impl Storage for Store {
     ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
         let mut maps = self.write();
-        maps.partial.remove(&k);
         // On eviction the manager already forgot the entry; on invalidation, tell it.
         let tell = matches!(purge_type, PurgeType::Invalidation);
+        if tell {
+            self.purge_fills(&mut maps, Purged::Key(k));
+        } else {
+            Self::purge_writes(&mut maps, &k);
+        }
         Ok(if self.remove_locked(&mut maps, &k, tell) {
             PurgeOutcome::Purged(None)
         } else {

@@ -412,6 +412,210 @@ async fn a_purge_during_a_fill_is_not_undone_by_it() {
     assert_eq!((store.objects(), store.bytes()), (0, 0));
 }
 
+/// A first fill of `url` (tagged `red`) with one chunk written, still in flight.
+async fn first_fill_in_flight(store: &'static Store, url: &str) -> (CacheKey, MissHandler) {
+    let k = key(url);
+    let m = meta(&[("Surrogate-Key", "red")]);
+    let mut h = store.get_miss_handler(&k, &m, &span()).await.unwrap();
+    h.write_body(Bytes::from_static(b"before "), false)
+        .await
+        .unwrap();
+    assert!(
+        store.lookup(&k, &span()).await.unwrap().is_some(),
+        "readers follow it"
+    );
+    (k, h)
+}
+
+/// The client a purged fill is for still reads it through its write tag, as pingora-cache does
+/// right after `get_miss_handler` (it panics if that finds nothing): a task that reads the
+/// body to its end while the test writes the rest.
+async fn own_client(
+    store: &'static Store,
+    k: &CacheKey,
+    h: &MissHandler,
+) -> tokio::task::JoinHandle<String> {
+    let (_, hit) = store
+        .lookup_streaming_write(k, h.streaming_write_tag(), &span())
+        .await
+        .unwrap()
+        .expect("the writer's client finds its write by tag");
+    tokio::spawn(body_of(hit))
+}
+
+#[tokio::test]
+async fn a_purge_during_a_first_fill_stops_it_being_stored() {
+    let (store, _) = store();
+    type Purge = fn(&Store) -> usize;
+    let purges: [(&str, Purge); 3] = [
+        ("url", |s| s.purge_url("http://a.com/first")),
+        ("prefix", |s| s.purge_prefix("http://a.com/fi")),
+        ("tag", |s| s.purge_tag("red")),
+    ];
+    for (kind, purge) in purges {
+        let (k, mut h) = first_fill_in_flight(store, "http://a.com/first").await;
+        assert_eq!(purge(store), 0, "{kind}: nothing stored yet");
+        // Requests after the purge do not join the purged fill: they go to the origin.
+        assert!(
+            store.lookup(&k, &span()).await.unwrap().is_none(),
+            "{kind}: a lookup after the purge found the fill"
+        );
+        let client = own_client(store, &k, &h).await;
+        h.write_body(Bytes::from_static(b"after"), true)
+            .await
+            .unwrap();
+        assert!(
+            matches!(h.finish().await.unwrap(), MissFinishType::Created(0)),
+            "{kind}"
+        );
+        assert!(
+            store.lookup(&k, &span()).await.unwrap().is_none(),
+            "{kind}: the purged fill was stored"
+        );
+        assert_eq!((store.objects(), store.bytes()), (0, 0), "{kind}");
+        assert_eq!(client.await.unwrap(), "before after", "{kind}: its client");
+    }
+}
+
+#[tokio::test]
+async fn a_purge_of_something_else_leaves_a_first_fill_alone() {
+    let (store, _) = store();
+    let (k, mut h) = first_fill_in_flight(store, "http://a.com/first").await;
+    assert_eq!(store.purge_url("http://a.com/firs"), 0);
+    assert_eq!(store.purge_url("http://a.com/first/"), 0);
+    assert_eq!(store.purge_prefix("http://a.com/other"), 0);
+    assert_eq!(store.purge_tag("blue"), 0);
+    assert_eq!(store.purge_tag("re"), 0);
+    h.write_body(Bytes::from_static(b"after"), true)
+        .await
+        .unwrap();
+    h.finish().await.unwrap();
+    assert_eq!(
+        stored_body(store, &k).await.as_deref(),
+        Some("before after")
+    );
+}
+
+/// The meta of a response whose request went to the origin at purge epoch `start`, as the
+/// proxy hands it over (tagged `red`).
+fn meta_since(start: u64) -> CacheMeta {
+    let mut m = meta(&[("Surrogate-Key", "red")]);
+    m.extensions_mut().insert(FillStart(start));
+    m
+}
+
+#[tokio::test]
+async fn a_purge_before_the_response_header_keeps_the_fill_out() {
+    let (store, _) = store();
+    let k = key("http://a.com/waiting");
+    for kind in ["url", "prefix", "tag", "key"] {
+        // The request goes out, the operator purges, then the response header arrives.
+        let start = store.purge_epoch();
+        match kind {
+            "url" => _ = store.purge_url("http://a.com/waiting"),
+            "prefix" => _ = store.purge_prefix("http://a.com/wait"),
+            "tag" => _ = store.purge_tag("red"),
+            _ => {
+                let target = k.to_compact();
+                let invalidation = PurgeType::Invalidation;
+                store
+                    .purge(PurgeTarget::Active(&target), invalidation, &span())
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut h = store
+            .get_miss_handler(&k, &meta_since(start), &span())
+            .await
+            .unwrap();
+        h.write_body(Bytes::from_static(b"old"), false)
+            .await
+            .unwrap();
+        assert!(
+            store.lookup(&k, &span()).await.unwrap().is_none(),
+            "{kind}: a request after the purge joined a fill from before it"
+        );
+        let client = own_client(store, &k, &h).await;
+        h.write_body(Bytes::new(), true).await.unwrap();
+        assert!(
+            matches!(h.finish().await.unwrap(), MissFinishType::Created(0)),
+            "{kind}"
+        );
+        assert_eq!((store.objects(), store.bytes()), (0, 0), "{kind}");
+        assert_eq!(client.await.unwrap(), "old", "{kind}: its client");
+    }
+    // A request sent after the purge (its epoch read after it) is stored as usual, as is one
+    // that only an eviction of its key came after.
+    let start = store.purge_epoch();
+    let target = k.to_compact();
+    store
+        .purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span())
+        .await
+        .unwrap();
+    fill(store, &k, &meta_since(start), &["new"]).await;
+    assert_eq!(stored_body(store, &k).await.as_deref(), Some("new"));
+}
+
+#[tokio::test]
+async fn purges_of_other_things_do_not_keep_a_waiting_fill_out() {
+    let (store, _) = store();
+    let k = key("http://a.com/waiting");
+    let start = store.purge_epoch();
+    store.purge_url("http://a.com/other");
+    store.purge_prefix("http://a.com/x");
+    store.purge_tag("blue");
+    let target = key("http://a.com/other").to_compact();
+    store
+        .purge(
+            PurgeTarget::Active(&target),
+            PurgeType::Invalidation,
+            &span(),
+        )
+        .await
+        .unwrap();
+    fill(store, &k, &meta_since(start), &["kept"]).await;
+    assert_eq!(stored_body(store, &k).await.as_deref(), Some("kept"));
+}
+
+#[tokio::test]
+async fn the_purges_remembered_are_bounded() {
+    let (store, _) = store();
+    let k = key("http://a.com/slow");
+    let start = store.purge_epoch();
+    for i in 0..PURGES_KEPT {
+        store.purge_url(&format!("http://a.com/other/{i}"));
+    }
+    assert_eq!(store.read().purges.recent.len(), PURGES_KEPT);
+    // Every purge since its start is still known, none covers it: stored.
+    fill(store, &k, &meta_since(start), &["kept"]).await;
+    assert_eq!(stored_body(store, &k).await.as_deref(), Some("kept"));
+    store.purge_url("http://a.com/slow");
+    // One purge more than remembered: a fill older than all of them may have been covered
+    // by the one forgotten, so it is not stored; a younger one is.
+    let start = store.purge_epoch();
+    for i in 0..=PURGES_KEPT {
+        store.purge_tag(&format!("t{i}"));
+    }
+    assert_eq!(store.read().purges.recent.len(), PURGES_KEPT);
+    fill(store, &k, &meta_since(start), &["old"]).await;
+    assert_eq!(store.objects(), 0);
+    fill(store, &k, &meta_since(start + 2), &["young"]).await;
+    assert_eq!(stored_body(store, &k).await.as_deref(), Some("young"));
+}
+
+#[tokio::test]
+async fn invalidations_remove_what_is_stored_and_are_not_remembered() {
+    let (store, _) = store();
+    let k = key("http://a.com/item");
+    fill(store, &k, &meta(&[]), &["item"]).await;
+    let epoch = store.purge_epoch();
+    assert_eq!(store.invalidate_url("http://a.com/item"), 1);
+    assert_eq!(store.objects(), 0);
+    // They follow every successful unsafe request: they must not flush out the purges.
+    assert_eq!(store.purge_epoch(), epoch);
+    assert!(store.read().purges.recent.is_empty());
+}
+
 #[tokio::test]
 async fn purges_tell_the_eviction_manager_but_evictions_do_not() {
     let (store, eviction) = store();
