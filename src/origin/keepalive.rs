@@ -31,8 +31,15 @@ pub struct IdleLearning {
     header_ms: AtomicU64,
     /// From the last probe round: the earliest close among its samples, in ms.
     measured_ms: AtomicU64,
-    /// How much the samples of the last probe round spread, in ms: the origin's timer slack.
+    /// How much the probe samples spread, within the last round and against the round
+    /// before, in ms: the origin's timer slack.
     jitter_ms: AtomicU64,
+    /// The earliest close of the round before the last, in ms: rounds are compared.
+    previous_round_ms: AtomicU64,
+    /// Extra margin until probe rounds agree, in ms: a tenth of the timeout after the first
+    /// round, halved by each round that agrees with the one before, widened at once when a
+    /// pooled connection is found closed.
+    caution_ms: AtomicU64,
     /// The shortest idle age at which a pooled connection was found closed, in ms, and when
     /// (ms since start); it caps what probes say for `FOUND_CLOSED_MEMORY`.
     found_closed_ms: AtomicU64,
@@ -61,6 +68,8 @@ impl Default for IdleLearning {
             rtt_us: AtomicU64::new(NONE),
             next_probe_ms: AtomicU64::new(0),
             jitter_ms: AtomicU64::new(0),
+            previous_round_ms: AtomicU64::new(NONE),
+            caution_ms: AtomicU64::new(0),
             found_closed_ms: AtomicU64::new(NONE),
             found_closed_at_ms: AtomicU64::new(0),
         }
@@ -120,15 +129,33 @@ impl IdleLearning {
             .flatten()
             .map(|t| t.as_millis() as u64)
             .collect();
-        match (closed.iter().min(), closed.iter().max()) {
-            (Some(&lo), Some(&hi)) => {
-                self.measured_ms.store(lo, Ordering::Relaxed);
-                self.jitter_ms.store(hi - lo, Ordering::Relaxed);
-            }
-            _ => {
-                self.measured_ms.store(NONE, Ordering::Relaxed);
-                self.jitter_ms.store(0, Ordering::Relaxed);
-            }
+        let Some((&lo, &hi)) = closed.iter().min().zip(closed.iter().max()) else {
+            self.measured_ms.store(NONE, Ordering::Relaxed);
+            self.previous_round_ms.store(NONE, Ordering::Relaxed);
+            self.jitter_ms.store(0, Ordering::Relaxed);
+            self.caution_ms.store(0, Ordering::Relaxed);
+            return;
+        };
+        let previous = get(&self.previous_round_ms);
+        self.previous_round_ms.store(lo, Ordering::Relaxed);
+        // The earliest close of the last two rounds: samples taken at one moment share its
+        // load, and a busy origin's timers fire late together.
+        let earliest = previous.map_or(lo, |p| p.min(lo));
+        self.measured_ms.store(earliest, Ordering::Relaxed);
+        let apart = previous.map_or(0, |p| p.abs_diff(lo));
+        self.jitter_ms
+            .store((hi - lo).max(apart), Ordering::Relaxed);
+        let caution = self.caution_ms.load(Ordering::Relaxed);
+        let caution = match previous {
+            Some(_) if apart <= (hi - lo).max(2) => caution / 2,
+            _ => caution.max(earliest / 10),
+        };
+        self.caution_ms.store(caution, Ordering::Relaxed);
+        // While caution stands, the next round follows soon (after twice the timeout and a
+        // second), so it is earned back in seconds, not in hours of 5-minute rounds.
+        if caution > 2 {
+            let soon = now_ms() + 2 * earliest + 1000;
+            self.next_probe_ms.fetch_min(soon, Ordering::Relaxed);
         }
     }
 
@@ -143,6 +170,12 @@ impl IdleLearning {
         self.found_closed_ms
             .store(prev.map_or(age, |p| p.min(age)), Ordering::Relaxed);
         self.found_closed_at_ms.store(now_ms(), Ordering::Relaxed);
+        // Widen at once; probe rounds that agree earn it back.
+        let _ = self
+            .caution_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some((2 * c).max(age / 10))
+            });
     }
 
     /// Feeds a time to first byte; the estimate follows the minimum and creeps up 1/64 per
@@ -169,18 +202,21 @@ impl IdleLearning {
     /// - the origin's timer slack: how far apart the probe samples closed;
     /// - our own timers: 2 ms (millisecond clocks) plus how late this process's timers fire
     ///   now (`sched`), by which a request leaves after its idle check and a probe sees a
-    ///   close after it happened.
+    ///   close after it happened;
+    /// - caution until the evidence is consistent: a tenth of the timeout after the first
+    ///   probe round, halved by each later round that agrees with the one before (they follow
+    ///   each other quickly while it stands), widened at once when a pooled connection is found
+    ///   closed, which also caps the learned timeout at its idle age for a while.
     ///
-    /// History widens it at once: a pooled connection found closed caps the learned timeout at
-    /// its idle age (see `found_closed_at`) for a while, and asks for a new probe. A fraction
-    /// of the timeout, as this margin once was (a tenth: 100 ms for a 1 s origin), cost every
-    /// request whose gap fell in it a new connection and its handshake, where the evidence
-    /// supports a few tens of milliseconds (bench/keepalive.sh, BENCHMARKS.md).
+    /// A fixed tenth of the timeout, as this margin once was (100 ms for a 1 s origin), cost
+    /// every request whose gap fell in it a new connection and its handshake, where the
+    /// evidence supports a few tens of milliseconds (bench/keepalive.sh, BENCHMARKS.md).
     pub fn margin(&self, override_margin: Option<Duration>, sched: Duration) -> Duration {
         override_margin.unwrap_or_else(|| {
             let rtt = get(&self.rtt_us).map_or(Duration::ZERO, Duration::from_micros);
             let spread = Duration::from_millis(self.jitter_ms.load(Ordering::Relaxed));
-            rtt + spread + Duration::from_millis(2) + sched
+            let caution = Duration::from_millis(self.caution_ms.load(Ordering::Relaxed));
+            rtt + spread + caution + Duration::from_millis(2) + sched
         })
     }
 
@@ -294,27 +330,43 @@ mod tests {
         assert_eq!(l.effective_idle(configured, true, None, calm), configured);
         l.ttfb(Duration::from_millis(10));
         l.header_said(Duration::from_secs(5));
-        // margin: the 10 ms round trip + no probe spread yet + 2 ms
+        // An announced timeout needs no caution: the 10 ms round trip + 2 ms.
         assert_eq!(
             l.effective_idle(configured, true, None, calm),
             Duration::from_millis(5000 - 12)
         );
+        // A first probe round: its 4 ms spread, and a tenth of the timeout as caution.
         l.probe_measured(&[
             Some(Duration::from_millis(1000)),
             Some(Duration::from_millis(1004)),
         ]);
         assert_eq!(
             l.effective_idle(configured, true, None, calm),
-            Duration::from_millis(1000 - 16),
-            "the probes' 4 ms spread joins the margin"
+            Duration::from_millis(1000 - (10 + 4 + 100 + 2))
         );
         assert_eq!(
             l.effective_idle(configured, true, None, Duration::from_millis(7)),
-            Duration::from_millis(1000 - 23),
-            "so does how late this process's timers fire"
+            Duration::from_millis(1000 - (10 + 4 + 100 + 2 + 7)),
+            "how late this process's timers fire joins the margin"
         );
+        // Rounds that agree halve the caution, each.
+        for caution in [50, 25, 12, 6, 3, 1, 0] {
+            l.probe_measured(&[
+                Some(Duration::from_millis(1000)),
+                Some(Duration::from_millis(1002)),
+            ]);
+            assert_eq!(
+                l.effective_idle(configured, true, None, calm),
+                Duration::from_millis(1000 - (10 + 2 + caution + 2))
+            );
+        }
         l.found_closed_at(Duration::from_millis(800));
         assert_eq!(l.learned(), Some(Duration::from_millis(800)));
+        assert_eq!(
+            l.effective_idle(configured, true, None, calm),
+            Duration::from_millis(800 - (10 + 2 + 80 + 2)),
+            "a connection found closed widens the margin at once"
+        );
         assert_eq!(
             l.effective_idle(Duration::from_millis(100), true, None, calm),
             Duration::from_millis(100),
@@ -337,12 +389,12 @@ mod tests {
             None,
         ]);
         assert_eq!(l.learned(), Some(Duration::from_millis(300)));
-        assert_eq!(l.margin(None, calm), Duration::from_millis(20 + 2));
-        l.probe_measured(&[
-            Some(Duration::from_millis(300)),
-            Some(Duration::from_millis(380)),
-        ]);
-        assert_eq!(l.margin(None, calm), Duration::from_millis(80 + 2));
+        assert_eq!(l.margin(None, calm), Duration::from_millis(20 + 30 + 2));
+        // A later round that closes later: the earlier round still counts, and the rounds'
+        // distance is spread too.
+        l.probe_measured(&[Some(Duration::from_millis(340))]);
+        assert_eq!(l.learned(), Some(Duration::from_millis(300)));
+        assert_eq!(l.margin(None, calm), Duration::from_millis(40 + 30 + 2));
         l.found_closed_at(Duration::from_millis(290));
         l.probe_measured(&[Some(Duration::from_millis(310))]);
         assert_eq!(
