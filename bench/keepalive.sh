@@ -37,13 +37,7 @@ log "building edge and the delay relay (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin edge --example delay_relay) || die "build failed"
 EDGE=${EDGE_BIN:-$ROOT/target/release/edge}
 RELAY=$ROOT/target/release/examples/delay_relay
-BARE_BIN=""
-if [[ -f $BARE/Cargo.toml && $PROXIES == *pingora* ]]; then
-  log "building bare-pingora from $BARE"
-  CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
-    && BARE_BIN=$RUN/bare-target/release/bare-pingora
-fi
-[[ -z $BARE_BIN ]] && PROXIES=${PROXIES//pingora/} && log "no bare-pingora: skipped"
+build_bare
 
 # The origin: a keep-alive timeout it does not announce; one log line per request with its
 # connection's serial and the request's number on it, the client's tag and user agent.

@@ -1,5 +1,6 @@
-# bench/lib.sh: helpers shared by bench/run.sh and bench/tls.sh (sourced): logging, starting and
-# stopping processes by PID, waiting for a port, CPU and memory of a process tree.
+# bench/lib.sh: helpers shared by bench/run.sh, bench/tls.sh and bench/keepalive.sh (sourced):
+# logging, starting and stopping processes by PID, waiting for a port, CPU and memory of a
+# process tree, building the bare Pingora anchor.
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -36,4 +37,17 @@ wrk_figures() {
   echo "$(awk '/requests in/{print $1}' "$f") $(awk '/^Requests\/sec:/{print $2}' "$f")" \
     "$(to_ms "$(awk '$1=="50%"{print $2}' "$f")") $(to_ms "$(awk '$1=="99%"{print $2}' "$f")")" \
     "$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",","");n+=$4+$6+$8+$10} END{print n+0}' "$f")"
+}
+
+# build_bare: builds the bare Pingora anchor from $BARE into $RUN when $PROXIES asks for it and
+# sets BARE_BIN; without it, pingora leaves $PROXIES.
+build_bare() {
+  BARE_BIN=""
+  [[ $PROXIES == *pingora* ]] || return 0
+  if [[ -f $BARE/Cargo.toml ]]; then
+    log "building bare-pingora from $BARE"
+    CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
+      && BARE_BIN=$RUN/bare-target/release/bare-pingora
+  fi
+  [[ -n $BARE_BIN ]] || { PROXIES=${PROXIES//pingora/}; log "no bare-pingora: skipped"; }
 }

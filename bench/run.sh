@@ -44,13 +44,7 @@ log "building edge and the bench origin (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin edge --example bench_origin) || die "build failed"
 EDGE=${EDGE_BIN:-$ROOT/target/release/edge}   # EDGE_BIN: measure another build (bench/ab.sh)
 SLOW=$ROOT/target/release/examples/bench_origin
-BARE_BIN=""
-if [[ -f $BARE/Cargo.toml && $PROXIES == *pingora* ]]; then
-  log "building bare-pingora from $BARE"
-  CARGO_TARGET_DIR=$RUN/bare-target cargo build --release --quiet --manifest-path "$BARE/Cargo.toml" \
-    && BARE_BIN=$RUN/bare-target/release/bare-pingora
-fi
-[[ -z $BARE_BIN ]] && PROXIES=${PROXIES//pingora/} && log "no bare-pingora: skipped"
+build_bare
 
 mkdir -p "$RUN" "$SHM/www/nostore"
 head -c 1024 /dev/zero | tr '\0' 'a' >"$SHM/www/1k"

@@ -95,12 +95,7 @@ fn split_url(url: &str) -> Option<(Scheme, String, &str)> {
 /// broken or slower than `BODY_TIMEOUT` gets 400 or 408. Err is the answer to send instead of
 /// the endpoint's, after which the connection is closed: the rest of the body is never read.
 async fn take_body(session: &mut ServerSession) -> Result<(), Response<Vec<u8>>> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::guard::content_length(session.req_header());
     let too_large = || {
         text(
             413,

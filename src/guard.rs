@@ -17,7 +17,7 @@ use crate::host::{request_host, valid_host};
 pub struct Limits {
     pub max_headers: usize,
     pub max_header_size: usize,
-    /// Bodies up to this size are read whole before the origin is chosen (`proxy::body`).
+    /// Bodies up to this size are read whole before the origin is chosen (`express::body`).
     pub body_buffer_size: usize,
     /// Largest body accepted; 0 = unlimited.
     pub max_body_size: u64,
@@ -74,11 +74,11 @@ pub const BAD_BODY: Refusal = refuse(400, "bad_body");
 /// A body whose next bytes did not arrive within `client.body_timeout`.
 pub const BODY_TIMEOUT: Refusal = refuse(408, "body_timeout");
 
-/// The body-size rule on a request's `Content-Length` (absent for chunked bodies, which are
-/// counted as they are read).
-pub fn check_body_length(content_length: Option<u64>, limits: &Limits) -> Result<(), Refusal> {
-    match content_length {
-        Some(n) if limits.max_body_size > 0 && n > limits.max_body_size => Err(BODY_TOO_LARGE),
+/// The body-size rule, on a request's `Content-Length` or on the bytes of a body counted as
+/// they arrive (chunked and h2 bodies).
+pub fn check_body_size(bytes: u64, limits: &Limits) -> Result<(), Refusal> {
+    match limits.max_body_size {
+        max if max > 0 && bytes > max => Err(BODY_TOO_LARGE),
         _ => Ok(()),
     }
 }
@@ -101,6 +101,14 @@ pub fn check_request_line(head: &[u8]) -> Result<(), Refusal> {
         return Err(refuse(400, "bad_request_line"));
     }
     Ok(())
+}
+
+/// A parsed request's `Content-Length` (Pingora refused an invalid or conflicting one).
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Why a request was refused: the status sent and a label for logs and metrics.
@@ -269,14 +277,7 @@ mod tests {
 
     /// The limits of a config that sets none.
     fn defaults() -> Limits {
-        let c = crate::config::ClientSettings::default();
-        Limits {
-            max_headers: c.max_headers,
-            max_header_size: c.max_header_size.0 as usize,
-            body_buffer_size: c.body_buffer_size.0 as usize,
-            max_body_size: c.max_body_size.0,
-            body_timeout: c.body_timeout.get(),
-        }
+        Limits::from(&crate::config::ClientSettings::default())
     }
 
     fn req(path: &str, host: Option<&str>) -> RequestHeader {

@@ -116,62 +116,14 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
 
     warn_if_descriptors_short(&edge);
 
-    // Fresh hits are answered on the express lane in front of the proxy (see `express`).
-    let mut proxy =
-        pingora::proxy::http_proxy(&server.configuration, EdgeProxy { edge: edge.clone() });
-    if listen.iter().any(|l| l.tls.is_none() && l.http2) {
-        // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
-    // Every client connection counts against client.max_connections (see `connections`).
-    let open = Arc::new(OpenConnections::default());
-    let app = Limited::new(
-        EdgeApp::new(proxy, edge.clone()),
-        edge.clone(),
-        open.clone(),
-    );
-    let mut proxy = Service::new("edge proxy".to_string(), app);
-    proxy.set_connection_filter(Arc::new(AtCapacity {
-        open,
-        edge: edge.clone(),
-    }));
-    for l in &listen {
-        let addr = l.addr.to_string();
-        match edge.tls.get(&l.addr) {
-            None => proxy.add_tcp(&addr),
-            Some(resolver) => {
-                let settings = crate::tls::listener_settings(resolver.clone(), l.http2, &edge);
-                proxy.add_tls_with_settings(&addr, None, settings);
-            }
-        }
-    }
+    let proxy = proxy_service(&server.configuration, &edge, &listen);
     server.add_service(proxy).add_dependency(&bootstrap);
-
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("edge admin".to_string(), Admin { edge: edge.clone() });
         admin.add_tcp(&addr.to_string());
         server.add_service(admin).add_dependency(&bootstrap);
     }
-    server.add_service(background_service(
-        "health checks",
-        HealthChecker {
-            edge: Arc::clone(&edge),
-        },
-    ));
-    server.add_service(background_service(
-        "reload on SIGHUP",
-        SighupReloader {
-            edge: Arc::clone(&edge),
-        },
-    ));
-    server.add_service(background_service(
-        "access log",
-        AccessLogService {
-            log: Arc::clone(&edge.access_log),
-        },
-    ));
+    add_background_services(&mut server, &edge);
     // Not run_forever(), which exits the process as soon as Pingora is done: run() returns
     // after the stop (SIGTERM or SIGQUIT: once the grace period and the runtimes are over, so
     // every request has logged; SIGINT: at once), and the access log writes what it holds.
@@ -192,4 +144,62 @@ fn warn_if_descriptors_short(edge: &Edge) {
         Some(fds) => log::info!("open files limit: {fds}"),
         None => log::warn!("cannot read the open files limit"),
     }
+}
+
+/// The client-facing service: the express lane in front of the proxy (see `express`), behind
+/// the connection limit (see `connections`), on every listener.
+fn proxy_service(
+    conf: &Arc<ServerConf>,
+    edge: &Arc<Edge>,
+    listen: &[crate::config::Listener],
+) -> Service<Limited<EdgeApp>> {
+    let mut proxy = pingora::proxy::http_proxy(conf, EdgeProxy { edge: edge.clone() });
+    if listen.iter().any(|l| l.tls.is_none() && l.http2) {
+        // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
+    // Every client connection counts against client.max_connections.
+    let open = Arc::new(OpenConnections::default());
+    let app = Limited::new(
+        EdgeApp::new(proxy, edge.clone()),
+        edge.clone(),
+        open.clone(),
+    );
+    let mut service = Service::new("edge proxy".to_string(), app);
+    service.set_connection_filter(Arc::new(AtCapacity {
+        open,
+        edge: edge.clone(),
+    }));
+    for l in listen {
+        let addr = l.addr.to_string();
+        match edge.tls.get(&l.addr) {
+            None => service.add_tcp(&addr),
+            Some(resolver) => {
+                let settings = crate::tls::listener_settings(resolver.clone(), l.http2, edge);
+                service.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    service
+}
+
+/// The services without listeners: health checks and idle-timeout probes, reload on SIGHUP,
+/// and the access log's writer.
+fn add_background_services(server: &mut Server, edge: &Arc<Edge>) {
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker { edge: edge.clone() },
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        SighupReloader { edge: edge.clone() },
+    ));
+    server.add_service(background_service(
+        "access log",
+        AccessLogService {
+            log: edge.access_log.clone(),
+        },
+    ));
 }

@@ -71,13 +71,7 @@ impl Live {
             router: Router::new(&config.routes),
             origins,
             admin_token: admin_token(&config),
-            limits: guard::Limits {
-                max_headers: config.client.max_headers,
-                max_header_size: config.client.max_header_size.0 as usize,
-                body_buffer_size: config.client.body_buffer_size.0 as usize,
-                max_body_size: config.client.max_body_size.0,
-                body_timeout: config.client.body_timeout.get(),
-            },
+            limits: guard::Limits::from(&config.client),
             version: version_of(&source),
             loaded_at: SystemTime::now(),
             source,
@@ -167,6 +161,19 @@ impl Edge {
 
     pub fn snapshot(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+}
+
+/// The guard's limits from `client.*` (the guard does not read the config itself).
+impl From<&crate::config::ClientSettings> for guard::Limits {
+    fn from(c: &crate::config::ClientSettings) -> Self {
+        guard::Limits {
+            max_headers: c.max_headers,
+            max_header_size: c.max_header_size.0 as usize,
+            body_buffer_size: c.body_buffer_size.0 as usize,
+            max_body_size: c.max_body_size.0,
+            body_timeout: c.body_timeout.get(),
+        }
     }
 }
 

@@ -18,24 +18,50 @@ fn admin(edge: &Edge, method: &str, path: &str, token: Option<&str>) -> Response
         .expect("an answer")
 }
 
+/// An edge whose admin API needs the token `s3cret-token` (in `token_file`), before an origin
+/// with a cacheable `/a`; `body` is the config below `listen` and `admin`.
+struct Locked {
+    o: Origin,
+    edge: Edge,
+    token_file: std::path::PathBuf,
+    body: String,
+}
+
+impl Locked {
+    fn start() -> Locked {
+        let o = Origin::start("o");
+        o.set(
+            "/a",
+            Canned::new(200, &[("Cache-Control", "max-age=60")], "a"),
+        );
+        let token_file = temp_path("admin.token");
+        std::fs::write(&token_file, "s3cret-token\n").unwrap();
+        let body = format!(
+            "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+            o.addr
+        );
+        let edge = Edge::start_with(
+            "\"127.0.0.1:{PORT}\"",
+            &format!("token_file: \"{}\"", token_file.display()),
+            &body,
+        );
+        Locked {
+            o,
+            edge,
+            token_file,
+            body,
+        }
+    }
+}
+
 #[test]
 fn every_endpoint_but_healthz_needs_the_token() {
-    let o = Origin::start("o");
-    o.set(
-        "/a",
-        Canned::new(200, &[("Cache-Control", "max-age=60")], "a"),
-    );
-    let token_file = temp_path("admin.token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let body = format!(
-        "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
-        o.addr
-    );
-    let edge = Edge::start_with(
-        "\"127.0.0.1:{PORT}\"",
-        &format!("token_file: \"{}\"", token_file.display()),
-        &body,
-    );
+    let Locked {
+        o,
+        edge,
+        token_file,
+        body: _,
+    } = Locked::start();
     assert_eq!(edge.get("a.com", "/a").status, 200);
 
     assert_eq!(admin(&edge, "GET", "/healthz", None).status, 200);
@@ -116,22 +142,12 @@ fn config_check_keeps_an_open_admin_on_loopback() {
 #[test]
 fn bad_admin_requests_change_nothing() {
     const LIMIT: usize = 1 << 20;
-    let o = Origin::start("o");
-    o.set(
-        "/a",
-        Canned::new(200, &[("Cache-Control", "max-age=60")], "a"),
-    );
-    let token_file = temp_path("admin.token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let body = format!(
-        "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
-        o.addr
-    );
-    let edge = Edge::start_with(
-        "\"127.0.0.1:{PORT}\"",
-        &format!("token_file: \"{}\"", token_file.display()),
-        &body,
-    );
+    let Locked {
+        o,
+        edge,
+        token_file: _,
+        body,
+    } = Locked::start();
     let ok = Some("s3cret-token");
     let version = || {
         let r = admin(&edge, "GET", "/config", ok);

@@ -80,6 +80,29 @@ struct Outcome {
     server: String,
 }
 
+/// Two servers `a` and `b` of one uncached origin, health-checked every 300 ms (`rise: 1`,
+/// `fall` as given), with `extra` origin keys (YAML flow style, may be empty).
+fn two_checked_servers(fall: u32, extra: &str) -> (Origin, Origin, Edge) {
+    let (a, b) = (Origin::start("a"), Origin::start("b"));
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("\n    {extra}")
+    };
+    let edge = Edge::start(&format!(
+        r#"
+origins:
+  web:
+    servers: ["{}", "{}"]
+    health_check: {{path: /healthz, interval: 300ms, timeout: 300ms, rise: 1, fall: {fall}}}{extra}
+routes:
+  - {{origin: web, cache: {{enabled: false}}}}
+"#,
+        a.addr, b.addr
+    ));
+    (a, b, edge)
+}
+
 /// A keep-alive client sending GETs for distinct paths (uncached: every one reaches an origin)
 /// until `stop`, on a new connection whenever the edge closed the last one (it does after a 502).
 fn load(edge: SocketAddr, id: usize, stop: &AtomicBool) -> Vec<Outcome> {
@@ -125,19 +148,7 @@ fn a_server_killed_under_load_comes_back_within_a_health_interval() {
     const CONNECT: Duration = Duration::from_secs(1);
     // Scheduling on a busy 2-core test machine, never a timeout of the edge's.
     const MARGIN: Duration = Duration::from_secs(1);
-    let (a, b) = (Origin::start("a"), Origin::start("b"));
-    let edge = Edge::start(&format!(
-        r#"
-origins:
-  web:
-    servers: ["{}", "{}"]
-    health_check: {{path: /healthz, interval: 300ms, timeout: 300ms, rise: 1, fall: 2}}
-    timeouts: {{connect: 1s}}
-routes:
-  - {{origin: web, cache: {{enabled: false}}}}
-"#,
-        a.addr, b.addr
-    ));
+    let (a, b, edge) = two_checked_servers(2, "timeouts: {connect: 1s}");
     assert!(wait_until(Duration::from_secs(5), || a.health_checks()
         >= 1
         && b.health_checks() >= 1));
@@ -291,18 +302,7 @@ routes:
 fn a_quick_restart_is_back_at_the_next_passing_probe() {
     const INTERVAL: Duration = Duration::from_millis(300);
     const MARGIN: Duration = Duration::from_secs(1);
-    let (a, b) = (Origin::start("a"), Origin::start("b"));
-    let edge = Edge::start(&format!(
-        r#"
-origins:
-  web:
-    servers: ["{}", "{}"]
-    health_check: {{path: /healthz, interval: 300ms, timeout: 300ms, rise: 1, fall: 10}}
-routes:
-  - {{origin: web, cache: {{enabled: false}}}}
-"#,
-        a.addr, b.addr
-    ));
+    let (_a, b, edge) = two_checked_servers(10, "");
     let mut c = edge.client();
     let mut n = 0;
     let mut get = |c: &mut Client| {

@@ -14,10 +14,12 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// With `log.access: false` nothing is written, so no file is created or reopened either.
     pub fn of(log: &crate::config::LogSettings) -> Destination {
-        log.access_file
-            .clone()
-            .map_or(Destination::Stderr, Destination::File)
+        match &log.access_file {
+            Some(path) if log.access => Destination::File(path.clone()),
+            _ => Destination::Stderr,
+        }
     }
 }
 

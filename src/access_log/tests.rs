@@ -86,15 +86,21 @@ fn temp(name: &str) -> PathBuf {
     p
 }
 
-#[test]
-fn a_full_batch_is_written_whole_and_the_rest_waits() {
+/// An access log writing to memory, flushing every `interval`, its dropped lines uncounted.
+fn in_memory(interval: Duration) -> (Memory, AccessLog) {
     let sink = Memory::default();
     let log = AccessLog::with_sink(
         Box::new(sink.clone()),
         &Destination::Stderr,
         counter(),
-        LONG,
+        interval,
     );
+    (sink, log)
+}
+
+#[test]
+fn a_full_batch_is_written_whole_and_the_rest_waits() {
+    let (sink, log) = in_memory(LONG);
     log.start();
     for i in 0..PER_BATCH + 3 {
         log.append(&line(i));
@@ -115,14 +121,8 @@ fn a_full_batch_is_written_whole_and_the_rest_waits() {
 
 #[test]
 fn what_is_buffered_is_written_on_the_interval() {
-    let sink = Memory::default();
     let interval = Duration::from_millis(50);
-    let log = AccessLog::with_sink(
-        Box::new(sink.clone()),
-        &Destination::Stderr,
-        counter(),
-        interval,
-    );
+    let (sink, log) = in_memory(interval);
     // Appended before the writer starts, so that both are surely there at its first tick.
     log.append("one");
     log.append("two");
@@ -178,25 +178,13 @@ fn a_stalled_writer_drops_whole_batches_and_counts_their_lines() {
 
 #[test]
 fn close_writes_what_is_buffered_started_or_not() {
-    let sink = Memory::default();
-    let log = AccessLog::with_sink(
-        Box::new(sink.clone()),
-        &Destination::Stderr,
-        counter(),
-        LONG,
-    );
+    let (sink, log) = in_memory(LONG);
     log.start();
     log.append("last");
     log.close();
     assert_eq!(sink.text(), "last\n");
 
-    let never_started = Memory::default();
-    let log = AccessLog::with_sink(
-        Box::new(never_started.clone()),
-        &Destination::Stderr,
-        counter(),
-        LONG,
-    );
+    let (never_started, log) = in_memory(LONG);
     log.append("only");
     log.close();
     assert_eq!(never_started.text(), "only\n");

@@ -290,7 +290,8 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
         ck.error(
             &[key("client"), key("body_buffer_size")],
             format!(
-                "expected at most 64KiB (Pingora's request body buffer), got {} bytes",
+                "expected at most {}KiB (Pingora's request body buffer), got {} bytes",
+                crate::guard::BODY_BUFFER_LIMIT >> 10,
                 c.body_buffer_size.0
             ),
         );

@@ -51,7 +51,7 @@ pub(super) async fn read_ahead(
         return Ahead::Ready { pipelined: false };
     };
     if let BodyFraming::Length(n) = body {
-        if let Err(r) = guard::check_body_length(Some(n), limits) {
+        if let Err(r) = guard::check_body_size(n, limits) {
             return Ahead::Refused(r);
         }
         if n > limits.body_buffer_size as u64 {
@@ -61,28 +61,16 @@ pub(super) async fn read_ahead(
     if limits.body_buffer_size == 0 {
         return Ahead::Ready { pipelined: false };
     }
-    let start = framing.head_len;
+    let mut start = framing.head_len;
     if let Some(line) = framing.expect_continue.clone() {
         // The edge reads the body, so the edge says to send it; the origin then gets the
         // request without the field (and sends no second 100).
         if buf.len() == start && continue_please(stream).await.is_err() {
             return Ahead::Closed;
         }
-        let tail = buf.split_off(line.end);
-        buf.truncate(line.start);
-        buf.extend_from_slice(&tail);
-        return Box::pin(read_ahead(
-            stream,
-            buf,
-            &Framing {
-                head_len: start - line.len(),
-                expect_continue: None,
-                ..framing.clone()
-            },
-            limits,
-            shutdown,
-        ))
-        .await;
+        buf.copy_within(line.end.., line.start);
+        buf.truncate(buf.len() - line.len());
+        start -= line.len();
     }
     let mut chunked = Chunked::default();
     loop {
@@ -100,7 +88,7 @@ pub(super) async fn read_ahead(
                 pipelined: start + end < buf.len(),
             };
         }
-        if let Err(r) = check_decoded(chunked.decoded, limits) {
+        if let Err(r) = guard::check_body_size(chunked.decoded, limits) {
             return Ahead::Refused(r);
         }
         // Past the buffer (decoded, or on the wire for a body of tiny chunks): stream on.
@@ -122,13 +110,6 @@ pub(super) async fn read_ahead(
 async fn continue_please(stream: &mut Stream) -> std::io::Result<()> {
     stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     stream.flush().await
-}
-
-fn check_decoded(decoded: u64, limits: &Limits) -> Result<(), Refusal> {
-    match limits.max_body_size {
-        max if max > 0 && decoded > max => Err(guard::BODY_TOO_LARGE),
-        _ => Ok(()),
-    }
 }
 
 /// A strict reader of chunked framing (RFC 9112 section 7.1), resumable as bytes arrive: a

@@ -100,10 +100,13 @@ fn framing_of(buf: &[u8], req: &httparse::Request, len: usize) -> Framing {
         _ => None,
     };
     let (content_length, transfer_encoding) = (lengths > 0, codings.is_some());
+    // What follows a head that announces no body (none, or `Content-Length: 0`) is the next
+    // request.
+    let bodiless = !transfer_encoding && (lengths == 0 || (lengths == 1 && length == Some(0)));
     Framing {
         content_length,
         transfer_encoding,
-        pipelined: len < buf.len() && !content_length && !transfer_encoding,
+        pipelined: len < buf.len() && bodiless,
         head_len: len,
         body,
         expect_continue,

@@ -53,7 +53,7 @@ mod send;
 mod tests;
 
 use body::Ahead;
-use head::Head;
+use head::{Framing, Head};
 use plan::{plan, Express};
 use send::{send, COPY_BODY_MAX};
 
@@ -74,36 +74,17 @@ impl EdgeApp {
 
 #[async_trait]
 impl HttpServerApp for EdgeApp {
-    // About 80 lines: the lane's whole decision for one request, in the order it happens (read,
-    // refuse, plan, answer or hand over); each step is a call, split further it would hide the
-    // order.
+    // The lane's whole decision for one request, in the order it happens (read, refuse, read a
+    // body ahead, plan, answer or hand over); each step is a call.
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // A session with pipelining on may carry a queued request in Pingora's buffer (private
-        // to the session): the lane must not read past it, so the proxy takes it.
-        let queued = matches!(&session, ServerSession::H1(h1) if h1.pipelining_enabled());
-        if !matches!(session, ServerSession::H1(_)) || queued || *shutdown.borrow() {
+        if !lane_takes(&session, shutdown) {
             return self.proxy.process_new_http(session, shutdown).await;
         }
-        let carried = Carried {
-            idle: session.get_keepalive(),
-            reuses: session.get_keepalive_reuses_remaining(),
-            conn_ctx: session.take_connection_user_context(),
-        };
-        // What Pingora's own read would wait: the keep-alive timeout between requests
-        // (Some(0): no limit), else the read timeout.
-        let wait = match carried.idle {
-            Some(0) => None,
-            Some(secs) => Some(Duration::from_secs(secs)),
-            None => session.get_read_timeout(),
-        };
-        let ServerSession::H1(h1) = session else {
-            unreachable!("checked above")
-        };
-        let mut stream = h1.into_inner();
+        let (mut stream, carried, wait) = into_lane(session);
         let mut buf = BytesMut::with_capacity(4096);
         if head::read_some(&mut stream, &mut buf, wait, shutdown).await != head::Read::Data {
             // Closed, idle too long, or shutting down: as the proxy would, close quietly.
@@ -129,17 +110,8 @@ impl HttpServerApp for EdgeApp {
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let parsed = head::parse(&buf, &mut fields);
         let framing = head::framing(&buf, parsed.as_ref());
-        // Pingora's parser rewrites conflicting framing before the proxy's guard sees it, so it
-        // is refused here, on the head as sent.
-        if let Err(r) = guard::check_framing(framing.content_length, framing.transfer_encoding) {
+        if let Err(r) = refuse_as_sent(&buf, parsed.is_some(), &framing) {
             return self.refuse(stream, r).await;
-        }
-        // A head the lane could not parse: Pingora's parser would percent-encode a space or a
-        // control byte in the target and go on, so the request line is judged here, as sent.
-        if parsed.is_none() {
-            if let Err(r) = guard::check_request_line(&buf) {
-                return self.refuse(stream, r).await;
-            }
         }
         if framing.body.is_some() {
             // Never the lane's to answer: read the body ahead (see `body`), then hand over.
@@ -350,4 +322,44 @@ fn record(
         scheme: express.req.scheme,
     };
     served.record(&edge.metrics, &edge.access_log, &live.config.log);
+}
+
+/// Whether the lane reads this session's request. Not h2, not while the server shuts down,
+/// and not a session with pipelining on: it may hold a queued request in Pingora's buffer
+/// (private to the session) that the lane must not read past.
+fn lane_takes(session: &ServerSession, shutdown: &ShutdownWatch) -> bool {
+    matches!(session, ServerSession::H1(h1) if !h1.pipelining_enabled()) && !*shutdown.borrow()
+}
+
+/// Takes an HTTP/1 session's connection for the lane (see [`lane_takes`]), with what it
+/// carries into its next request and how long to wait for this one: what Pingora's own read
+/// would wait, the keep-alive timeout between requests (Some(0): no limit), else the read
+/// timeout.
+fn into_lane(mut session: ServerSession) -> (Stream, Carried, Option<Duration>) {
+    let carried = Carried {
+        idle: session.get_keepalive(),
+        reuses: session.get_keepalive_reuses_remaining(),
+        conn_ctx: session.take_connection_user_context(),
+    };
+    let wait = match carried.idle {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => session.get_read_timeout(),
+    };
+    let ServerSession::H1(h1) = session else {
+        unreachable!("lane_takes only HTTP/1 sessions")
+    };
+    (h1.into_inner(), carried, wait)
+}
+
+/// The refusals only the head as sent can show, since Pingora's parser rewrites both before
+/// the proxy's guard sees them: conflicting framing (`Content-Length` with
+/// `Transfer-Encoding`), and, in a head the lane could not parse, a space or control byte in
+/// the request line (which Pingora would percent-encode and forward).
+fn refuse_as_sent(buf: &[u8], parsed: bool, framing: &Framing) -> Result<(), guard::Refusal> {
+    guard::check_framing(framing.content_length, framing.transfer_encoding)?;
+    if !parsed {
+        guard::check_request_line(buf)?;
+    }
+    Ok(())
 }

@@ -19,8 +19,9 @@ use crate::state::{Edge, Live};
 
 /// Request fields the lane leaves to the proxy whatever the cache says: protocol switches. (What
 /// takes a request off every fresh-hit path is `cache::hit`'s rule.)
-// A body (announced, even if not sent yet) is read ahead and handed over (see `body`).
-const NEEDS_PROXY: [&str; 4] = ["expect", "upgrade", "content-length", "transfer-encoding"];
+// A chunked body is read ahead and handed over before the plan (see `body`); any other
+// `Transfer-Encoding` is Pingora's to refuse.
+const NEEDS_PROXY: [&str; 3] = ["expect", "upgrade", "transfer-encoding"];
 
 /// A request the lane will answer.
 pub(super) struct Express<'a> {
@@ -90,6 +91,12 @@ fn eligible<'b>(
             host = std::str::from_utf8(f.value).ok().filter(|h| !h.is_empty());
         } else if name.eq_ignore_ascii_case("connection") {
             if !f.value.eq_ignore_ascii_case(b"keep-alive") {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // A body of any length is read ahead and handed over before the plan; what is left
+            // here is `0`, or a value Pingora refuses.
+            if f.value != b"0" {
                 return None;
             }
         } else if NEEDS_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n)) {

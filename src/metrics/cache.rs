@@ -18,14 +18,12 @@ pub struct CacheMetrics {
 
 impl CacheMetrics {
     pub(super) fn new(r: &Reg) -> Self {
-        let purged = r.counters(
+        let purged = r.counters_from_zero(
             "edge_cache_purged_total",
             "Objects removed by purge (url, prefix, tag) or invalidated by unsafe requests.",
-            &["kind"],
+            "kind",
+            &["url", "prefix", "tag", "invalidation"],
         );
-        for kind in ["url", "prefix", "tag", "invalidation"] {
-            purged.with_label_values(&[kind]);
-        }
         CacheMetrics {
             bytes: r.gauge(
                 "edge_cache_size_bytes",

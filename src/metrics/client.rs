@@ -37,27 +37,14 @@ impl ClientMetrics {
 
 impl ClientMetrics {
     pub(super) fn new(r: &Reg) -> Self {
-        let refused_requests = r.counters(
-            "edge_refused_requests_total",
-            "Client requests refused by the edge before reaching an origin, by reason.",
-            &["reason"],
-        );
-        // Every reason exists at 0 from the start, so its panel and rate() show it before the
-        // first refusal.
-        for reason in crate::guard::REASONS {
-            refused_requests.with_label_values(&[reason]);
-        }
-        let tls_handshakes = r.counters(
-            "edge_client_tls_handshakes_total",
-            "Completed TLS handshakes with clients, by version (rustls through Pingora does not \
-             say whether a handshake resumed a session).",
-            &["version"],
-        );
-        for version in ["TLSv1.2", "TLSv1.3"] {
-            tls_handshakes.with_label_values(&[version]);
-        }
         ClientMetrics {
-            tls_handshakes,
+            tls_handshakes: r.counters_from_zero(
+                "edge_client_tls_handshakes_total",
+                "Completed TLS handshakes with clients, by version (rustls through Pingora does \
+                 not say whether a handshake resumed a session).",
+                "version",
+                &["TLSv1.2", "TLSv1.3"],
+            ),
             requests_by_protocol: {
                 let v = r.counters(
                     "edge_requests_by_protocol_total",
@@ -83,7 +70,12 @@ impl ClientMetrics {
                 "Time from the client's request header to the end of the response, by origin.",
                 &["origin"],
             ),
-            refused_requests,
+            refused_requests: r.counters_from_zero(
+                "edge_refused_requests_total",
+                "Client requests refused by the edge before reaching an origin, by reason.",
+                "reason",
+                &crate::guard::REASONS,
+            ),
             express_hits: r.counter(
                 "edge_express_hits_total",
                 "Fresh cache hits answered on the client connection before the proxy session \

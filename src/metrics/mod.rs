@@ -82,6 +82,22 @@ impl Reg<'_> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition"))
     }
 
+    /// A counter family of one label whose `values` all exist at 0 from the start, so their
+    /// panels and `rate()`/`increase()` show them before the first event.
+    fn counters_from_zero(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> IntCounterVec {
+        let family = self.counters(name, help, &[label]);
+        for v in values {
+            family.with_label_values(&[v]);
+        }
+        family
+    }
+
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
         self.add(IntGauge::new(name, help).expect("metric definition"))
     }

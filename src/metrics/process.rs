@@ -17,15 +17,12 @@ pub struct ProcessMetrics {
 
 impl ProcessMetrics {
     pub(super) fn new(r: &Reg) -> Self {
-        let reloads = r.counters(
+        let reloads = r.counters_from_zero(
             "edge_config_reloads_total",
             "Config reloads (SIGHUP or POST /reload), by result: success or failure.",
-            &["result"],
+            "result",
+            &["success", "failure"],
         );
-        // Both results exist from the start at 0, so that increase() sees the first failure.
-        for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
-        }
         ProcessMetrics {
             reloads,
             last_reload_success: r.add(

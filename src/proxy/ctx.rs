@@ -38,8 +38,6 @@ pub struct RequestCtx {
     pub refused: Option<&'static str>,
     /// The scheme the client used (its connection is TLS or not), known from the start.
     pub scheme: Scheme,
-    /// Request body bytes passed upstream so far (against `client.max_body_size`).
-    pub body_bytes: u64,
 }
 
 /// The router's decision for a request.
@@ -120,7 +118,6 @@ impl RequestCtx {
             fwd_status: None,
             refused: None,
             scheme: Scheme::Http,
-            body_bytes: 0,
         }
     }
 

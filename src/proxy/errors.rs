@@ -15,10 +15,8 @@ pub const STALE_POOLED_CONNECTION: ErrorType = ErrorType::Custom("stale pooled c
 
 /// The status and a short reason for a request that failed with `e`; status 0 means nothing is
 /// to be sent (the client itself went away).
+/// A refusal of the client's own doing is told apart first ([`client_refusal`]).
 pub fn status_for(e: &Error) -> (u16, &'static str) {
-    if let Some(r) = client_refusal(e) {
-        return (r.status, r.reason);
-    }
     match e.etype() {
         ErrorType::HTTPStatus(code) => (*code, "error"),
         ErrorType::ConnectTimedout => (504, "origin connect timed out"),
@@ -39,17 +37,26 @@ pub fn status_for(e: &Error) -> (u16, &'static str) {
     }
 }
 
-/// A failure that is the client's doing while Pingora streamed its body upstream: the body
-/// stopped arriving for `client.body_timeout` (`408`), or its chunked framing broke (`400`).
-/// (Bodies up to `client.body_buffer_size` were checked whole before the origin was chosen.)
+/// The error by which `request_body_filter` stops a body that grew past
+/// `client.max_body_size`.
+pub const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("request body larger than max_body_size");
+
+/// A failure that is the client's doing while Pingora streamed its body upstream: the body grew
+/// past `client.max_body_size` (`413`), stopped arriving for `client.body_timeout` (`408`), or
+/// its chunked framing broke (`400`; Pingora's chunk errors are known only by name, their type
+/// is private to pingora-core). Bodies up to `client.body_buffer_size` were checked whole
+/// before the origin was chosen.
 pub fn client_refusal(e: &Error) -> Option<guard::Refusal> {
+    if e.etype() == &BODY_TOO_LARGE {
+        return Some(guard::BODY_TOO_LARGE);
+    }
     if e.esource() != &ErrorSource::Downstream {
         return None;
     }
     match e.etype() {
         ErrorType::ReadTimedout => Some(guard::BODY_TIMEOUT),
         ErrorType::InvalidHTTPHeader => Some(guard::BAD_BODY),
-        ErrorType::Custom(name) if name.starts_with("Invalid") => Some(guard::BAD_BODY),
+        ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd") => Some(guard::BAD_BODY),
         _ => None,
     }
 }

@@ -20,6 +20,10 @@
 //!
 //! The express lane (`crate::express`) answers plain fresh hits before any of this runs, and
 //! hands every other request here with what it already found ([`Handoff`]).
+//!
+//! Over 600 lines on purpose: every phase Pingora calls, in the order it calls them, in one
+//! file that reads as the request's path; each phase is short and hands its decision to the
+//! module named in the table.
 
 mod answer;
 mod ctx;
@@ -131,8 +135,9 @@ impl ProxyHttp for EdgeProxy {
     /// Refuses hostile requests, routes, and answers fresh hits from the store.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let checked = guard::check(req, &ctx.live.limits)
-            .and_then(|()| guard::check_body_length(content_length(req), &ctx.live.limits));
+        let checked = guard::check(req, &ctx.live.limits).and_then(|()| {
+            guard::check_body_size(guard::content_length(req).unwrap_or(0), &ctx.live.limits)
+        });
         if let Err(r) = checked {
             ctx.refused = Some(r.reason);
             self.edge.metrics.client.refused(r.reason);
@@ -386,8 +391,6 @@ impl ProxyHttp for EdgeProxy {
             let close = attempt.close.is_some();
             forwarded::prepare(upstream, &origin, close, client_ip, scheme)?;
             attempt.sent_at = Some(Instant::now());
-            // A retry sends the body again from its first byte.
-            ctx.body_bytes = 0;
         }
         Ok(())
     }
@@ -397,29 +400,20 @@ impl ProxyHttp for EdgeProxy {
     /// streams, whose size no header announced. Past the limit the request fails: `413` if the
     /// origin has not answered yet, and the origin sees an incomplete request, never a
     /// complete one.
+    /// (Pingora counts the body's bytes as it reads them from the client, once, whatever
+    /// retries send again; the refusal is counted and answered by `fail_to_proxy`.)
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            let max = ctx.live.limits.max_body_size;
-            if max > 0 && ctx.body_bytes > max {
-                ctx.refused = Some(guard::BODY_TOO_LARGE.reason);
-                self.edge
-                    .metrics
-                    .client
-                    .refused(guard::BODY_TOO_LARGE.reason);
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(guard::BODY_TOO_LARGE.status),
-                    "request body larger than client.max_body_size",
-                );
-            }
+        let read = session.body_bytes_read() as u64;
+        match guard::check_body_size(read, &ctx.live.limits) {
+            Ok(()) => Ok(()),
+            Err(_) => Error::e_explain(errors::BODY_TOO_LARGE, format!("{read} bytes read")),
         }
-        Ok(())
     }
 
     /// The origin's response header: its time to first byte, and what it says about its
@@ -615,13 +609,19 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, reason) = status_for(e);
-        if let Some(r) = errors::client_refusal(e) {
-            ctx.refused = Some(r.reason);
-            self.edge.metrics.client.refused(r.reason);
-        }
+        // The client's own doing is counted and answered as the guard's refusals are.
+        let (code, msg) = match errors::client_refusal(e) {
+            Some(r) => {
+                ctx.refused = Some(r.reason);
+                self.edge.metrics.client.refused(r.reason);
+                (r.status, format!("refused: {}", r.reason))
+            }
+            None => {
+                let (code, reason) = status_for(e);
+                (code, error_text(code, reason, ctx.origin_name()))
+            }
+        };
         if code > 0 && session.response_written().is_none() {
-            let msg = error_text(code, reason, ctx.origin_name());
             if let Err(we) = respond_text(session, code, &msg, false).await {
                 log::warn!("could not send the {code} error response: {we}");
             }
@@ -651,12 +651,4 @@ impl ProxyHttp for EdgeProxy {
             .clone()
             .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
     }
-}
-
-/// The request's `Content-Length`, when it has one valid value (Pingora refused any other).
-fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }

@@ -1,4 +1,7 @@
 //! Unit tests of the store: objects written and read through pingora-cache's storage interface.
+//!
+//! Over 600 lines of tests in one file: they share the store's set-up and fill helpers below,
+//! and read in the store's own order (writes and reads, eviction, memory, purges).
 
 use super::*;
 use crate::cache::eviction::TinyUfoEviction;
