@@ -127,7 +127,12 @@ pub fn reload(edge: &Edge, trigger: &str) -> Result<Applied, Refused> {
         let to = crate::access_log::Destination::of(&live.config.log);
         edge.access_log.set_destination(&to);
         edge.cache.apply(&live.config.cache);
+        let limit_changed = live.config.client.max_connections != old.config.client.max_connections;
         edge.live.store(std::sync::Arc::new(live));
+        if limit_changed {
+            // The open-files limit is checked against the new limit, as at start.
+            crate::server::warn_if_descriptors_short(edge);
+        }
     }
     m.reloads.with_label_values(&["success"]).inc();
     m.last_reload_success.set(

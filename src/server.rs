@@ -134,7 +134,7 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
 
 /// Raises the descriptor limit and says so when it cannot cover `client.max_connections`
 /// (each needs a descriptor, and so do pooled upstream connections, listeners and files).
-fn warn_if_descriptors_short(edge: &Edge) {
+pub(crate) fn warn_if_descriptors_short(edge: &Edge) {
     let max = edge.snapshot().config.client.max_connections as u64;
     match crate::connections::raise_descriptor_limit() {
         Some(fds) if max > 0 && fds < max + 1024 => log::warn!(
