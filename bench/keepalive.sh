@@ -6,11 +6,14 @@
 # one client sending uncacheable POSTs one at a time with idle gaps spread around the origin's
 # timeout ($GAP_LO_MS to $GAP_HI_MS): about half the gaps are longer than the timeout. For each
 # proxy: POSTs that failed (a pooled connection closed under them), time to first byte p50/p99
-# as the client sees it, and upstream connections opened (counted at the origin), also per
-# minute. The physical floor is one new connection per gap longer than the origin's timeout
-# less a round trip.
+# as the client sees it, and upstream connections opened: those that carried a request
+# (counted at the origin), and all TCP connections (counted at the relay: warm connections
+# closed unused and the edge's probes included), also per minute. The physical floor is one new
+# connection per gap longer than the origin's timeout less a round trip. The relay charges a new
+# connection the TCP handshake's round trip (examples/delay_relay.rs).
 #
-#   bash bench/keepalive.sh                 # nginx, bare Pingora, edge (~4 minutes)
+#   bash bench/keepalive.sh                 # nginx, bare Pingora, edge, edge with warm: 1 (~5 min)
+#   GAP_LO_MS=1500 GAP_HI_MS=2500 bash bench/keepalive.sh   # low rate: every gap beyond the timeout
 #   REQUESTS=100 PROXIES="edge" bash bench/keepalive.sh
 #   EDGE_KEEPALIVE="learn: false" PROXIES=edge bash bench/keepalive.sh   # other edge settings
 #
@@ -25,10 +28,10 @@ DELAY_MS=${DELAY_MS:-5}
 ORIGIN_IDLE=${ORIGIN_IDLE:-1}
 GAP_LO_MS=${GAP_LO_MS:-850}
 GAP_HI_MS=${GAP_HI_MS:-1150}
-PROXIES=${PROXIES:-"nginx pingora edge"}
+PROXIES=${PROXIES:-"nginx pingora edge edge-warm"}
 BARE=${BARE:-$ROOT/../shared/bench/bare-pingora}
 PORT_ORIGIN=19280; PORT_RELAY=19281
-declare -A PORT=([nginx]=19282 [pingora]=19283 [edge]=19285)
+declare -A PORT=([nginx]=19282 [pingora]=19283 [edge]=19285 [edge-warm]=19287)
 
 source "$HERE/lib.sh"
 
@@ -77,8 +80,10 @@ CONF
     launch "$name" "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" ;;
   pingora)
     BP_THREADS=1 launch "$name" "$port" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$PORT_RELAY" nocache ;;
-  edge)
-    local ka=""; [[ -n ${EDGE_KEEPALIVE:-} ]] && ka=", keepalive: {$EDGE_KEEPALIVE}"
+  edge|edge-warm)
+    local ka=${EDGE_KEEPALIVE:-}
+    [[ $name == edge-warm ]] && ka="${ka:+$ka, }warm: 1"
+    [[ -n $ka ]] && ka=", keepalive: {$ka}"
     cat >"$d/edge.yaml" <<CONF
 server: {threads: 1, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
 listen: ["127.0.0.1:$port"]
@@ -99,12 +104,13 @@ pct() {  # sorted values on stdin, percentile
   awk -v p="$1" '{a[NR]=$1} END{ if (NR==0) {print "n/a"; exit}; i=int(NR*p/100+0.999); if(i<1)i=1; printf "%.1f", a[i]*1000 }'
 }
 
-echo "| proxy | POSTs | failed | TTFB p50 ms | TTFB p99 ms | upstream conns opened | per minute | gaps over timeout - RTT |" >"$RUN/table.md"
-echo "|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
+echo "| proxy | POSTs | failed | TTFB p50 ms | TTFB p99 ms | conns with requests | per minute | all TCP conns | per minute | gaps over timeout - RTT |" >"$RUN/table.md"
+echo "|---|---|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
 floor_ms=$((ORIGIN_IDLE * 1000 - 2 * DELAY_MS))
 for p in $PROXIES; do
   start_proxy "$p"
   port=${PORT[$p]}; tag="ka-$p"; out=$RUN/$p.results; : >"$out"
+  accepts_before=$(grep -c accept "$RUN/relay.out")
   RANDOM=42   # the same gaps for every proxy
   long=0; started=$(date +%s.%N)
   for i in $(seq "$REQUESTS"); do
@@ -121,8 +127,10 @@ for p in $PROXIES; do
   sleep 1.5   # the origin flushes its access log every second
   conns=$(awk -v t="$tag" '$3==t && $2==1 {n++} END{print n+0}' "$RUN/origin/access.log")
   per_min=$(awk -v c="$conns" -v m="$minutes" 'BEGIN{printf "%.1f", c/m}')
-  log "$p: $failed of $REQUESTS POSTs failed, TTFB p50 $p50 ms p99 $p99 ms, $conns upstream connections ($per_min/min), floor $long"
-  echo "| $p | $REQUESTS | $failed | $p50 | $p99 | $conns | $per_min | $long |" >>"$RUN/table.md"
+  all=$(($(grep -c accept "$RUN/relay.out") - accepts_before))
+  all_min=$(awk -v c="$all" -v m="$minutes" 'BEGIN{printf "%.1f", c/m}')
+  log "$p: $failed of $REQUESTS POSTs failed, TTFB p50 $p50 ms p99 $p99 ms, $conns upstream connections with requests ($per_min/min), $all in all ($all_min/min), floor $long"
+  echo "| $p | $REQUESTS | $failed | $p50 | $p99 | $conns | $per_min | $all | $all_min | $long |" >>"$RUN/table.md"
   stop "$p"
 done
 probes=$(awk '$2==1 && /edge-keepalive-probe/ {n++} END{print n+0}' "$RUN/origin/access.log")

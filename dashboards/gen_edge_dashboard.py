@@ -34,13 +34,17 @@ panels = [
          f'sum by (origin) (rate(edge_upstream_requests_total{{{O}}}{R}))', "{{origin}}")],
        unit="percentunit", x=0, y=0, minv=0, maxv=1,
        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 0.999}]),
-    ts("New upstream connections per second",
-       "TCP connections opened toward origins. Good: near zero at steady load; bursts only when traffic grows.",
-       [(f'sum by (origin) (rate(edge_upstream_requests_total{{connection="new",{O}}}{R}))', "{{origin}}")],
+    ts("New upstream connections per second, by reason",
+       "Connections opened toward origins: demand = a request waited for it (near zero at steady "
+       "load); warm = opened ahead of need (keepalive.warm; about 60/T per slot a minute against an "
+       "origin closing idle connections after T seconds); probe = idle-timeout measurement; "
+       "health_check.",
+       [(f'sum by (origin, reason) (rate(edge_upstream_connections_opened_total{{{O}}}{R}))', "{{origin}} {{reason}}")],
        unit="cps", x=12, y=0),
     ts("Upstream TTFB (request sent to first response byte), by connection",
-       "p50/p95/p99 of the origin's time to first byte, split by reused vs new connection. The gap "
-       "between new and reused is what connection reuse saves on every miss.",
+       "p50/p95/p99 of the origin's time to first byte, split by connection: reused (pooled), warm "
+       "(opened ahead of need) or new (opened for the request). The gap between new and reused is "
+       "what connection reuse saves on every miss.",
        [(f'histogram_quantile({q}, sum by (le, connection) (rate(edge_upstream_ttfb_seconds_bucket{{{O}}}{R})))',
          f"p{int(q*100)} {{{{connection}}}}") for q in (0.5, 0.95, 0.99)],
        unit="s", x=0, y=8),
@@ -161,19 +165,20 @@ panels = [
        "alert's 14 days: renew, then reload (SIGHUP or POST /reload).",
        [('(edge_tls_certificate_expiry_timestamp_seconds - time()) / 86400', "{{name}}")],
        unit="d", x=12, y=96, thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 14}]),
-    ts("Cache-miss TTFB p50: reused vs new connections, per origin",
-       "Median time to first byte of cache misses, on a pooled connection and on a new one, per "
-       "origin. The gap is what a miss pays when it waits for a TCP (and TLS) handshake: what a "
+    ts("Cache-miss TTFB p50: reused, warm and new connections, per origin",
+       "Median time to first byte of cache misses, on a pooled connection, a warm one (opened ahead "
+       "of need) and a new one, per origin. The gap is what a miss pays when it waits for a TCP (and TLS) handshake: what a "
        "short origin keep-alive costs, and what connection reuse saves.",
        [(f'histogram_quantile(0.5, sum by (le, origin, connection) (rate(edge_upstream_ttfb_seconds_bucket{{cache="miss",{O}}}{R})))',
          "{{origin}} {{connection}}")],
        unit="s", x=0, y=104),
-    ts("Share of cache misses that paid a handshake",
-       "Cache misses sent on a new upstream connection, per origin. Good: near zero at steady load. "
-       "A steady share means pooled connections do not last until the next miss: the origin's "
-       "keep-alive timeout is short for the traffic, or pool_size is small.",
-       [(f'sum by (origin) (rate(edge_upstream_ttfb_seconds_count{{cache="miss",connection="new",{O}}}{R})) / '
-         f'sum by (origin) (rate(edge_upstream_ttfb_seconds_count{{cache="miss",{O}}}{R}))', "{{origin}}")],
+    ts("Share of upstream requests that paid a handshake",
+       "Upstream requests whose connection was set up after they arrived (TCP, and TLS for HTTPS "
+       "origins), per origin. Good: near zero at steady load. A steady share means pooled "
+       "connections do not last until the next miss: the origin's keep-alive timeout is short for "
+       "the traffic (keepalive.warm keeps connections ready), or pool_size is small.",
+       [(f'sum by (origin) (rate(edge_upstream_handshake_waits_total{{{O}}}{R})) / '
+         f'sum by (origin) (rate(edge_upstream_requests_total{{{O}}}{R}))', "{{origin}}")],
        unit="percentunit", x=12, y=104, minv=0, maxv=1),
 ]
 for i, p in enumerate(panels):

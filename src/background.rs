@@ -1,6 +1,7 @@
-//! Background services: the active health checker and the idle-timeout probes. A task that
-//! probes every server of every origin that has a `health_check`, on that origin's interval,
-//! feeds results to the server's health, and measures idle timeouts when they are due. It
+//! Background services: the active health checker, the idle-timeout probes and the warm
+//! connections. A task that probes every server of every origin that has a `health_check`, on
+//! that origin's interval, feeds results to the server's health, measures idle timeouts when
+//! they are due, and keeps each server's warm connections (`origin::warm`) topped up. It
 //! reads the config in force on each tick, so origins added by a reload get probed. It lives
 //! outside `origin` because it walks the config in force (`state`), which holds the origins.
 
@@ -15,6 +16,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::origin::health::{probe, CHECKER_TICK};
 use crate::origin::keepalive::{probe_idle_timeout, PROBE_SAMPLES};
+use crate::origin::warm::keep_warm;
 use crate::origin::Origin;
 use crate::state::Edge;
 use std::time::Duration;
@@ -48,6 +50,7 @@ impl HealthChecker {
                 // is the origin's timer slack.
                 let mut set = tokio::task::JoinSet::new();
                 for _ in 0..PROBE_SAMPLES {
+                    origin.metrics.opened_probe.inc();
                     let (host, path) = (host.clone(), path.clone());
                     let (origin, server) = (origin.clone(), server.clone());
                     set.spawn(async move {
@@ -93,8 +96,10 @@ impl BackgroundService for HealthChecker {
         loop {
             let live = self.edge.snapshot();
             let now = Instant::now();
+            let sched = self.edge.sched_delay.get();
             for origin in live.origins.values() {
                 self.probe_idle_timeouts(origin);
+                keep_warm(origin, CHECKER_TICK, sched);
                 let Some(hc) = origin.health_check().cloned() else {
                     continue;
                 };
@@ -104,6 +109,7 @@ impl BackgroundService for HealthChecker {
                 }
                 *due = now + hc.interval.get().max(hc.timeout.get());
                 for server in &origin.servers {
+                    origin.metrics.opened_health_check.inc();
                     let (origin, server, hc) = (origin.clone(), server.clone(), hc.clone());
                     tokio::spawn(async move {
                         let host = origin.probe_host(&server).to_string();

@@ -6,78 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::net::SocketAddr;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// A TCP relay that delivers every byte (and the close) `delay` after it arrived.
-struct Relay {
-    addr: SocketAddr,
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
-    let (tx, rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>();
-    let writer = thread::spawn(move || {
-        for (due, chunk) in rx {
-            // A delay line: each chunk leaves at its due time.
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            match chunk {
-                Some(bytes) => {
-                    if to.write_all(&bytes).is_err() {
-                        break;
-                    }
-                }
-                None => {
-                    let _ = to.shutdown(Shutdown::Write);
-                    break;
-                }
-            }
-        }
-    });
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = tx.send((Instant::now() + delay, None));
-                break;
-            }
-            Ok(n) => {
-                if tx
-                    .send((Instant::now() + delay, Some(buf[..n].to_vec())))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
-    drop(tx);
-    let _ = writer.join();
-}
-
-impl Relay {
-    fn start(target: SocketAddr, delay: Duration) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                thread::spawn(move || pump(client, server, delay));
-                thread::spawn(move || pump(s2, c2, delay));
-            }
-        });
-        Relay { addr }
-    }
-}
 
 /// Deterministic gaps spread evenly across `center ± spread`.
 fn gaps(center: Duration, spread: Duration, n: usize, seed: usize) -> Vec<Duration> {

@@ -153,3 +153,34 @@ fn access_file_must_be_absolute_and_writable() {
     let errs = errors(&with(&dir.display().to_string()));
     assert!(errs[0].ends_with("is a directory"), "{errs:?}");
 }
+
+#[test]
+fn warm_connections_need_a_pool_to_go_back_to() {
+    let c = parse(GOOD, "edge.yaml").unwrap();
+    assert_eq!(c.origins["web"].keepalive.warm, 0, "off by default");
+    assert_eq!(c.origins["web"].keepalive.warm_idle, Dur::secs(600));
+    let errs = errors(&GOOD.replace("pool_size: 64", "pool_size: 64\n      warm: 65"));
+    assert!(
+        errs[0].contains("origins.web.keepalive.warm: 65 is more than pool_size (64)"),
+        "{errs:?}"
+    );
+    let errs = errors(&GOOD.replace("pool_size: 64", "pool_size: 0\n      warm: 1"));
+    assert!(
+        errs[0].contains("keepalive.warm: needs pooling"),
+        "{errs:?}"
+    );
+    let errs = errors(&GOOD.replace("pool_size: 64", "pool_size: 64\n      warm_idle: 0s"));
+    assert!(
+        errs[0].contains("keepalive.warm_idle: must be longer than 0s"),
+        "{errs:?}"
+    );
+    let ok = parse(
+        &GOOD.replace(
+            "pool_size: 64",
+            "pool_size: 64\n      warm: 2\n      warm_idle: 1m",
+        ),
+        "edge.yaml",
+    )
+    .unwrap();
+    assert_eq!(ok.origins["web"].keepalive.warm, 2);
+}

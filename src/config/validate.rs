@@ -452,8 +452,37 @@ fn check_origin(ck: &mut Checker, name: &str, o: &OriginConfig) {
             "must be at least 1 (use pool_size: 0 to disable pooling; leave it out for no limit)",
         );
     }
+    check_warm(ck, name, o);
     check_probes(ck, name, o);
     check_origin_tls(ck, name, o);
+}
+
+/// `keepalive.warm`: connections opened ahead of need must have a pool to go back to.
+fn check_warm(ck: &mut Checker, name: &str, o: &OriginConfig) {
+    let ka = &o.keepalive;
+    let at = |field: &str| origin_path(name, &["keepalive", field]);
+    if ka.warm_idle.get().is_zero() {
+        ck.error(&at("warm_idle"), "must be longer than 0s");
+    }
+    if ka.warm == 0 {
+        return;
+    }
+    if ka.pool_size == 0 || ka.idle_timeout.get().is_zero() {
+        ck.error(
+            &at("warm"),
+            "needs pooling (pool_size and idle_timeout above 0): a warm connection is kept for \
+             the requests after the first",
+        );
+    } else if ka.warm > ka.pool_size {
+        ck.error(
+            &at("warm"),
+            format!(
+                "{} is more than pool_size ({}): the extra connections would be closed after \
+                 their first request",
+                ka.warm, ka.pool_size
+            ),
+        );
+    }
 }
 
 /// One origin's `health_check` and `tcp_keepalive`, when written.

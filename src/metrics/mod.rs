@@ -20,7 +20,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use upstream::{OriginMetrics, ServerMetrics, TTFB_CACHE_LABELS};
+pub use upstream::{OriginMetrics, ServerMetrics, TTFB_CACHE_LABELS, TTFB_CONNECTION_LABELS};
 
 /// Upstream latency buckets: 0.5 ms (a reused loopback connection) to 30 s (a read timeout).
 const LATENCY_BUCKETS: &[f64] = &[

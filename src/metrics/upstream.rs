@@ -17,6 +17,9 @@ pub struct UpstreamMetrics {
     pub retries: IntCounterVec,
     pub closed: IntCounterVec,
     pub connection_lost: IntCounterVec,
+    pub opened: IntCounterVec,
+    pub handshake_waits: IntCounterVec,
+    pub warm_ready: IntGaugeVec,
     pub idle_learned: GaugeVec,
     pub idle_effective: GaugeVec,
     pub server_up: IntGaugeVec,
@@ -34,7 +37,8 @@ impl UpstreamMetrics {
             ttfb: r.histograms(
                 "edge_upstream_ttfb_seconds",
                 "Time from sending a request upstream to the first byte of the origin's response \
-                 header.",
+                 header, by connection: reused (pooled), warm (opened ahead of need, first \
+                 request) or new (opened for this request).",
                 &["origin", "connection", "cache"],
             ),
             connect: r.histograms(
@@ -77,6 +81,26 @@ impl UpstreamMetrics {
                  stay 0).",
                 &["origin", "outcome"],
             ),
+            opened: r.counters(
+                "edge_upstream_connections_opened_total",
+                "Upstream connections opened, by reason: demand (a request found no pooled or \
+                 warm connection and waited for this one), warm (opened ahead of need, \
+                 keepalive.warm), probe (idle-timeout measurement), health_check.",
+                &["origin", "reason"],
+            ),
+            handshake_waits: r.counters(
+                "edge_upstream_handshake_waits_total",
+                "Upstream requests that waited for their connection to be set up (TCP connect, \
+                 and the TLS handshake for HTTPS origins) after they arrived. Share of requests \
+                 that paid a handshake = this / edge_upstream_requests_total.",
+                &["origin"],
+            ),
+            warm_ready: r.gauges(
+                "edge_upstream_warm_connections",
+                "Connections to a server opened ahead of need and waiting for a request \
+                 (keepalive.warm).",
+                &["origin", "server"],
+            ),
             idle_learned: r.float_gauges(
                 "edge_upstream_idle_timeout_learned_seconds",
                 "The origin server's own idle timeout as learned (Keep-Alive header, probes, \
@@ -105,6 +129,7 @@ impl UpstreamMetrics {
         let _ = self.connect_failures.remove_label_values(&labels);
         let _ = self.idle_learned.remove_label_values(&labels);
         let _ = self.idle_effective.remove_label_values(&labels);
+        let _ = self.warm_ready.remove_label_values(&labels);
     }
 
     /// Health and idle-timeout gauges, derived at scrape time: passive marks expire by the
@@ -144,8 +169,8 @@ pub const TTFB_CACHE_LABELS: [&str; 4] = ["miss", "expired", "revalidate", "pass
 pub struct OriginMetrics {
     pub reused: IntCounter,
     pub new: IntCounter,
-    /// By [reused as usize][cache kind]: see [`TTFB_CACHE_LABELS`].
-    pub ttfb: [[Histogram; 4]; 2],
+    /// By [connection][cache kind]: see [`TTFB_CONNECTION_LABELS`], [`TTFB_CACHE_LABELS`].
+    pub ttfb: [[Histogram; 4]; 3],
     pub connect: Histogram,
     pub tls_handshake: Histogram,
     pub retries_connect_failure: IntCounter,
@@ -165,7 +190,15 @@ pub struct OriginMetrics {
     /// ...or failed because they could not be retried (the figure that must stay at zero).
     pub lost_connection_failed: IntCounter,
     pub duration: Histogram,
+    pub opened_demand: IntCounter,
+    pub opened_warm: IntCounter,
+    pub opened_probe: IntCounter,
+    pub opened_health_check: IntCounter,
+    pub handshake_waits: IntCounter,
 }
+
+/// The `connection` label of upstream TTFB, indexed by [`OriginMetrics::ttfb`]'s first level.
+pub const TTFB_CONNECTION_LABELS: [&str; 3] = ["new", "reused", "warm"];
 
 impl OriginMetrics {
     pub fn new(m: &super::Metrics, origin: &str) -> Self {
@@ -174,7 +207,7 @@ impl OriginMetrics {
         OriginMetrics {
             reused: u.requests.with_label_values(&[origin, "reused"]),
             new: u.requests.with_label_values(&[origin, "new"]),
-            ttfb: ["new", "reused"].map(|conn| {
+            ttfb: TTFB_CONNECTION_LABELS.map(|conn| {
                 TTFB_CACHE_LABELS.map(|cache| u.ttfb.with_label_values(&[origin, conn, cache]))
             }),
             connect: u.connect.with_label_values(&[origin]),
@@ -191,6 +224,11 @@ impl OriginMetrics {
             lost_connection_retried: u.connection_lost.with_label_values(&[origin, "retried"]),
             lost_connection_failed: u.connection_lost.with_label_values(&[origin, "failed"]),
             duration: m.client.request_duration.with_label_values(&[origin]),
+            opened_demand: u.opened.with_label_values(&[origin, "demand"]),
+            opened_warm: u.opened.with_label_values(&[origin, "warm"]),
+            opened_probe: u.opened.with_label_values(&[origin, "probe"]),
+            opened_health_check: u.opened.with_label_values(&[origin, "health_check"]),
+            handshake_waits: u.handshake_waits.with_label_values(&[origin]),
         }
     }
 }
@@ -199,6 +237,7 @@ impl OriginMetrics {
 pub struct ServerMetrics {
     pub up: IntGauge,
     pub connect_failures: IntCounter,
+    pub warm_ready: IntGauge,
 }
 
 impl ServerMetrics {
@@ -209,6 +248,7 @@ impl ServerMetrics {
         ServerMetrics {
             up,
             connect_failures: u.connect_failures.with_label_values(&[origin, server]),
+            warm_ready: u.warm_ready.with_label_values(&[origin, server]),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod keepalive;
 pub mod reuse;
 pub mod router;
+pub mod warm;
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -37,6 +38,8 @@ pub struct ServerState {
     pub idle: keepalive::IdleLearning,
     /// Requests on this server right now; bounds how many connections are kept (pool_size).
     in_flight: AtomicUsize,
+    /// Connections opened ahead of need (`keepalive.warm`).
+    pub warm: warm::WarmPool,
 }
 
 /// One server of an origin.
@@ -134,14 +137,14 @@ impl Origin {
                 Arc::new(Server {
                     address: s.address.clone(),
                     addr: s.addr,
-                    state,
                     metrics: ServerMetrics::new(m, name, &s.address),
                     sni: config
                         .tls
                         .as_ref()
                         .map(|t| crate::tls::upstream::sni(config, t, &s.address))
                         .unwrap_or_default(),
-                    peer: build_peer(s, key, config, ca_bundle),
+                    peer: build_peer(s, key, config, ca_bundle, &state),
+                    state,
                 })
             })
             .collect();
@@ -311,6 +314,7 @@ fn build_peer(
     group_key: u64,
     c: &OriginConfig,
     ca_bundle: &BTreeSet<PathBuf>,
+    state: &Arc<ServerState>,
 ) -> HttpPeer {
     let sni = c
         .tls
@@ -339,5 +343,11 @@ fn build_peer(
         #[cfg(target_os = "linux")]
         user_timeout: Duration::ZERO,
     });
+    if c.keepalive.warm > 0 {
+        o.custom_l4 = Some(Arc::new(warm::WarmConnector {
+            pool: state.clone(),
+            connect_timeout: c.timeouts.connect.get(),
+        }));
+    }
     p
 }

@@ -80,11 +80,9 @@ impl EdgeProxy {
                 route: ctx.routed.as_ref().map_or("-", |r| &r.route),
                 origin: ctx.origin_name(),
                 server: ctx.server_address(),
-                conn: match attempt.and_then(|a| a.reused) {
-                    Some(true) => "reused",
-                    Some(false) => "new",
-                    None => "-",
-                },
+                conn: attempt
+                    .and_then(|a| a.connection)
+                    .map_or("-", |c| c.label()),
                 cache: ctx.cache.outcome.label(),
                 connect: attempt.and_then(|a| a.connect_time),
                 ttfb: attempt.and_then(|a| a.ttfb),

@@ -3,7 +3,7 @@
 //! same one, starts a new attempt.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pingora::cache::CacheKey;
 use pingora::proxy::Session;
@@ -79,14 +79,35 @@ pub struct Attempt {
     pub upstream: Option<UpstreamConn>,
     /// Holds one unit of the server's in-flight count while the attempt lasts.
     pub in_flight: Option<InFlight>,
-    /// Whether the connection came from the pool; None before it was connected.
-    pub reused: Option<bool>,
-    /// TCP connect time of a new connection.
+    /// How it got its connection; None before it was connected.
+    pub connection: Option<Connection>,
+    /// When the attempt began (the server was picked): a connection established before this
+    /// was ready when the request needed it.
+    pub began: SystemTime,
+    /// TCP connect time of a connection opened for this request.
     pub connect_time: Option<Duration>,
     pub sent_at: Option<Instant>,
     pub ttfb: Option<Duration>,
     /// Why the connection is not kept after this request, if it is not.
     pub close: Option<CloseReason>,
+}
+
+/// How an attempt got its upstream connection. The values index the `connection` label of
+/// `edge_upstream_ttfb_seconds` (`metrics::TTFB_CONNECTION_LABELS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// Opened for this request: it waited for the handshake.
+    New = 0,
+    /// From Pingora's pool.
+    Reused = 1,
+    /// Opened ahead of need (`keepalive.warm`), first used by this request.
+    Warm = 2,
+}
+
+impl Connection {
+    pub fn label(self) -> &'static str {
+        crate::metrics::TTFB_CONNECTION_LABELS[self as usize]
+    }
 }
 
 impl Attempt {
@@ -95,7 +116,8 @@ impl Attempt {
             server,
             upstream: None,
             in_flight: None,
-            reused: None,
+            connection: None,
+            began: SystemTime::now(),
             connect_time: None,
             sent_at: None,
             ttfb: None,

@@ -62,7 +62,7 @@ use crate::origin::InFlight;
 use crate::state::Edge;
 pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
-use ctx::{client_scheme, Attempt, Routed};
+use ctx::{client_scheme, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{replayable, ttfb_cache_kind};
 
@@ -289,6 +289,9 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.attempt = Some(Attempt::new(idx));
         let server = &origin.servers[idx];
+        if origin.config.keepalive.warm > 0 {
+            server.state.warm.touch();
+        }
         Ok(server.peer(
             origin.idle_limit(server, self.edge.sched_delay.get()),
             fresh,
@@ -334,21 +337,38 @@ impl ProxyHttp for EdgeProxy {
         let Some(attempt) = ctx.attempt.as_mut() else {
             return Ok(());
         };
-        attempt.reused = Some(reused);
+        // A connection established before the attempt began was ready for it: pooled, or warm.
+        let ready_before = established < attempt.began;
+        let connection = match (reused, ready_before) {
+            (true, _) => Connection::Reused,
+            (false, true) => Connection::Warm,
+            (false, false) => Connection::New,
+        };
+        attempt.connection = Some(connection);
         if reused {
             origin.metrics.reused.inc();
         } else {
             origin.metrics.new.inc();
-            attempt.connect_time = timing.and_then(|t| t.establishment_duration);
-            if let Some(t) = attempt.connect_time {
-                origin.metrics.connect.observe(t.as_secs_f64());
-            }
             // Over TLS the digest's last layer is the TLS handshake, after the TCP connect.
             let layers = digest.map_or(&[][..], |d| d.timing_digest.as_slice());
-            if let [_, .., Some(tls)] = layers {
-                if let Some(t) = tls.establishment_duration {
-                    origin.metrics.tls_handshake.observe(t.as_secs_f64());
+            let tls = match layers {
+                [_, .., Some(tls)] => tls.establishment_duration,
+                _ => None,
+            };
+            if let Some(t) = tls {
+                origin.metrics.tls_handshake.observe(t.as_secs_f64());
+            }
+            if connection == Connection::New {
+                origin.metrics.opened_demand.inc();
+                attempt.connect_time = timing.and_then(|t| t.establishment_duration);
+                if let Some(t) = attempt.connect_time {
+                    origin.metrics.connect.observe(t.as_secs_f64());
                 }
+            }
+            // A warm connection saved the TCP connect; an HTTPS origin's TLS handshake still
+            // happened now (see origin::warm).
+            if connection == Connection::New || tls.is_some() {
+                origin.metrics.handshake_waits.inc();
             }
         }
         let in_flight = InFlight::new(server.state.clone());
@@ -444,7 +464,7 @@ impl ProxyHttp for EdgeProxy {
                 let ttfb = sent.elapsed();
                 attempt.ttfb = Some(ttfb);
                 let kind = ttfb_cache_kind(session.cache.phase(), upstream.status.as_u16());
-                let conn = (attempt.reused == Some(true)) as usize;
+                let conn = attempt.connection.unwrap_or(Connection::New) as usize;
                 origin.metrics.ttfb[conn][kind].observe(ttfb.as_secs_f64());
                 server.state.idle.ttfb(ttfb);
             }
@@ -575,7 +595,8 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// Pingora's policy, kept as is (retry only idempotent requests whose body can be replayed,
-    /// and only after a failure on a reused connection), plus a count of the retries it allows.
+    /// and only after a failure on a reused connection, a warm one counting as reused), plus a
+    /// count of the retries it allows.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -585,6 +606,9 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // A warm connection waited idle like a pooled one, and can be found closed like one.
+        let warm = ctx.attempt.as_ref().and_then(|a| a.connection) == Some(Connection::Warm);
+        let client_reused = client_reused || warm;
         if e.etype() == &STALE_POOLED_CONNECTION {
             // Refused before sending anything (see connected_to_upstream): retry is safe.
             return e;

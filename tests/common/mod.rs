@@ -3,7 +3,7 @@
 //! what no well-behaved client would. Everything waits on conditions with a bound, never blindly.
 //!
 //! One file per role: `origin` (the test origin), `client` (the raw client), `edge` (the edge
-//! process). Everything is re-exported here, so a test needs only `use common::*;`. `cache`
+//! process), `relay` (a delay line: a network round trip on loopback). Everything is re-exported here, so a test needs only `use common::*;`. `cache`
 //! holds the cache tests' shared set-up (`use common::cache::*;`), `tls` the HTTPS side:
 //! certificates made at test time, a TLS origin and a TLS client (`use common::tls::*;`).
 //!
@@ -14,12 +14,13 @@ pub mod cache;
 mod client;
 mod edge;
 mod origin;
+mod relay;
 pub mod tls;
 
 // As with dead code: a test crate that uses nothing of one part (config_check starts no
 // origin) would otherwise warn about its re-export.
 #[allow(unused_imports)]
-pub use {client::*, edge::*, origin::*};
+pub use {client::*, edge::*, origin::*, relay::*};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ pub enum Balance {
 
 /// Upstream keep-alive (`origins.NAME.keepalive`), as nginx's upstream `keepalive`,
 /// `keepalive_timeout`, `keepalive_requests`.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveSettings {
     /// How long an idle pooled connection is kept. Keep it below the origin's own keep-alive
@@ -50,6 +50,15 @@ pub struct KeepaliveSettings {
     /// The safety margin before a learned timeout. Default: none, i.e. measured (twice the
     /// smallest recent time to first byte from that server, plus 5 ms).
     pub margin: Option<Dur>,
+    /// Connections per server kept open and ready ahead of need, so that a request finding no
+    /// pooled connection does not wait for a TCP connect (see `origin::warm`). Each is
+    /// replaced before it idles past the effective idle limit: against an origin that closes
+    /// idle connections after T, one warm slot costs about 60/T new connections a minute.
+    /// Default: `0` (off).
+    pub warm: usize,
+    /// Warm connections are kept only while the server gets requests: after this long without
+    /// one they are closed and not replaced until the next request. Default: `10m`.
+    pub warm_idle: Dur,
 }
 
 impl Default for KeepaliveSettings {
@@ -60,7 +69,22 @@ impl Default for KeepaliveSettings {
             max_requests: None,
             learn: true,
             margin: None,
+            warm: 0,
+            warm_idle: Dur::secs(600),
         }
+    }
+}
+
+/// What decides whether two requests may share a pooled connection (the pool group). `warm`
+/// and `warm_idle` are left out: they only decide how many connections are opened ahead of
+/// need, so a reload that changes them keeps the pooled connections.
+impl std::hash::Hash for KeepaliveSettings {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.idle_timeout.hash(h);
+        self.pool_size.hash(h);
+        self.max_requests.hash(h);
+        self.learn.hash(h);
+        self.margin.hash(h);
     }
 }
 

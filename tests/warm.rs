@@ -1,0 +1,189 @@
+//! Warm upstream connections (`keepalive.warm`): requests spaced wider than the origin's idle
+//! timeout find a connection already open instead of waiting for a connect, and the edge stops
+//! keeping connections open for a server that gets no requests or is down.
+//!
+//! The origin sits behind a delay relay (`common::relay`) that charges the TCP handshake's
+//! round trip to a new connection's first bytes, as a real path would.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One way of the relay: a round trip is twice this.
+const DELAY: Duration = Duration::from_millis(25);
+
+fn edge_for(target: std::net::SocketAddr, keepalive: &str, extra: &str) -> Edge {
+    Edge::start(&format!(
+        "origins:\n  app:\n    servers: [\"{target}\"]\n    keepalive: {{{keepalive}}}\n{extra}routes:\n  - {{origin: app, cache: {{enabled: false}}}}\n"
+    ))
+}
+
+fn warm_ready(edge: &Edge, server: std::net::SocketAddr) -> f64 {
+    edge.metric(&format!(
+        "edge_upstream_warm_connections{{origin=\"app\",server=\"{server}\"}}"
+    ))
+}
+
+fn opened(edge: &Edge, reason: &str) -> f64 {
+    edge.metric(&format!(
+        "edge_upstream_connections_opened_total{{origin=\"app\",reason=\"{reason}\"}}"
+    ))
+}
+
+/// Sends `n` GETs `gap` apart on one client connection; returns each one's latency.
+fn spaced_gets(edge: &Edge, n: usize, gap: Duration) -> Vec<Duration> {
+    let mut c = edge.client();
+    (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            let r = c.get("app.example", &format!("/item/{i}"));
+            let took = t.elapsed();
+            assert_eq!(r.status, 200);
+            // The idle gap under test (pacing, not waiting for anything).
+            thread::sleep(gap.saturating_sub(took));
+            took
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn requests_after_long_gaps_take_a_warm_connection_instead_of_waiting_for_a_connect() {
+    // The origin closes idle connections after 300 ms without saying so; the edge keeps pooled
+    // ones 200 ms. Requests 350 ms apart never find a pooled connection.
+    let origin = Origin::start_with_idle("app", Duration::from_millis(300));
+    origin.set_keep_alive_header(None);
+    let relay = Relay::start(origin.addr, DELAY);
+    let ka = "idle_timeout: 200ms, learn: false";
+    let warm = edge_for(relay.addr, &format!("{ka}, warm: 1"), "");
+    let cold = edge_for(relay.addr, ka, "");
+    assert!(
+        wait_until(Duration::from_secs(5), || warm_ready(&warm, relay.addr)
+            >= 1.0),
+        "no warm connection was opened"
+    );
+
+    const N: usize = 20;
+    let gap = Duration::from_millis(350);
+    let (warm_lat, cold_lat) = thread::scope(|s| {
+        let w = s.spawn(|| spaced_gets(&warm, N, gap));
+        let c = s.spawn(|| spaced_gets(&cold, N, gap));
+        (w.join().unwrap(), c.join().unwrap())
+    });
+
+    let requests = |e: &Edge| {
+        e.metric("edge_upstream_requests_total{connection=\"new\",origin=\"app\"}")
+            + e.metric("edge_upstream_requests_total{connection=\"reused\",origin=\"app\"}")
+    };
+    let waits = |e: &Edge| e.metric("edge_upstream_handshake_waits_total{origin=\"app\"}");
+    let (w_req, w_waits, c_req, c_waits) =
+        (requests(&warm), waits(&warm), requests(&cold), waits(&cold));
+    let (w_med, c_med) = (median(warm_lat), median(cold_lat));
+    eprintln!(
+        "warm: {w_waits}/{w_req} requests waited for a connect, median {w_med:?}, {} warm \
+         connections opened; cold: {c_waits}/{c_req} waited, median {c_med:?}",
+        opened(&warm, "warm")
+    );
+    assert_eq!(w_req, N as f64);
+    assert_eq!(c_req, N as f64);
+    assert_eq!(
+        c_waits, N as f64,
+        "without warm every request pays a connect"
+    );
+    assert!(
+        w_waits <= (N as f64) * 0.05,
+        "with warm: 95% of requests go out on a connection open before they arrived"
+    );
+    assert_eq!(opened(&warm, "demand"), w_waits);
+    assert!(opened(&warm, "warm") >= N as f64);
+    // The client sees one round trip through the relay with warm, two without (the connect).
+    let rtt = 2 * DELAY;
+    assert!(
+        w_med < rtt + rtt / 2,
+        "warm: median {w_med:?} is more than one round trip ({rtt:?}) and a half"
+    );
+    assert!(
+        c_med >= 2 * rtt - DELAY / 5,
+        "cold: median {c_med:?} should include the connect round trip"
+    );
+    assert_eq!(
+        warm.metric("edge_upstream_connection_lost_total{origin=\"app\",outcome=\"failed\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn warm_refreshing_stops_without_requests_and_while_the_server_is_down() {
+    let origin = Origin::start("app");
+    let hc = "    health_check: {path: /healthz, interval: 100ms, timeout: 1s, rise: 1, fall: 1}\n";
+    // Replaced every few hundred ms while wanted (limit 500 ms, replaced a tick and a connect
+    // before it), closed after 1 s without a request.
+    let edge = edge_for(
+        origin.addr,
+        "idle_timeout: 500ms, learn: false, warm: 2, warm_idle: 1s",
+        hc,
+    );
+    let addr = origin.addr;
+    let refreshed_within =
+        |from: f64, limit: Duration| wait_until(limit, || opened(&edge, "warm") > from);
+
+    // Warm from the start, and refreshed.
+    assert!(wait_until(Duration::from_secs(5), || warm_ready(
+        &edge, addr
+    ) == 2.0));
+    let v = opened(&edge, "warm");
+    assert!(refreshed_within(v, Duration::from_secs(2)), "not refreshed");
+
+    // No request for warm_idle: closed, and not replaced.
+    assert!(
+        wait_until(Duration::from_secs(5), || warm_ready(&edge, addr) == 0.0),
+        "warm connections kept without requests"
+    );
+    let v = opened(&edge, "warm");
+    assert!(
+        !refreshed_within(v, Duration::from_millis(1500)),
+        "refreshed with no request for warm_idle"
+    );
+
+    // A request brings them back.
+    assert_eq!(edge.get("app.example", "/again").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || warm_ready(
+        &edge, addr
+    ) == 2.0));
+
+    // The server goes down: health checks take it out, warm connections stop.
+    origin.kill();
+    let up = format!("edge_origin_server_up{{origin=\"app\",server=\"{addr}\"}}");
+    assert!(wait_until(Duration::from_secs(5), || edge.metric(&up) == 0.0));
+    assert!(wait_until(Duration::from_secs(2), || warm_ready(
+        &edge, addr
+    ) == 0.0));
+    let v = opened(&edge, "warm");
+    // Requests keep coming (they fail), so only the server's health stops the refreshing.
+    let mut c = edge.client();
+    let keep_asking = Instant::now();
+    let mut refreshed = false;
+    while keep_asking.elapsed() < Duration::from_millis(1500) && !refreshed {
+        let _ = c.send_raw(&request_text("GET", "app.example", "/down", &[]));
+        c = edge.client();
+        refreshed = refreshed_within(v, Duration::from_millis(100));
+    }
+    assert!(
+        !refreshed,
+        "warm connections opened to a server that is down"
+    );
+
+    origin.restart();
+    assert!(wait_until(Duration::from_secs(5), || edge.metric(&up) == 1.0));
+    assert_eq!(edge.get("app.example", "/back").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || warm_ready(
+        &edge, addr
+    ) == 2.0));
+}
