@@ -5,6 +5,7 @@
 #   prometheus              : tests/observability.rs evaluates dashboards and alerts with a real one
 #   curl (with nghttp2)     : tests/tls.rs speaks h2 to the edge
 #   ca-certificates         : the system roots HTTPS origins are verified against by default
+#   nginx                   : tests/keepalive_margin.rs needs an origin with a precise idle timer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v make >/dev/null || need+=(make)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
+{ command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null || need+=(nginx)
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}" >&2
   sudo=""

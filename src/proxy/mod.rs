@@ -338,7 +338,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         // A connection established before the attempt began was ready for it: pooled, or warm.
-        let ready_before = established < attempt.began;
+        let ready_before = timing.is_some_and(|t| t.established_ts < attempt.began);
         let connection = match (reused, ready_before) {
             (true, _) => Connection::Reused,
             (false, true) => Connection::Warm,
