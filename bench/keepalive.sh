@@ -131,6 +131,11 @@ for p in $PROXIES; do
   all_min=$(awk -v c="$all" -v m="$minutes" 'BEGIN{printf "%.1f", c/m}')
   log "$p: $failed of $REQUESTS POSTs failed, TTFB p50 $p50 ms p99 $p99 ms, $conns upstream connections with requests ($per_min/min), $all in all ($all_min/min), floor $long"
   echo "| $p | $REQUESTS | $failed | $p50 | $p99 | $conns | $per_min | $all | $all_min | $long |" >>"$RUN/table.md"
+  if [[ $p == edge* ]]; then   # what the edge learned, and the margin it kept
+    curl -s "http://127.0.0.1:$((port + 10))/metrics" |
+      grep -E '^edge_upstream_idle_timeout_(learned|effective)_seconds|^edge_upstream_connections_opened_total' |
+      sed "s/^/[bench] $p: /" >&2
+  fi
   stop "$p"
 done
 probes=$(awk '$2==1 && /edge-keepalive-probe/ {n++} END{print n+0}' "$RUN/origin/access.log")

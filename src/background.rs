@@ -99,7 +99,7 @@ impl BackgroundService for HealthChecker {
             let sched = self.edge.sched_delay.get();
             for origin in live.origins.values() {
                 self.probe_idle_timeouts(origin);
-                keep_warm(origin, CHECKER_TICK, sched);
+                keep_warm(origin, CHECKER_TICK, sched, self.edge.warm_transport.get());
                 let Some(hc) = origin.health_check().cloned() else {
                     continue;
                 };

@@ -1,10 +1,12 @@
 //! Wiring: turns a validated config into a Pingora server with the proxy, admin and health
 //! check services, and runs it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
@@ -17,9 +19,11 @@ use crate::background::HealthChecker;
 use crate::config::Config;
 use crate::connections::{AtCapacity, Limited, OpenConnections};
 use crate::express::EdgeApp;
-use crate::proxy::EdgeProxy;
+use crate::origin::warm::tls::{FindServer, WarmTls};
+use crate::proxy::{EdgeHttpProxy, EdgeProxy};
 use crate::reload::SighupReloader;
 use crate::state::Edge;
+use pingora::proxy::HttpProxy;
 
 /// How the process was asked to start.
 #[derive(Debug, Default, Clone)]
@@ -146,6 +150,40 @@ pub(crate) fn warn_if_descriptors_short(edge: &Edge) {
     }
 }
 
+/// Pingora's proxy around ours, with the custom upstream connector that hands out warm TLS
+/// connections (`origin::warm::tls`); its transport is shared with the warm loop.
+fn edge_http_proxy(conf: &Arc<ServerConf>, edge: &Arc<Edge>) -> EdgeHttpProxy {
+    let transport = edge
+        .warm_transport
+        .get_or_init(|| {
+            Arc::new(TransportConnector::new(Some(
+                ConnectorOptions::from_server_conf(conf),
+            )))
+        })
+        .clone();
+    let state = edge.clone();
+    let find: Arc<FindServer> = Arc::new(move |addr: &SocketAddr, sni: &str| {
+        let live = state.snapshot();
+        let found = live
+            .origins
+            .values()
+            .flat_map(|o| o.servers.iter())
+            .find(|s| s.warm_tls.is_some() && s.addr == *addr && s.sni == sni)
+            .cloned();
+        found
+    });
+    let mut proxy = HttpProxy::new_custom(
+        EdgeProxy { edge: edge.clone() },
+        conf.clone(),
+        WarmTls { transport, find },
+        None,
+        None,
+        None,
+    );
+    proxy.handle_init_modules();
+    proxy
+}
+
 /// The client-facing service: the express lane in front of the proxy (see `express`), behind
 /// the connection limit (see `connections`), on every listener.
 fn proxy_service(
@@ -153,7 +191,7 @@ fn proxy_service(
     edge: &Arc<Edge>,
     listen: &[crate::config::Listener],
 ) -> Service<Limited<EdgeApp>> {
-    let mut proxy = pingora::proxy::http_proxy(conf, EdgeProxy { edge: edge.clone() });
+    let mut proxy = edge_http_proxy(conf, edge);
     if listen.iter().any(|l| l.tls.is_none() && l.http2) {
         // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
         let mut options = HttpServerOptions::default();

@@ -126,6 +126,9 @@ pub struct Edge {
     pub access_log: Arc<AccessLog>,
     /// How late this process's timers fire (part of every keep-alive margin).
     pub sched_delay: crate::clock::SchedDelay,
+    /// The connector warm TLS connections to HTTPS origins are opened with, shared by the
+    /// proxy's custom connector and the warm loop (set when the proxy service is built).
+    pub warm_transport: std::sync::OnceLock<Arc<pingora::connectors::TransportConnector>>,
 }
 
 impl Edge {
@@ -156,6 +159,7 @@ impl Edge {
             reload_lock: Mutex::new(()),
             access_log: Arc::new(access_log),
             sched_delay: Default::default(),
+            warm_transport: Default::default(),
         }))
     }
 

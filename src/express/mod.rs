@@ -28,7 +28,6 @@ use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
@@ -38,7 +37,7 @@ use crate::cache::status::Outcome;
 use crate::client::{self, ClientConnection};
 use crate::guard;
 use crate::logging::AccessEntry;
-use crate::proxy::{EdgeProxy, Handoff};
+use crate::proxy::{EdgeHttpProxy, Handoff};
 use crate::served::{Protocol, Served};
 use crate::state::{Edge, Live};
 
@@ -59,12 +58,12 @@ use send::{send, COPY_BODY_MAX};
 
 /// Pingora's proxy service behind the express lane.
 pub struct EdgeApp {
-    proxy: Arc<HttpProxy<EdgeProxy>>,
+    proxy: Arc<EdgeHttpProxy>,
     edge: Arc<Edge>,
 }
 
 impl EdgeApp {
-    pub fn new(proxy: HttpProxy<EdgeProxy>, edge: Arc<Edge>) -> Self {
+    pub fn new(proxy: EdgeHttpProxy, edge: Arc<Edge>) -> Self {
         EdgeApp {
             proxy: Arc::new(proxy),
             edge,

@@ -52,6 +52,9 @@ pub struct Server {
     pub sni: String,
     /// Pre-built peer: cloning it per request is cheaper than rebuilding options.
     peer: HttpPeer,
+    /// For an HTTPS server over HTTP/1.1 with warm connections: the peer its connections are
+    /// opened as (TLS, ALPN `http/1.1`), by the warm loop and by `warm::tls::WarmTls`.
+    pub warm_tls: Option<HttpPeer>,
 }
 
 impl Server {
@@ -144,6 +147,12 @@ impl Origin {
                         .map(|t| crate::tls::upstream::sni(config, t, &s.address))
                         .unwrap_or_default(),
                     peer: build_peer(s, key, config, ca_bundle, &state),
+                    warm_tls: warm_over_tls(config)
+                        .then(|| build_peer(s, key, config, ca_bundle, &state))
+                        .map(|mut p| {
+                            p.options.alpn = pingora::protocols::ALPN::H1;
+                            p
+                        }),
                     state,
                 })
             })
@@ -343,11 +352,20 @@ fn build_peer(
         #[cfg(target_os = "linux")]
         user_timeout: Duration::ZERO,
     });
-    if c.keepalive.warm > 0 {
-        o.custom_l4 = Some(Arc::new(warm::WarmConnector {
-            pool: state.clone(),
+    if warm_over_tls(c) {
+        // Its new connections come from the proxy's custom connector (`warm::tls`).
+        o.alpn = warm::tls::warm_alpn();
+    } else if c.keepalive.warm > 0 {
+        o.custom_l4 = Some(Arc::new(warm::tcp::WarmTcp {
+            server: state.clone(),
             connect_timeout: c.timeouts.connect.get(),
         }));
     }
     p
+}
+
+/// Whether an origin's warm connections are TLS ones (HTTPS over HTTP/1.1), opened whole
+/// ahead of need; otherwise they are TCP ones (`warm::tcp`).
+fn warm_over_tls(c: &OriginConfig) -> bool {
+    c.keepalive.warm > 0 && c.tls.is_some() && !c.http2
 }

@@ -117,6 +117,17 @@ impl ConnectionLedger {
     }
 }
 
+/// How long the kernel has seen no data arrive on connection `fd` (`TCP_INFO`'s
+/// `tcpi_last_data_recv`, at the kernel tick's granularity): the idle age counted from when the
+/// origin's last byte arrived. The ledger counts from when the edge handled the response's end,
+/// which a starved process does late, undercounting the origin's idle time by as much; the
+/// larger of the two is the one to trust.
+pub fn kernel_idle(fd: i32) -> Option<Duration> {
+    pingora::protocols::l4::ext::get_tcp_info(fd)
+        .ok()
+        .map(|i| Duration::from_millis(i.tcpi_last_data_recv as u64))
+}
+
 /// The keep-or-close decision for one upstream request.
 pub fn close_reason(
     pooling_off: bool,
@@ -184,6 +195,24 @@ mod tests {
         assert_eq!(close_reason(false, &c(4, Some(5)), Some(100), 1, 4), None);
         // No limit of our own (the default): only the origin, the pool or idle time retire it.
         assert_eq!(close_reason(false, &c(1_000_000, None), None, 1, 4), None);
+    }
+
+    #[test]
+    fn the_kernel_counts_idle_time_from_the_last_byte_received() {
+        use std::io::Write;
+        use std::os::unix::io::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        theirs.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let sent = Instant::now();
+        // However late this process looks, the kernel counts from the byte's arrival.
+        std::thread::sleep(Duration::from_millis(60));
+        let idle = kernel_idle(ours.as_raw_fd()).unwrap();
+        assert!(
+            idle >= Duration::from_millis(50) && idle <= sent.elapsed() + Duration::from_millis(10),
+            "{idle:?}"
+        );
     }
 
     #[test]

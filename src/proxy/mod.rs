@@ -57,7 +57,7 @@ use crate::client::{self, ClientConnection};
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
-use crate::origin::reuse::{close_reason, CloseReason};
+use crate::origin::reuse::{self, close_reason, CloseReason};
 use crate::origin::InFlight;
 use crate::state::Edge;
 pub(crate) use ctx::Handoff;
@@ -65,6 +65,9 @@ pub use ctx::RequestCtx;
 use ctx::{client_scheme, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{replayable, ttfb_cache_kind};
+
+/// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
+pub type EdgeHttpProxy = pingora::proxy::HttpProxy<EdgeProxy, crate::origin::warm::tls::WarmTls>;
 
 pub struct EdgeProxy {
     pub edge: Arc<Edge>,
@@ -323,7 +326,13 @@ impl ProxyHttp for EdgeProxy {
             // past the current limit (it was pooled under an older, longer one): it takes
             // another connection instead. Nothing was sent, so this refusal is always safe.
             let limit = origin.idle_limit(&server, self.edge.sched_delay.get());
-            if let Some(age) = conn.usage.idle_age.filter(|age| *age > limit) {
+            // The kernel's count (since the last byte arrived) where it is longer than ours
+            // (since we handled the response's end): a starved process handles it late.
+            let age = conn
+                .usage
+                .idle_age
+                .map(|a| a.max(reuse::kernel_idle(fd).unwrap_or_default()));
+            if let Some(age) = age.filter(|age| *age > limit) {
                 ctx.fresh_connection = true;
                 origin.metrics.closed_stale_for_unsafe.inc();
                 let mut e = Error::explain(
@@ -349,13 +358,17 @@ impl ProxyHttp for EdgeProxy {
             origin.metrics.reused.inc();
         } else {
             origin.metrics.new.inc();
-            // Over TLS the digest's last layer is the TLS handshake, after the TCP connect.
+            // Over TLS the digest's last layer is the TLS handshake, after the TCP connect; a
+            // warm connection may have had it done ahead (HTTP/1.1), or not (h2: see
+            // origin::warm).
             let layers = digest.map_or(&[][..], |d| d.timing_digest.as_slice());
-            let tls = match layers {
-                [_, .., Some(tls)] => tls.establishment_duration,
+            let tls_now = match layers {
+                [_, .., Some(tls)] if tls.established_ts >= attempt.began => {
+                    tls.establishment_duration
+                }
                 _ => None,
             };
-            if let Some(t) = tls {
+            if let Some(t) = tls_now {
                 origin.metrics.tls_handshake.observe(t.as_secs_f64());
             }
             if connection == Connection::New {
@@ -365,9 +378,7 @@ impl ProxyHttp for EdgeProxy {
                     origin.metrics.connect.observe(t.as_secs_f64());
                 }
             }
-            // A warm connection saved the TCP connect; an HTTPS origin's TLS handshake still
-            // happened now (see origin::warm).
-            if connection == Connection::New || tls.is_some() {
+            if connection == Connection::New || tls_now.is_some() {
                 origin.metrics.handshake_waits.inc();
             }
         }

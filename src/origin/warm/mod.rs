@@ -1,11 +1,17 @@
-//! Warm connections (`origins.NAME.keepalive.warm: N`): TCP connections to a server opened
-//! ahead of need, so that a request finding no pooled connection does not wait for a connect.
+//! Warm connections (`origins.NAME.keepalive.warm: N`): connections to a server opened ahead of
+//! need, so that a request finding no pooled connection does not wait for a handshake.
 //!
 //! Pingora opens upstream connections itself, when a request finds its pool empty, and offers
-//! no way to put a connection in its pool. It does let a peer bring its own layer-4 connector
-//! (`PeerOptions::custom_l4`): for a server with `warm` set, [`WarmConnector`] hands Pingora a
-//! connection from this server's [`WarmPool`] when one is ready, and connects on demand
-//! otherwise. After its first response the connection goes to Pingora's pool like any other.
+//! no way to put a connection in its pool. It does let the edge bring the connection it opens:
+//! - cleartext origins (and HTTPS origins with `http2: true`): the peer's own layer-4 connector
+//!   (`PeerOptions::custom_l4`, [`tcp::WarmTcp`]) hands a ready TCP connection; for an h2 origin
+//!   the TLS handshake then still happens at first use;
+//! - HTTPS origins over HTTP/1.1: the proxy's custom upstream connector ([`tls::WarmTls`],
+//!   asked for every new connection of a peer marked with [`WARM_ALPN`]) hands a connection
+//!   with TCP and TLS both done, opened by the same kind of Pingora connector, with the same
+//!   trust and session resumption.
+//!
+//! After its first response the connection goes to Pingora's pool like any other.
 //!
 //! The background loop ([`keep_warm`], every health-checker tick) keeps `N` ready per server:
 //! a ready connection is replaced shortly before it would idle past the server's effective idle
@@ -13,38 +19,67 @@
 //! limit, so it never races the origin's idle close any more than a pooled one does. Refreshing
 //! stops while the server is down and after `warm_idle` without a request to it.
 //!
-//! Limits, by construction: only TCP is done ahead. For an HTTPS origin the TLS handshake still
-//! happens when the connection is first used (resumed where the origin allows), because Pingora
-//! layers TLS over what the connector returns; the TCP round trip is what is saved there.
 //! Pingora sees a warm connection as new: `edge_upstream_requests_total{connection="new"}`
 //! counts it, `edge_upstream_handshake_waits_total` does not (a request waited for a handshake
-//! only if its connection was set up after it arrived).
+//! only if its connection, or its TLS, was set up after it arrived).
+
+pub mod tcp;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
-use pingora::connectors::L4Connect;
+use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::Stream;
 use pingora::ErrorType;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{Origin, Server};
 use crate::clock::now_ms;
 
+pub use tls::WARM_ALPN;
+
 /// A connection opened ahead of need, waiting for a request.
-struct Ready {
+enum ReadyConn {
     /// Held as a std socket (non-blocking): tokio registers it with the runtime of the request
     /// that takes it, not with the background loop's that opened it.
-    socket: std::net::TcpStream,
+    Tcp(std::net::TcpStream),
+    /// TCP and TLS done, by Pingora's connector.
+    Tls(Stream),
+}
+
+struct Ready {
+    conn: ReadyConn,
     opened: Instant,
-    /// Reported to Pingora as the connection's establishment time, so the request sees that its
-    /// connection was set up before it arrived.
+    /// Reported to Pingora as a TCP connection's establishment time, so the request sees that
+    /// its connection was set up before it arrived (a TLS stream carries its own).
     opened_at: SystemTime,
+}
+
+impl Ready {
+    /// Whether the origin has not closed (or written on) it while it waited: nothing to read.
+    fn still_open(&mut self) -> bool {
+        match &mut self.conn {
+            ReadyConn::Tcp(s) => {
+                let mut b = [0u8; 1];
+                matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            // Read through TLS: a session ticket the server sent after the handshake is
+            // consumed there and is no sign of a close; a close_notify or a FIN ends the read.
+            ReadyConn::Tls(s) => {
+                let mut b = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut b);
+                let mut cx = Context::from_waker(Waker::noop());
+                matches!(Pin::new(s).poll_read(&mut cx, &mut buf), Poll::Pending)
+            }
+        }
+    }
 }
 
 /// One server's warm connections; survives reloads with the server (see `ServerState`).
@@ -85,8 +120,8 @@ impl WarmPool {
     fn take(&self) -> Option<Ready> {
         let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
         let mut ready = self.lock();
-        while let Some(r) = ready.pop_front() {
-            if r.opened.elapsed() < limit && still_open(&r.socket) {
+        while let Some(mut r) = ready.pop_front() {
+            if r.opened.elapsed() < limit && r.still_open() {
                 return Some(r);
             }
         }
@@ -96,45 +131,6 @@ impl WarmPool {
     /// Closes every ready connection (warm off, server down, or no requests for `warm_idle`).
     fn clear(&self) {
         self.lock().clear();
-    }
-}
-
-/// Whether the origin has not closed (or written on) an idle connection: a non-blocking peek
-/// finds nothing to read.
-fn still_open(s: &std::net::TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// The layer-4 connector of a server with warm connections: a ready connection if there is
-/// one, else a connect now (with the origin's connect timeout, which Pingora does not apply to
-/// a custom connector).
-pub struct WarmConnector {
-    pub pool: Arc<super::ServerState>,
-    pub connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for WarmConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WarmConnector({} ready)", self.pool.warm.ready())
-    }
-}
-
-#[async_trait]
-impl L4Connect for WarmConnector {
-    async fn connect(&self, addr: &PeerAddr) -> Result<Stream> {
-        if let Some(r) = self.pool.warm.take() {
-            let socket = tokio::net::TcpStream::from_std(r.socket)
-                .or_err(ErrorType::ConnectError, "registering a warm connection")?;
-            let mut stream = Stream::from(socket);
-            stream.established_ts = r.opened_at;
-            return Ok(stream);
-        }
-        let Some(inet) = addr.as_inet() else {
-            return Error::e_explain(ErrorType::ConnectError, "warm connections are TCP only");
-        };
-        let socket = connect(inet, self.connect_timeout).await?;
-        Ok(Stream::from(socket))
     }
 }
 
@@ -168,8 +164,15 @@ fn schedule(limit: Duration, connect: Duration, tick: Duration) -> Schedule {
 
 /// One tick of the warm loop for every server of `origin`: drops what aged out, opens what is
 /// missing, or closes all when warm connections are not wanted now. `tick` is the loop's
-/// period; `sched` how late this process's timers fire (part of the idle limit's margin).
-pub fn keep_warm(origin: &Arc<Origin>, tick: Duration, sched: Duration) {
+/// period; `sched` how late this process's timers fire (part of the idle limit's margin);
+/// `transport` the connector HTTPS servers' warm connections are opened with (None until the
+/// proxy service exists).
+pub fn keep_warm(
+    origin: &Arc<Origin>,
+    tick: Duration,
+    sched: Duration,
+    transport: Option<&Arc<TransportConnector>>,
+) {
     let ka = &origin.config.keepalive;
     for server in &origin.servers {
         let pool = &server.state.warm;
@@ -193,7 +196,7 @@ pub fn keep_warm(origin: &Arc<Origin>, tick: Duration, sched: Duration) {
         let s = schedule(limit, connect, tick);
         let fresh = {
             let mut ready = pool.lock();
-            ready.retain(|r| r.opened.elapsed() < s.close_at && still_open(&r.socket));
+            ready.retain_mut(|r| r.opened.elapsed() < s.close_at && r.still_open());
             ready
                 .iter()
                 .filter(|r| r.opened.elapsed() < s.replace_at)
@@ -201,25 +204,48 @@ pub fn keep_warm(origin: &Arc<Origin>, tick: Duration, sched: Duration) {
         };
         server.metrics.warm_ready.set(pool.ready() as i64);
         let opening = pool.opening.load(Ordering::Relaxed);
+        let tls = match (&server.warm_tls, transport) {
+            (Some(peer), Some(t)) => Some((peer, t)),
+            (Some(_), None) => continue,
+            (None, _) => None,
+        };
         for _ in (fresh + opening)..ka.warm {
-            open_one(origin.clone(), server.clone());
+            open_one(
+                origin.clone(),
+                server.clone(),
+                tls.map(|(p, t)| (p.clone(), t.clone())),
+            );
         }
     }
 }
 
-/// Opens one warm connection in the background and adds it to the server's ready ones.
-fn open_one(origin: Arc<Origin>, server: Arc<Server>) {
+/// Opens one warm connection in the background and adds it to the server's ready ones: TCP
+/// only, or TCP and TLS with `tls` (the peer to connect as, and the connector).
+fn open_one(
+    origin: Arc<Origin>,
+    server: Arc<Server>,
+    tls: Option<(pingora::upstreams::peer::HttpPeer, Arc<TransportConnector>)>,
+) {
     server.state.warm.opening.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let pool = &server.state.warm;
         let started = Instant::now();
-        let result = connect(&server.addr, origin.config.timeouts.connect.get()).await;
+        let result = match tls {
+            Some((peer, transport)) => transport.new_stream(&peer).await.map(ReadyConn::Tls),
+            None => connect(&server.addr, origin.config.timeouts.connect.get())
+                .await
+                .and_then(|s| {
+                    s.into_std()
+                        .or_err(ErrorType::ConnectError, "detaching a warm connection")
+                })
+                .map(|s| {
+                    let _ = s.set_nodelay(true);
+                    ReadyConn::Tcp(s)
+                }),
+        };
         pool.opening.fetch_sub(1, Ordering::Relaxed);
-        let socket = match result.and_then(|s| {
-            s.into_std()
-                .or_err(ErrorType::ConnectError, "detaching a warm connection")
-        }) {
-            Ok(s) => s,
+        let conn = match result {
+            Ok(c) => c,
             Err(e) => {
                 // Counts toward passive health like a request's connect failure: a dead server
                 // is taken out, and warm refreshing stops while it is.
@@ -228,12 +254,17 @@ fn open_one(origin: Arc<Origin>, server: Arc<Server>) {
             }
         };
         server.health().connect_succeeded();
-        let _ = socket.set_nodelay(true);
         pool.connect_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         origin.metrics.opened_warm.inc();
+        if matches!(conn, ReadyConn::Tls(_)) {
+            origin
+                .metrics
+                .tls_handshake
+                .observe(started.elapsed().as_secs_f64());
+        }
         pool.lock().push_back(Ready {
-            socket,
+            conn,
             opened: Instant::now(),
             opened_at: SystemTime::now(),
         });
@@ -265,7 +296,7 @@ mod tests {
             let s = std::net::TcpStream::connect(addr).unwrap();
             s.set_nonblocking(true).unwrap();
             pool.lock().push_back(Ready {
-                socket: s,
+                conn: ReadyConn::Tcp(s),
                 opened: Instant::now(),
                 opened_at: SystemTime::now(),
             });
@@ -281,7 +312,7 @@ mod tests {
         drop(peer); // the origin closes it while it waits
         let closed_seen = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(5));
-            !still_open(&pool.lock()[0].socket)
+            !pool.lock()[0].still_open()
         });
         assert!(closed_seen);
         assert!(

@@ -1,0 +1,93 @@
+//! Warm TLS connections to HTTPS origins over HTTP/1.1, through Pingora's custom upstream
+//! connector.
+//!
+//! Pingora asks the proxy's custom connector for a new connection whenever a peer's ALPN is
+//! `Custom` and its HTTP/1 pool has none to reuse (`pingora_core::connectors::http`). Peers of
+//! servers with warm TLS connections carry [`WARM_ALPN`] for that reason only: [`WarmTls`]
+//! answers with a plain TLS stream, negotiated as HTTP/1.1, which Pingora then uses and pools
+//! as any HTTP/1.1 connection (the pool key leaves ALPN out). The stream comes from the
+//! server's warm pool when one is ready, else from a connect now, by one Pingora
+//! `TransportConnector` shared with the warm loop, with the trust bundle and session cache of
+//! Pingora's own connector settings: a new connection resumes the TLS session where the
+//! origin allows.
+//!
+//! (`HttpProxy::new_custom`, which installs such a connector, is public only in the vendored
+//! copy of pingora-proxy: see vendor/README.md.)
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::connectors::http::custom::{Connection, Connector};
+use pingora::connectors::TransportConnector;
+use pingora::prelude::*;
+use pingora::protocols::tls::CustomALPN;
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::Peer;
+use pingora::ErrorType;
+
+use super::ReadyConn;
+use crate::origin::Server;
+
+/// The ALPN marker of peers whose new connections [`WarmTls`] makes. Never sent: the TLS
+/// handshake offers `http/1.1`.
+pub fn warm_alpn() -> ALPN {
+    ALPN::Custom(CustomALPN::new(WARM_ALPN.to_vec()))
+}
+
+pub const WARM_ALPN: &[u8] = b"edge-warm-http/1.1";
+
+/// Finds the server a peer stands for, by address and SNI, among those with warm TLS.
+pub type FindServer = dyn Fn(&SocketAddr, &str) -> Option<Arc<Server>> + Send + Sync;
+
+pub struct WarmTls {
+    pub transport: Arc<TransportConnector>,
+    pub find: Arc<FindServer>,
+}
+
+#[async_trait]
+impl Connector for WarmTls {
+    type Session = ();
+
+    async fn get_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Connection<()>, bool)> {
+        let server = peer
+            .address()
+            .as_inet()
+            .and_then(|addr| (self.find)(addr, peer.sni()));
+        let Some(server) = server else {
+            // A reload removed the server since the request picked it.
+            return Error::e_explain(
+                ErrorType::ConnectError,
+                format!("no server with warm connections for {peer}"),
+            );
+        };
+        let Some(connect_as) = server.warm_tls.as_ref() else {
+            return Error::e_explain(ErrorType::ConnectError, "warm connections are off");
+        };
+        if let Some(r) = server.state.warm.take() {
+            if let ReadyConn::Tls(stream) = r.conn {
+                return Ok((Connection::Stream(stream), false));
+            }
+        }
+        let stream = self.transport.new_stream(connect_as).await?;
+        Ok((Connection::Stream(stream), false))
+    }
+
+    async fn reused_http_session<P: Peer + Send + Sync + 'static>(&self, _peer: &P) -> Option<()> {
+        // Reuse is Pingora's HTTP/1 pool's, asked right after this.
+        None
+    }
+
+    async fn release_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        _session: (),
+        _peer: &P,
+        _idle_timeout: Option<Duration>,
+    ) {
+        // Never called: this connector hands out streams, which Pingora pools itself.
+    }
+}
