@@ -64,6 +64,26 @@ pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
     if boot.cache.max_size != new.cache.max_size {
         out.push("cache.max_size".to_string());
     }
+    // HTTP/2 settings are the proxy's, built once (see server::h2_settings).
+    let (bc, nc) = (&boot.client, &new.client);
+    for (field, changed) in [
+        (
+            "client.h2_max_concurrent_streams",
+            bc.h2_max_concurrent_streams != nc.h2_max_concurrent_streams,
+        ),
+        (
+            "client.h2_max_header_list_size",
+            bc.h2_max_header_list_size != nc.h2_max_header_list_size,
+        ),
+        (
+            "client.keepalive_timeout (for HTTP/2 connections)",
+            bc.keepalive_timeout != nc.keepalive_timeout,
+        ),
+    ] {
+        if changed {
+            out.push(field.to_string());
+        }
+    }
     let (b, n) = (&boot.server, &new.server);
     let fields = [
         ("server.threads", b.threads != n.threads),

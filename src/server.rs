@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
@@ -184,6 +185,21 @@ fn edge_http_proxy(conf: &Arc<ServerConf>, edge: &Arc<Edge>) -> EdgeHttpProxy {
     proxy
 }
 
+/// HTTP/2 toward clients: the stream and header-list limits, and how long a connection with no
+/// stream open is kept (the keep-alive timeout, as for HTTP/1). Pingora's starting point keeps
+/// the `h2` crate's defences against stream floods: at most 20 streams reset by the client
+/// before the server accepted them, and 1024 the server had to reset for the client's errors,
+/// before the connection is closed with `ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487).
+/// Fixed at start: a reload that changes them says a restart is needed.
+fn h2_settings(
+    c: &crate::config::ClientSettings,
+) -> (pingora::protocols::http::v2::server::H2Options, Duration) {
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(c.h2_max_concurrent_streams);
+    h2.max_header_list_size(c.h2_max_header_list_size.0 as u32);
+    (h2, c.keepalive_timeout.get())
+}
+
 /// The client-facing service: the express lane in front of the proxy (see `express`), behind
 /// the connection limit (see `connections`), on every listener.
 fn proxy_service(
@@ -192,12 +208,13 @@ fn proxy_service(
     listen: &[crate::config::Listener],
 ) -> Service<Limited<EdgeApp>> {
     let mut proxy = edge_http_proxy(conf, edge);
-    if listen.iter().any(|l| l.tls.is_none() && l.http2) {
-        // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
+    let (h2, h2_idle) = h2_settings(&edge.boot.client);
+    proxy.h2_options = Some(h2);
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(h2_idle);
+    // Cleartext h2 with prior knowledge, on every cleartext listener of the service.
+    options.h2c = listen.iter().any(|l| l.tls.is_none() && l.http2);
+    proxy.server_options = Some(options);
     // Every client connection counts against client.max_connections.
     let open = Arc::new(OpenConnections::default());
     let app = Limited::new(

@@ -374,3 +374,82 @@ fn a_stale_object_refetched_uncacheable_says_fwd_stale() {
     assert!(s.contains("fwd=stale; fwd-status=200"), "{s}");
     assert!(!s.contains("stored"), "{s}");
 }
+
+#[test]
+fn rfc_corners_hop_by_hop_fields_cookies_and_unreadable_age() {
+    let o = Origin::start("o");
+    // Fields the origin names in Connection belong to its connection: never stored, never
+    // passed on.
+    o.set(
+        "/traced",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Connection", "X-Trace"),
+                ("X-Trace", "abc"),
+            ],
+            "t",
+        ),
+    );
+    // A cookie-setting response, stored only with cache.store_set_cookie, and never with it.
+    o.set(
+        "/cookie",
+        Canned::new(
+            200,
+            &[("Cache-Control", "max-age=60"), ("Set-Cookie", "lang=en")],
+            "c",
+        ),
+    );
+    // An Age that cannot be read: stored, but stale, so every use revalidates.
+    o.set(
+        "/aged",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("Age", "old, 0"),
+                ("ETag", "\"v1\""),
+            ],
+            "a",
+        ),
+    );
+    let edge = edge_for(&o, "", "cache: {store_set_cookie: true}\n");
+
+    for _ in 0..2 {
+        let r = edge.get("example.com", "/traced");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-trace"),
+            None,
+            "a hop-by-hop field was passed on"
+        );
+    }
+    assert_eq!(o.count("/traced"), 1, "not stored");
+
+    let first = edge.get("example.com", "/cookie");
+    assert_eq!(first.header("set-cookie"), Some("lang=en"));
+    let hit = edge.get("example.com", "/cookie");
+    assert!(status_of(&hit).contains("hit"), "{}", status_of(&hit));
+    assert_eq!(
+        hit.header("set-cookie"),
+        None,
+        "a stored cookie was handed out"
+    );
+    assert_eq!(o.count("/cookie"), 1);
+
+    for _ in 0..3 {
+        assert_eq!(edge.get("example.com", "/aged").status, 200);
+    }
+    assert_eq!(
+        o.count("/aged"),
+        3,
+        "an unreadable Age must not read as fresh"
+    );
+    let revalidations = o
+        .requests()
+        .iter()
+        .filter(|s| s.path == "/aged" && s.header("if-none-match") == Some("\"v1\""))
+        .count();
+    assert_eq!(revalidations, 2, "stored, and revalidated on each use");
+}

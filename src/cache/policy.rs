@@ -54,11 +54,24 @@ fn directives(resp: &ResponseHeader, settings: &CacheSettings) -> Option<CacheCo
         .or_else(|| CacheControl::from_resp_headers(resp))
 }
 
-fn header_secs(resp: &ResponseHeader, name: &str) -> Option<u64> {
-    resp.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+/// An upstream `Age` (RFC 9111 §5.1): `Ok(None)` when absent, `Ok(Some(secs))` for one valid
+/// delta-seconds, `Err(())` when it is invalid: not digits, a list (`old, 0`), or several
+/// fields. An invalid `Age` means the response is treated as stale (RFC 9111 §4.2.3): it is
+/// stored, and revalidated before it is served.
+fn upstream_age(resp: &ResponseHeader) -> Result<Option<u64>, ()> {
+    let mut fields = resp.headers.get_all(http::header::AGE).iter();
+    let Some(v) = fields.next() else {
+        return Ok(None);
+    };
+    if fields.next().is_some() {
+        return Err(());
+    }
+    let v = v.to_str().map_err(|_| ())?.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    // Too large to represent: the largest value it can be (RFC 9111 §1.2.2).
+    Ok(Some(v.parse().unwrap_or(u64::from(u32::MAX))))
 }
 
 fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
@@ -93,6 +106,7 @@ fn refusal(
     resp: &ResponseHeader,
     authorization: bool,
     cc: Option<&CacheControl>,
+    settings: &CacheSettings,
 ) -> Option<NoCacheReason> {
     let vary_star = resp
         .headers
@@ -103,8 +117,9 @@ fn refusal(
     if vary_star {
         return Some(NoCacheReason::Custom("vary: *"));
     }
-    // Like Varnish: a response that sets a cookie is someone's, not everyone's.
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    // Like Varnish: a response that sets a cookie is someone's, not everyone's. Unless the
+    // operator says the origin's cookies are not personal (`cache.store_set_cookie`).
+    if resp.headers.contains_key(http::header::SET_COOKIE) && !settings.store_set_cookie {
         return Some(NoCacheReason::Custom("set-cookie"));
     }
     if authorization && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
@@ -130,13 +145,18 @@ fn lifetime_end(
         .and_then(|c| c.fresh_duration())
         .map(|ttl| created + ttl)
         .or_else(|| {
-            // Expires is only relevant when no field this cache reads gave a lifetime.
-            calculate_expires_header_time(resp).map(|t| {
-                // Expires is relative to the origin's Date (clock skew); fall back to now.
-                match header_date(resp, "date").and_then(|d| t.duration_since(d).ok()) {
-                    Some(lifetime) => now + lifetime,
-                    None => t,
-                }
+            // Expires is only relevant when no field this cache reads gave a lifetime
+            // (RFC 9111 §5.3): the lifetime is Expires − Date (the origin's clock, not ours),
+            // counted like max-age from the response's creation (an upstream Age counts
+            // against it). An Expires at or before Date, or one that is not a valid date
+            // ("0"), means already expired.
+            resp.headers.get(http::header::EXPIRES)?;
+            let Some(expires) = calculate_expires_header_time(resp) else {
+                return Some(created);
+            };
+            Some(match header_date(resp, "date") {
+                Some(date) => created + expires.duration_since(date).unwrap_or_default(),
+                None => expires,
             })
         });
     let heuristic_ok =
@@ -163,13 +183,14 @@ pub fn response_cacheable(
     settings: &CacheSettings,
 ) -> RespCacheable {
     let cc = directives(resp, settings);
-    if let Some(reason) = refusal(resp, authorization, cc.as_ref()) {
+    if let Some(reason) = refusal(resp, authorization, cc.as_ref(), settings) {
         return RespCacheable::Uncacheable(reason);
     }
     let now = SystemTime::now();
     // An upstream Age is time the response already spent in caches before us: the object is
     // that much older than our copy (it counts in the Age we send and against its lifetime).
-    let upstream_age = Duration::from_secs(header_secs(resp, "age").unwrap_or(0));
+    let age = upstream_age(resp);
+    let upstream_age = Duration::from_secs(age.unwrap_or_default().unwrap_or(0));
     let created = now.checked_sub(upstream_age).unwrap_or(now);
     let fresh_until = lifetime_end(resp, cc.as_ref(), route, now, created);
     let Some(mut fresh_until) = fresh_until else {
@@ -179,8 +200,9 @@ pub fn response_cacheable(
     if !cap.is_zero() && fresh_until > now + cap {
         fresh_until = now + cap;
     }
-    // A zero lifetime must read as already stale (revalidate on every use), not "fresh now".
-    if fresh_until <= now {
+    // A zero lifetime must read as already stale (revalidate on every use), not "fresh now";
+    // so must a response whose Age cannot be read.
+    if fresh_until <= now || age.is_err() {
         fresh_until = now - Duration::from_secs(1);
     }
     let defaults = CacheMetaDefaults::new(|_| None, 0, route.stale_if_error.get().as_secs() as u32);
@@ -189,6 +211,9 @@ pub fn response_cacheable(
     if let Some(c) = &cc {
         c.strip_private_headers(&mut stored);
     }
+    // Stored, with store_set_cookie, but the cookie itself goes only to the client whose
+    // request filled the cache, never to the ones served from it.
+    stored.remove_header(&http::header::SET_COOKIE);
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, stored))
 }
 
@@ -317,6 +342,72 @@ mod tests {
     }
 
     #[test]
+    fn set_cookie_responses_are_stored_only_when_allowed_and_never_with_the_cookie() {
+        let route = RouteCache::default();
+        let r = resp(
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+        );
+        let allow = CacheSettings {
+            store_set_cookie: true,
+            ..CacheSettings::default()
+        };
+        match response_cacheable(&r, false, &route, &allow) {
+            RespCacheable::Cacheable(m) => {
+                assert!(m.response_header().headers.get("set-cookie").is_none())
+            }
+            RespCacheable::Uncacheable(why) => panic!("not stored: {why:?}"),
+        }
+    }
+
+    #[test]
+    fn age_and_expires_corners_read_as_stale() {
+        let route = RouteCache::default();
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let in_100s = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(100));
+        let ago_100s = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(100));
+        // An Age that cannot be read: stored, and stale at once.
+        for age in ["old, 0", "5, 7", "-3", "1.5", ""] {
+            let r = resp(200, &[("cache-control", "max-age=600"), ("age", age)]);
+            assert_eq!(ttl(&r, &route), Some(-1), "Age: {age:?}");
+        }
+        let two = resp(
+            200,
+            &[("cache-control", "max-age=600"), ("age", "1"), ("age", "2")],
+        );
+        assert_eq!(ttl(&two, &route), Some(-1), "two Age fields");
+        // A valid Age counts against the lifetime, from Expires as from max-age.
+        let r = resp(
+            200,
+            &[
+                ("date", date.as_str()),
+                ("expires", in_100s.as_str()),
+                ("age", "30"),
+            ],
+        );
+        assert_eq!(ttl(&r, &route), Some(70));
+        let r = resp(
+            200,
+            &[
+                ("date", date.as_str()),
+                ("expires", in_100s.as_str()),
+                ("age", "150"),
+            ],
+        );
+        assert_eq!(ttl(&r, &route), Some(-1), "Age beyond Expires - Date");
+        // Expires at or before Date, or not a date: already expired.
+        let r = resp(
+            200,
+            &[("date", date.as_str()), ("expires", ago_100s.as_str())],
+        );
+        assert_eq!(ttl(&r, &route), Some(-1));
+        let r = resp(200, &[("date", date.as_str()), ("expires", date.as_str())]);
+        assert_eq!(ttl(&r, &route), Some(-1));
+        let r = resp(200, &[("date", date.as_str()), ("expires", "0")]);
+        assert_eq!(ttl(&r, &route), Some(-1), "Expires: 0");
+    }
+
+    #[test]
     fn no_cache_is_stored_but_always_stale() {
         let route = RouteCache::default();
         assert_eq!(
@@ -348,7 +439,7 @@ mod tests {
         let date = httpdate::fmt_http_date(now);
         assert_eq!(
             ttl(
-                &resp(200, &[("last-modified", &lm), ("date", &date)]),
+                &resp(200, &[("last-modified", &lm), ("date", date.as_str())]),
                 &plain
             ),
             Some(100),

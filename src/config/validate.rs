@@ -311,6 +311,21 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
             ),
         );
     }
+    if c.h2_max_concurrent_streams == 0 || c.h2_max_concurrent_streams > 1000 {
+        ck.error(
+            &[key("client"), key("h2_max_concurrent_streams")],
+            format!("expected 1 to 1000, got {}", c.h2_max_concurrent_streams),
+        );
+    }
+    if c.h2_max_header_list_size.0 < 1024 || c.h2_max_header_list_size.0 > 1 << 20 {
+        ck.error(
+            &[key("client"), key("h2_max_header_list_size")],
+            format!(
+                "expected 1KiB to 1MiB, got {} bytes",
+                c.h2_max_header_list_size.0
+            ),
+        );
+    }
     if c.max_headers == 0 || c.max_headers > 256 {
         ck.error(
             &[key("client"), key("max_headers")],

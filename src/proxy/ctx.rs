@@ -69,6 +69,9 @@ pub struct CacheCtx {
     /// keep the response out of the cache (`store::FillStart`).
     pub purge_epoch: Option<u64>,
     pub outcome: Outcome,
+    /// The origin's `Set-Cookie` fields of a response stored without them
+    /// (`cache.store_set_cookie`): the client whose request fetched it still gets them.
+    pub set_cookie: Vec<http::HeaderValue>,
 }
 
 /// One attempt at an origin server.

@@ -64,7 +64,7 @@ pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
 use ctx::{client_scheme, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
-use upstream::{replayable, ttfb_cache_kind};
+use upstream::{replayable, strip_hop_by_hop, ttfb_cache_kind};
 
 /// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
 pub type EdgeHttpProxy = pingora::proxy::HttpProxy<EdgeProxy, crate::origin::warm::tls::WarmTls>;
@@ -480,9 +480,9 @@ impl ProxyHttp for EdgeProxy {
                 server.state.idle.ttfb(ttfb);
             }
         }
-        // Hop-by-hop fields of the upstream connection are not the client's business.
-        upstream.remove_header("keep-alive");
-        upstream.remove_header("proxy-connection");
+        // Hop-by-hop fields of the upstream connection are not the client's business, nor
+        // the cache's.
+        strip_hop_by_hop(upstream);
         Ok(())
     }
 
@@ -510,6 +510,15 @@ impl ProxyHttp for EdgeProxy {
             }
             None => policy::response_cacheable(resp, authorization, route, settings),
         };
+        // Stored without its cookies (cache.store_set_cookie): this client still gets them.
+        if matches!(decision, RespCacheable::Cacheable(_)) {
+            ctx.cache.set_cookie = resp
+                .headers
+                .get_all(http::header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+        }
         // The store does not keep a response that a purge since its request went out covers.
         if let (RespCacheable::Cacheable(meta), Some(epoch)) =
             (&mut decision, ctx.cache.purge_epoch)
@@ -546,6 +555,9 @@ impl ProxyHttp for EdgeProxy {
         }
         let fresh_until = session.cache.maybe_cache_meta().map(|m| m.fresh_until());
         self.client_cache_fields(resp, ctx, fresh_until)?;
+        for cookie in std::mem::take(&mut ctx.cache.set_cookie) {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         let req = session.req_header();
         if !req.method.is_safe() && resp.status.as_u16() < 400 {
             if let Some(routed) = &ctx.routed {

@@ -2,6 +2,7 @@
 //! what a connection found closed teaches, and which requests may be sent again.
 
 use pingora::cache::CachePhase;
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
@@ -53,6 +54,28 @@ impl EdgeProxy {
     }
 }
 
+/// Removes the fields of a response that belong to the upstream connection, not to the
+/// message (RFC 9110 §7.6.1): `Keep-Alive`, `Proxy-Connection`, and every field the origin
+/// named in `Connection` (`Connection: x-trace` makes `X-Trace` hop-by-hop). So they are
+/// neither stored with a cached object nor forwarded to the client. `Connection` itself is
+/// Pingora's to manage toward the client.
+pub(super) fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let named: Vec<String> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "connection")
+        .collect();
+    for name in named {
+        resp.remove_header(&name);
+    }
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
+}
+
 /// Why the origin was asked, as an index into `metrics::TTFB_CACHE_LABELS`.
 pub(super) fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
     match phase {
@@ -72,4 +95,29 @@ pub(super) fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
 /// body Pingora can still replay.
 pub(super) fn replayable(session: &Session) -> bool {
     session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_named_in_connection_are_not_passed_on() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("connection", "X-Trace, keep-alive"),
+            ("connection", "x-debug"),
+            ("x-trace", "abc"),
+            ("x-debug", "1"),
+            ("keep-alive", "timeout=5"),
+            ("cache-control", "max-age=60"),
+        ] {
+            r.append_header(k, v).unwrap();
+        }
+        strip_hop_by_hop(&mut r);
+        for gone in ["x-trace", "x-debug", "keep-alive"] {
+            assert!(r.headers.get(gone).is_none(), "{gone} passed on");
+        }
+        assert_eq!(r.headers.get("cache-control").unwrap(), "max-age=60");
+    }
 }

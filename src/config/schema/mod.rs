@@ -149,6 +149,14 @@ pub struct ClientSettings {
     /// (two while it has an upstream connection): the edge raises its soft descriptor limit to
     /// the hard one at start. `0` = unlimited. Default: `10000`.
     pub max_connections: usize,
+    /// Streams one HTTP/2 client connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused (`RST_STREAM REFUSED_STREAM`),
+    /// 1 to 1000. An HTTP/2 connection with no stream open is closed after
+    /// `keepalive_timeout`, as an idle HTTP/1 one is. Default: `100`.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest decoded header list of one HTTP/2 request (`SETTINGS_MAX_HEADER_LIST_SIZE`),
+    /// 1KiB to 1MiB; a larger one is refused. Default: `64KiB`.
+    pub h2_max_header_list_size: Size,
 }
 
 impl Default for ClientSettings {
@@ -164,6 +172,8 @@ impl Default for ClientSettings {
             max_body_size: Size(100 << 20),
             body_timeout: Dur::secs(60),
             max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_size: Size(64 << 10),
         }
     }
 }
@@ -240,6 +250,12 @@ pub struct CacheSettings {
     /// `express`). `false` sends every request through the proxy's phases (for debugging;
     /// responses are the same, hits cost more CPU). Reloadable. Default: `true`.
     pub express_lane: bool,
+    /// Store responses that carry `Set-Cookie` (without the `Set-Cookie` field: the cookie goes
+    /// only to the client whose request filled the cache). Off by default: a response that
+    /// sets a cookie is usually personal (a session), and serving it to others leaks it; turn
+    /// it on only for origins that set the same, non-identifying cookie for everyone.
+    /// Default: `false`.
+    pub store_set_cookie: bool,
 }
 
 impl Default for CacheSettings {
@@ -250,6 +266,7 @@ impl Default for CacheSettings {
             lock_timeout: Dur::secs(5),
             targeted_field: "edge-cache-control".into(),
             express_lane: true,
+            store_set_cookie: false,
         }
     }
 }

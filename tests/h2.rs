@@ -1,0 +1,88 @@
+//! HTTP/2 toward clients: the limits the edge announces and holds to, and idle connections
+//! closed after the keep-alive timeout. Over cleartext h2 (prior knowledge) with the `h2`
+//! crate as the client, which shows the server's SETTINGS; the same settings apply on TLS
+//! listeners (one proxy serves both).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn h2c_edge(origin: &Origin, client: &str) -> Edge {
+    Edge::start_listening(
+        "{address: \"127.0.0.1:{PORT}\", http2: true}",
+        &format!(
+            "client: {{{client}}}\norigins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web, cache: {{enabled: false}}}}\n",
+            origin.addr
+        ),
+    )
+}
+
+async fn get(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    header: Option<(&str, String)>,
+) -> Result<u16, h2::Error> {
+    let mut req = http::Request::get(format!("http://web.test{path}"));
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true)?;
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    // Read the body to its end, so the stream is closed on both sides.
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(status)
+}
+
+#[test]
+fn h2_limits_are_announced_and_held_and_idle_connections_closed() {
+    let origin = Origin::start("web");
+    let edge = h2c_edge(
+        &origin,
+        "h2_max_concurrent_streams: 7, h2_max_header_list_size: 16KiB, keepalive_timeout: 1s",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(conn);
+
+        assert_eq!(get(&mut client, "/a", None).await.unwrap(), 200);
+        // The server's SETTINGS arrived before its first answer.
+        assert_eq!(client.current_max_send_streams(), 7);
+
+        // A header list over the limit is refused, and never reaches the origin.
+        let big = Some(("x-big", "a".repeat(20 << 10)));
+        let refused = get(&mut client, "/big", big).await;
+        assert!(
+            !matches!(refused, Ok(200)),
+            "a 20 KiB header list was served: {refused:?}"
+        );
+        assert_eq!(origin.count("/big"), 0);
+
+        // A fresh connection after the refusal: the one above may have been reset by it.
+        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        drop(connection);
+        let connection = tokio::spawn(conn);
+        assert_eq!(get(&mut client, "/b", None).await.unwrap(), 200);
+        // With no stream open, the connection is closed after keepalive_timeout (1 s).
+        let idle_from = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        let idle = idle_from.elapsed();
+        assert!(ended.is_ok(), "an idle h2 connection was kept past 10 s");
+        assert!(
+            idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+            "closed after {idle:?} idle, keepalive_timeout is 1 s"
+        );
+    });
+}
