@@ -1,7 +1,6 @@
 //! Wiring: turns a validated config into a Pingora server with the proxy, admin and health
 //! check services, and runs it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::upstreams::peer::Peer;
 
 use crate::access_log::AccessLogService;
 use crate::admin::Admin;
@@ -163,13 +163,13 @@ fn edge_http_proxy(conf: &Arc<ServerConf>, edge: &Arc<Edge>) -> EdgeHttpProxy {
         })
         .clone();
     let state = edge.clone();
-    let find: Arc<FindServer> = Arc::new(move |addr: &SocketAddr, sni: &str| {
+    let find: Arc<FindServer> = Arc::new(move |key: u64| {
         let live = state.snapshot();
         let found = live
             .origins
             .values()
             .flat_map(|o| o.servers.iter())
-            .find(|s| s.warm_tls.is_some() && s.addr == *addr && s.sni == sni)
+            .find(|s| s.warm_tls.as_ref().is_some_and(|p| p.reuse_hash() == key))
             .cloned();
         found
     });

@@ -2,8 +2,8 @@
 //!
 //! A real nginx origin (its idle timer is precise, as a production origin's is; the harness's
 //! thread-per-connection origin wakes late under load) closes idle connections after 500 ms
-//! without announcing it, behind a relay adding 5 ms each way. One client sends POSTs after
-//! idle gaps spread evenly across 300–700 ms. A gap longer than the timeout less the round trip
+//! without announcing it, behind a relay adding 5 ms each way. One client sends 100 POSTs after
+//! idle gaps spread evenly across 250–750 ms. A gap longer than the timeout less the round trip
 //! cannot be served on the pooled connection (the origin's idle clock runs a round trip longer
 //! than ours): those requests need a new connection, the floor. The edge must lose no POST and
 //! open at most 10% more connections than the floor. The margin before the origin's timeout is
@@ -97,7 +97,7 @@ fn spread_gaps(lo: Duration, hi: Duration, n: usize) -> Vec<Duration> {
 fn no_post_lost_and_connections_within_ten_percent_of_the_floor() {
     const TIMEOUT: Duration = Duration::from_millis(500);
     const DELAY: Duration = Duration::from_millis(5);
-    const N: usize = 60;
+    const N: usize = 100;
     let origin = Nginx::start("500ms");
     let relay = Relay::start(origin.addr, DELAY);
     let edge = Edge::start(&format!(
@@ -134,8 +134,8 @@ fn no_post_lost_and_connections_within_ten_percent_of_the_floor() {
     // The POSTs, each after its gap on an idle pooled connection.
     let rtt = 2 * DELAY;
     let gaps = spread_gaps(
-        TIMEOUT - Duration::from_millis(200),
-        TIMEOUT + Duration::from_millis(200),
+        TIMEOUT - Duration::from_millis(250),
+        TIMEOUT + Duration::from_millis(250),
         N,
     );
     let mut failed = 0;

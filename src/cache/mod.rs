@@ -9,6 +9,7 @@
 //! - `body_file`: large bodies in memory files, sent with sendfile;
 //! - `key`: what identifies an object; `vary`: which variant a request gets;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
+//!   `sf`: whether a targeted field is a valid Structured Field Dictionary;
 //! - `invalidate`: what an unsafe request removes;
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
@@ -18,6 +19,7 @@ pub mod hit;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
+mod sf;
 pub mod status;
 pub mod store;
 pub mod vary;

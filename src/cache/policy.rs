@@ -47,10 +47,25 @@ pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
     }
 }
 
-/// The caching directives this cache obeys for a response.
+/// The caching directives this cache obeys for a response: the first valid one of its
+/// targeted field, `CDN-Cache-Control`, and `Cache-Control`. A targeted field that is not a
+/// valid Structured Field Dictionary, or gives a directive a value of the wrong type, is
+/// ignored as a whole (RFC 9213 §2.1), as if it were absent.
 fn directives(resp: &ResponseHeader, settings: &CacheSettings) -> Option<CacheControl> {
-    CacheControl::from_resp_headers_named(&settings.targeted_field, resp)
-        .or_else(|| CacheControl::from_resp_headers_named("cdn-cache-control", resp))
+    let targeted = |name: &str| {
+        let values: Vec<&str> = resp
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{0}"))
+            .collect();
+        if values.is_empty() || !super::sf::valid_cache_dictionary(&values.join(", ")) {
+            return None;
+        }
+        CacheControl::from_resp_headers_named(name, resp)
+    };
+    targeted(&settings.targeted_field)
+        .or_else(|| targeted("cdn-cache-control"))
         .or_else(|| CacheControl::from_resp_headers(resp))
 }
 
@@ -339,6 +354,31 @@ mod tests {
             response_cacheable(&r, true, &route, &settings),
             RespCacheable::Cacheable(_)
         ));
+    }
+
+    #[test]
+    fn an_invalid_targeted_field_is_ignored_as_a_whole() {
+        let route = RouteCache::default();
+        for bad in [
+            "max-age=\"300\"",
+            "max-age=300s",
+            "max-age=300, no-store=1",
+            "max-age=300,",
+        ] {
+            let r = resp(
+                200,
+                &[("cache-control", "max-age=60"), ("cdn-cache-control", bad)],
+            );
+            assert_eq!(ttl(&r, &route), Some(60), "CDN-Cache-Control: {bad}");
+        }
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=300"),
+            ],
+        );
+        assert_eq!(ttl(&r, &route), Some(300));
     }
 
     #[test]

@@ -128,6 +128,20 @@ pub fn kernel_idle(fd: i32) -> Option<Duration> {
         .map(|i| Duration::from_millis(i.tcpi_last_data_recv as u64))
 }
 
+/// A pooled connection's idle age: the edge's count, or the kernel's where that is longer by
+/// more than the kernel clock's granularity (its tick, up to 10 ms; within it the kernel's
+/// count runs ahead of the truth and would only cost connections). What it catches is a
+/// starved process that handled a response's end long after it arrived.
+pub fn idle_age(edge: Duration, kernel: Option<Duration>) -> Duration {
+    match kernel {
+        Some(k) if k > edge + KERNEL_TICK => k,
+        _ => edge,
+    }
+}
+
+/// The coarsest kernel tick (`CONFIG_HZ=100`).
+const KERNEL_TICK: Duration = Duration::from_millis(10);
+
 /// The keep-or-close decision for one upstream request.
 pub fn close_reason(
     pooling_off: bool,
@@ -213,6 +227,18 @@ mod tests {
             idle >= Duration::from_millis(50) && idle <= sent.elapsed() + Duration::from_millis(10),
             "{idle:?}"
         );
+    }
+
+    #[test]
+    fn the_kernel_count_wins_only_beyond_its_tick() {
+        let ms = Duration::from_millis;
+        assert_eq!(idle_age(ms(100), Some(ms(108))), ms(100));
+        assert_eq!(
+            idle_age(ms(100), Some(ms(300))),
+            ms(300),
+            "a starved process"
+        );
+        assert_eq!(idle_age(ms(100), None), ms(100));
     }
 
     #[test]

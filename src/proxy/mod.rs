@@ -326,12 +326,10 @@ impl ProxyHttp for EdgeProxy {
             // past the current limit (it was pooled under an older, longer one): it takes
             // another connection instead. Nothing was sent, so this refusal is always safe.
             let limit = origin.idle_limit(&server, self.edge.sched_delay.get());
-            // The kernel's count (since the last byte arrived) where it is longer than ours
-            // (since we handled the response's end): a starved process handles it late.
             let age = conn
                 .usage
                 .idle_age
-                .map(|a| a.max(reuse::kernel_idle(fd).unwrap_or_default()));
+                .map(|a| reuse::idle_age(a, reuse::kernel_idle(fd)));
             if let Some(age) = age.filter(|age| *age > limit) {
                 ctx.fresh_connection = true;
                 origin.metrics.closed_stale_for_unsafe.inc();

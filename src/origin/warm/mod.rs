@@ -27,9 +27,10 @@ pub mod tcp;
 pub mod tls;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
+use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -56,6 +58,9 @@ enum ReadyConn {
 
 struct Ready {
     conn: ReadyConn,
+    /// For a TLS connection, the reuse hash of the peer it was opened as (address, SNI,
+    /// verification, connection group): it goes only to a request whose peer has the same.
+    key: Option<u64>,
     opened: Instant,
     /// Reported to Pingora as a TCP connection's establishment time, so the request sees that
     /// its connection was set up before it arrived (a TLS stream carries its own).
@@ -70,20 +75,42 @@ impl Ready {
                 let mut b = [0u8; 1];
                 matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
-            // Read through TLS: a session ticket the server sent after the handshake is
-            // consumed there and is no sign of a close; a close_notify or a FIN ends the read.
             ReadyConn::Tls(s) => {
+                // The socket first: nothing to read is open, a FIN (or an error) is closed.
                 let mut b = [0u8; 1];
+                let peeked = unsafe {
+                    libc::recv(
+                        s.id(),
+                        b.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                if peeked <= 0 {
+                    return peeked < 0
+                        && std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::WouldBlock;
+                }
+                // Bytes waiting: read them through TLS. A session ticket the server sent after
+                // the handshake is consumed there and is no sign of a close; a close_notify or
+                // data ends the read. Unconstrained, so tokio's cooperative budget cannot make
+                // the read look pending.
                 let mut buf = ReadBuf::new(&mut b);
+                let mut read =
+                    std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                        match Pin::new(&mut *s).poll_read(cx, &mut buf) {
+                            Poll::Pending => Poll::Ready(true),
+                            Poll::Ready(_) => Poll::Ready(false),
+                        }
+                    })));
                 let mut cx = Context::from_waker(Waker::noop());
-                matches!(Pin::new(s).poll_read(&mut cx, &mut buf), Poll::Pending)
+                matches!(read.as_mut().poll(&mut cx), Poll::Ready(true))
             }
         }
     }
 }
 
 /// One server's warm connections; survives reloads with the server (see `ServerState`).
-#[derive(Default)]
 pub struct WarmPool {
     ready: Mutex<VecDeque<Ready>>,
     /// Connects started by the loop and not finished, so a slow connect is not doubled.
@@ -96,6 +123,38 @@ pub struct WarmPool {
     last_request_ms: AtomicU64,
     /// The last connect time the loop measured, in µs: how far ahead a replacement is opened.
     connect_us: AtomicU64,
+    /// The youngest age at which the origin closed a ready connection that never carried a
+    /// request, in ms (`NONE`: never seen), and when (ms since start). Servers often give a
+    /// new connection less time for its first request than a used one between requests
+    /// (nginx's `client_header_timeout`, Go's `ReadHeaderTimeout`); ready connections then
+    /// close sooner than the learned idle limit, and are closed before that age instead.
+    fresh_closed_ms: AtomicU64,
+    fresh_closed_at_ms: AtomicU64,
+    /// No warm connect before this (ms since start): after failures, the loop backs off
+    /// (100 ms doubling to 30 s) instead of marking the server down for no client's sake.
+    backoff_until_ms: AtomicU64,
+    failures: AtomicU32,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// How long an early close of a ready connection caps their lifetime.
+const FRESH_CLOSED_MEMORY: Duration = Duration::from_secs(600);
+
+impl Default for WarmPool {
+    fn default() -> Self {
+        WarmPool {
+            ready: Mutex::default(),
+            opening: AtomicUsize::new(0),
+            limit_ms: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            connect_us: AtomicU64::new(0),
+            fresh_closed_ms: AtomicU64::new(NONE),
+            fresh_closed_at_ms: AtomicU64::new(0),
+            backoff_until_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
 }
 
 impl WarmPool {
@@ -114,18 +173,49 @@ impl WarmPool {
         self.lock().len()
     }
 
-    /// Takes the oldest ready connection still within the idle limit and still open, if any;
-    /// ones past the limit or closed by the origin are dropped on the way. Oldest first: it is
-    /// the next to be closed unused, and its replacement may already be open.
-    fn take(&self) -> Option<Ready> {
+    /// Takes the oldest ready connection for `key` (a TLS peer's reuse hash; None for TCP)
+    /// still within the idle limit and still open, if any; ones past the limit or closed by the
+    /// origin are dropped on the way. Oldest first: it is the next to be closed unused, and its
+    /// replacement may already be open.
+    fn take(&self, key: Option<u64>) -> Option<Ready> {
         let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
         let mut ready = self.lock();
-        while let Some(mut r) = ready.pop_front() {
+        let mut i = 0;
+        while i < ready.len() {
+            if ready[i].key != key {
+                i += 1;
+                continue;
+            }
+            let mut r = ready.remove(i).expect("in range");
             if r.opened.elapsed() < limit && r.still_open() {
                 return Some(r);
             }
         }
         None
+    }
+
+    /// A ready connection that never carried a request was found closed at `age`.
+    fn closed_fresh(&self, age: Duration) {
+        let age = age.as_millis() as u64;
+        let recent = now_ms().saturating_sub(self.fresh_closed_at_ms.load(Ordering::Relaxed))
+            < FRESH_CLOSED_MEMORY.as_millis() as u64;
+        let prev = self.fresh_closed_ms.load(Ordering::Relaxed);
+        let keep = if recent { prev.min(age) } else { age };
+        self.fresh_closed_ms.store(keep, Ordering::Relaxed);
+        self.fresh_closed_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long a ready connection may wait: the idle limit, or less when the origin was seen
+    /// closing ready connections sooner (a tenth and a tick before that).
+    fn close_at(&self, limit: Duration, tick: Duration) -> Duration {
+        let fresh = self.fresh_closed_ms.load(Ordering::Relaxed);
+        let recent = now_ms().saturating_sub(self.fresh_closed_at_ms.load(Ordering::Relaxed))
+            < FRESH_CLOSED_MEMORY.as_millis() as u64;
+        if fresh == NONE || !recent {
+            return limit;
+        }
+        let fresh = Duration::from_millis(fresh);
+        limit.min(fresh.saturating_sub(fresh / 10 + tick))
     }
 
     /// Closes every ready connection (warm off, server down, or no requests for `warm_idle`).
@@ -158,7 +248,9 @@ struct Schedule {
 fn schedule(limit: Duration, connect: Duration, tick: Duration) -> Schedule {
     Schedule {
         close_at: limit,
-        replace_at: limit.saturating_sub(tick + 2 * connect),
+        // Never before half the lifetime: a limit shorter than the lead would otherwise open
+        // N connections at every tick.
+        replace_at: limit.saturating_sub(tick + 2 * connect).max(limit / 2),
     }
 }
 
@@ -189,20 +281,36 @@ pub fn keep_warm(
             // Warm from the start: the first request does not wait either.
             pool.touch();
         }
-        let limit = origin.idle_limit(server, sched);
+        let limit = pool.close_at(origin.idle_limit(server, sched), tick);
         pool.limit_ms
             .store(limit.as_millis() as u64, Ordering::Relaxed);
         let connect = Duration::from_micros(pool.connect_us.load(Ordering::Relaxed));
         let s = schedule(limit, connect, tick);
+        // Ready connections of this server's current kind only: a reload may have changed
+        // its TLS settings (another key) or turned TLS on or off.
+        let key = server.warm_tls.as_ref().map(|p| p.reuse_hash());
         let fresh = {
             let mut ready = pool.lock();
-            ready.retain_mut(|r| r.opened.elapsed() < s.close_at && r.still_open());
+            ready.retain_mut(|r| {
+                let age = r.opened.elapsed();
+                if r.key != key || age >= s.close_at {
+                    return false;
+                }
+                let open = r.still_open();
+                if !open {
+                    pool.closed_fresh(age);
+                }
+                open
+            });
             ready
                 .iter()
                 .filter(|r| r.opened.elapsed() < s.replace_at)
                 .count()
         };
         server.metrics.warm_ready.set(pool.ready() as i64);
+        if now_ms() < pool.backoff_until_ms.load(Ordering::Relaxed) {
+            continue;
+        }
         let opening = pool.opening.load(Ordering::Relaxed);
         let tls = match (&server.warm_tls, transport) {
             (Some(peer), Some(t)) => Some((peer, t)),
@@ -230,6 +338,7 @@ fn open_one(
     tokio::spawn(async move {
         let pool = &server.state.warm;
         let started = Instant::now();
+        let key = tls.as_ref().map(|(peer, _)| peer.reuse_hash());
         let result = match tls {
             Some((peer, transport)) => transport.new_stream(&peer).await.map(ReadyConn::Tls),
             None => connect(&server.addr, origin.config.timeouts.connect.get())
@@ -247,24 +356,37 @@ fn open_one(
         let conn = match result {
             Ok(c) => c,
             Err(e) => {
-                // Counts toward passive health like a request's connect failure: a dead server
-                // is taken out, and warm refreshing stops while it is.
-                origin.connect_failed(&server, &e);
+                // Counted, and backed off; not a mark on the server's health, which no client
+                // has seen fail (health checks and requests decide that).
+                server.metrics.connect_failures.inc();
+                let n = pool.failures.fetch_add(1, Ordering::Relaxed).min(9);
+                let wait = (100u64 << n).min(30_000);
+                pool.backoff_until_ms
+                    .store(now_ms() + wait, Ordering::Relaxed);
+                log::debug!(
+                    "origin {} server {}: warm connection failed, next try in {wait} ms: {e}",
+                    origin.name,
+                    server.address
+                );
                 return;
             }
         };
-        server.health().connect_succeeded();
+        pool.failures.store(0, Ordering::Relaxed);
         pool.connect_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         origin.metrics.opened_warm.inc();
-        if matches!(conn, ReadyConn::Tls(_)) {
-            origin
-                .metrics
-                .tls_handshake
-                .observe(started.elapsed().as_secs_f64());
+        if let ReadyConn::Tls(stream) = &conn {
+            // The TLS layer's own time, after the TCP connect.
+            let layers = stream.get_timing_digest();
+            if let Some(Some(t)) = layers.last().filter(|_| layers.len() > 1) {
+                if let Some(d) = t.establishment_duration {
+                    origin.metrics.tls_handshake.observe(d.as_secs_f64());
+                }
+            }
         }
         pool.lock().push_back(Ready {
             conn,
+            key,
             opened: Instant::now(),
             opened_at: SystemTime::now(),
         });
@@ -282,8 +404,23 @@ mod tests {
         let s = schedule(ms(900), ms(20), ms(100));
         assert_eq!(s.close_at, ms(900));
         assert_eq!(s.replace_at, ms(760));
-        // A limit shorter than the lead: replaced at every tick, still closed at the limit.
-        assert_eq!(schedule(ms(50), ms(20), ms(100)).replace_at, Duration::ZERO);
+        // A limit shorter than the lead: replaced at half its lifetime, closed at the limit.
+        assert_eq!(schedule(ms(50), ms(20), ms(100)).replace_at, ms(25));
+    }
+
+    #[test]
+    fn ready_connections_closed_early_by_the_origin_shorten_their_lifetime() {
+        let ms = Duration::from_millis;
+        let pool = WarmPool::default();
+        assert_eq!(pool.close_at(ms(5000), ms(100)), ms(5000));
+        // The origin gives a new connection 2 s for its first request.
+        pool.closed_fresh(ms(2000));
+        assert_eq!(pool.close_at(ms(5000), ms(100)), ms(1700));
+        assert_eq!(
+            pool.close_at(ms(1000), ms(100)),
+            ms(1000),
+            "never beyond the limit"
+        );
     }
 
     #[test]
@@ -297,6 +434,7 @@ mod tests {
             s.set_nonblocking(true).unwrap();
             pool.lock().push_back(Ready {
                 conn: ReadyConn::Tcp(s),
+                key: None,
                 opened: Instant::now(),
                 opened_at: SystemTime::now(),
             });
@@ -304,7 +442,7 @@ mod tests {
         };
         let peer = add(&pool);
         assert!(
-            pool.take().is_some(),
+            pool.take(None).is_some(),
             "an open, young connection is handed out"
         );
         drop(peer);
@@ -316,12 +454,19 @@ mod tests {
         });
         assert!(closed_seen);
         assert!(
-            pool.take().is_none(),
+            pool.take(None).is_none(),
             "a connection the origin closed is dropped"
         );
         assert_eq!(pool.ready(), 0);
         let _peer = add(&pool);
+        assert!(
+            pool.take(Some(7)).is_none(),
+            "a TCP connection is no TLS peer's"
+        );
         pool.limit_ms.store(0, Ordering::Relaxed);
-        assert!(pool.take().is_none(), "past the idle limit it is dropped");
+        assert!(
+            pool.take(None).is_none(),
+            "past the idle limit it is dropped"
+        );
     }
 }

@@ -31,7 +31,7 @@ impl std::fmt::Debug for WarmTcp {
 #[async_trait]
 impl L4Connect for WarmTcp {
     async fn connect(&self, addr: &PeerAddr) -> Result<L4Stream> {
-        if let Some(r) = self.server.warm.take() {
+        if let Some(r) = self.server.warm.take(None) {
             if let ReadyConn::Tcp(socket) = r.conn {
                 let socket = tokio::net::TcpStream::from_std(socket)
                     .or_err(ErrorType::ConnectError, "registering a warm connection")?;

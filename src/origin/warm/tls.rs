@@ -14,7 +14,7 @@
 //! (`HttpProxy::new_custom`, which installs such a connector, is public only in the vendored
 //! copy of pingora-proxy: see vendor/README.md.)
 
-use std::net::SocketAddr;
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
 use pingora::protocols::tls::CustomALPN;
 use pingora::protocols::ALPN;
-use pingora::upstreams::peer::Peer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
 
 use super::ReadyConn;
@@ -38,8 +38,10 @@ pub fn warm_alpn() -> ALPN {
 
 pub const WARM_ALPN: &[u8] = b"edge-warm-http/1.1";
 
-/// Finds the server a peer stands for, by address and SNI, among those with warm TLS.
-pub type FindServer = dyn Fn(&SocketAddr, &str) -> Option<Arc<Server>> + Send + Sync;
+/// Finds the server whose warm connections a peer may take: the one whose connect-as peer
+/// (`Server::warm_tls`) has the same reuse hash (address, SNI, verification, CA, connection
+/// group), so a connection is only ever handed to requests that could have pooled it.
+pub type FindServer = dyn Fn(u64) -> Option<Arc<Server>> + Send + Sync;
 
 pub struct WarmTls {
     pub transport: Arc<TransportConnector>,
@@ -54,26 +56,23 @@ impl Connector for WarmTls {
         &self,
         peer: &P,
     ) -> Result<(Connection<()>, bool)> {
-        let server = peer
-            .address()
-            .as_inet()
-            .and_then(|addr| (self.find)(addr, peer.sni()));
-        let Some(server) = server else {
-            // A reload removed the server since the request picked it.
-            return Error::e_explain(
-                ErrorType::ConnectError,
-                format!("no server with warm connections for {peer}"),
-            );
+        // Pingora's proxy asks for its own peer type; the edge's peers are HttpPeers.
+        let Some(peer) = (peer as &dyn Any).downcast_ref::<HttpPeer>() else {
+            return Error::e_explain(ErrorType::ConnectError, "warm TLS: not an HttpPeer");
         };
-        let Some(connect_as) = server.warm_tls.as_ref() else {
-            return Error::e_explain(ErrorType::ConnectError, "warm connections are off");
-        };
-        if let Some(r) = server.state.warm.take() {
-            if let ReadyConn::Tls(stream) = r.conn {
-                return Ok((Connection::Stream(stream), false));
+        let key = peer.reuse_hash();
+        if let Some(server) = (self.find)(key) {
+            if let Some(r) = server.state.warm.take(Some(key)) {
+                if let ReadyConn::Tls(stream) = r.conn {
+                    return Ok((Connection::Stream(stream), false));
+                }
             }
         }
-        let stream = self.transport.new_stream(connect_as).await?;
+        // None ready, a retry on a fresh connection (another group), or a peer of a config a
+        // reload replaced: a connection now, as this very peer, negotiated as HTTP/1.1.
+        let mut connect_as = peer.clone();
+        connect_as.options.alpn = ALPN::H1;
+        let stream = self.transport.new_stream(&connect_as).await?;
         Ok((Connection::Stream(stream), false))
     }
 
