@@ -143,6 +143,16 @@ fn vary_keeps_variants_side_by_side() {
     assert!(status_of(&fr()).contains("hit"));
     assert!(status_of(&de()).contains("hit"));
     assert_eq!(o.count("/v"), 2);
+    // Values that mean the same share a variant: case, order and spaces of Accept-Language.
+    let fr_de = edge.request("GET", "/v", &["Accept-Language: fr-CH, de;q=0.5"]);
+    assert!(status_of(&fr_de).contains("fwd=vary-miss"));
+    let same = edge.request("GET", "/v", &["Accept-Language: de; q=0.5,fr-ch"]);
+    assert!(
+        status_of(&same).contains("hit"),
+        "an equivalent Accept-Language missed: {}",
+        status_of(&same)
+    );
+    assert_eq!(o.count("/v"), 3);
 }
 
 #[test]
