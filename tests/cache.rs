@@ -463,3 +463,34 @@ fn rfc_corners_hop_by_hop_fields_cookies_and_unreadable_age() {
         .count();
     assert_eq!(revalidations, 2, "stored, and revalidated on each use");
 }
+
+#[test]
+fn only_if_cached_never_asks_the_origin_and_immutable_survives_a_reload() {
+    let o = Origin::start("o");
+    o.set("/page", cc("max-age=60", "p"));
+    o.set("/asset", cc("max-age=60, immutable", "a"));
+    o.set("/plain", cc("max-age=60", "b"));
+    let edge = edge_for(&o, "", "");
+
+    // only-if-cached: from the store or 504, the origin never asked.
+    let r = edge.request("GET", "/page", &["Cache-Control: only-if-cached"]);
+    assert_eq!(r.status, 504);
+    assert_eq!(o.count("/page"), 0);
+    assert_eq!(edge.get("example.com", "/page").status, 200);
+    let r = edge.request("GET", "/page", &["Cache-Control: only-if-cached"]);
+    assert_eq!(r.status, 200);
+    assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    assert_eq!(o.count("/page"), 1);
+
+    // A client's reload (no-cache) revalidates an ordinary fresh object, not an immutable one.
+    for p in ["/asset", "/plain"] {
+        edge.get("example.com", p);
+        edge.request("GET", p, &["Cache-Control: no-cache"]);
+    }
+    assert_eq!(
+        o.count("/asset"),
+        1,
+        "an immutable fresh object was revalidated"
+    );
+    assert_eq!(o.count("/plain"), 2, "no-cache did not revalidate");
+}

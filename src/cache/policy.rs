@@ -47,6 +47,42 @@ pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
     }
 }
 
+/// Whether a request or response carries the cache directive `name` in `Cache-Control` (or,
+/// for a response, in one of the fields that target caches like this one).
+fn has_directive(headers: &http::HeaderMap, fields: &[&str], name: &str) -> bool {
+    fields.iter().any(|f| {
+        headers
+            .get_all(*f)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                let d = d.split(['=', ';']).next().unwrap_or("").trim();
+                d.eq_ignore_ascii_case(name)
+            })
+    })
+}
+
+/// `Cache-Control: only-if-cached` on a request (RFC 9111 §5.2.1.7): answer from the store or
+/// with `504`, never by asking the origin.
+pub fn only_if_cached(req: &RequestHeader) -> bool {
+    has_directive(&req.headers, &["cache-control"], "only-if-cached")
+}
+
+/// `immutable` on a stored response (RFC 8246): while it is fresh, a client's reload
+/// (`no-cache`, `max-age=0`) is answered from the store, not revalidated.
+pub fn immutable(stored: &http::HeaderMap, settings: &CacheSettings) -> bool {
+    has_directive(
+        stored,
+        &[
+            settings.targeted_field.as_str(),
+            "cdn-cache-control",
+            "cache-control",
+        ],
+        "immutable",
+    )
+}
+
 /// The caching directives this cache obeys for a response: the first valid one of its
 /// targeted field, `CDN-Cache-Control`, and `Cache-Control`. A targeted field that is not a
 /// valid Structured Field Dictionary, or gives a directive a value of the wrong type, is
@@ -354,6 +390,26 @@ mod tests {
             response_cacheable(&r, true, &route, &settings),
             RespCacheable::Cacheable(_)
         ));
+    }
+
+    #[test]
+    fn request_and_response_directives_read_as_tokens() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cache-control", "max-age=0, Only-If-Cached")
+            .unwrap();
+        assert!(only_if_cached(&req));
+        let mut other = RequestHeader::build("GET", b"/", None).unwrap();
+        other
+            .append_header("cache-control", "x-only-if-cached-not")
+            .unwrap();
+        assert!(!only_if_cached(&other));
+        let settings = CacheSettings::default();
+        let r = resp(200, &[("cache-control", "max-age=60, immutable")]);
+        assert!(immutable(&r.headers, &settings));
+        let r = resp(200, &[("cdn-cache-control", "immutable")]);
+        assert!(immutable(&r.headers, &settings));
+        let r = resp(200, &[("cache-control", "max-age=60")]);
+        assert!(!immutable(&r.headers, &settings));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Routed {
 pub struct CacheCtx {
     /// The client sent `Cache-Control: no-cache`: stored objects need revalidation.
     pub client_no_cache: bool,
+    /// The client sent `Cache-Control: only-if-cached`: a miss is answered `504`.
+    pub only_if_cached: bool,
     /// The lookup found a stored object that was stale, so the origin was asked for a new one.
     pub found_stale: bool,
     /// Header fields of a 304 from the origin, to update the stored response with.

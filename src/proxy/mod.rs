@@ -189,6 +189,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.cache.client_no_cache = policy::client_wants_revalidation(req);
+        ctx.cache.only_if_cached = policy::only_if_cached(req);
         let c = &self.edge.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.live.config.cache.lock_timeout.get());
@@ -223,17 +224,36 @@ impl ProxyHttp for EdgeProxy {
     async fn cache_hit_filter(
         &self,
         _session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
         ctx.cache.found_stale = !is_fresh;
-        // RFC 9111 section 5.2.1.4: a request's no-cache means validate with the origin first.
-        if ctx.cache.client_no_cache && is_fresh {
+        // RFC 9111 section 5.2.1.4: a request's no-cache means validate with the origin first,
+        // unless the stored response is immutable (RFC 8246) and fresh.
+        if ctx.cache.client_no_cache
+            && is_fresh
+            && !policy::immutable(meta.headers(), &ctx.live.config.cache)
+        {
             return Ok(Some(ForcedFreshness::ForceExpired));
         }
         Ok(None)
+    }
+
+    /// The request is about to go to the origin (a miss, or a stale object to refresh): a
+    /// client that asked for `only-if-cached` gets `504` instead (RFC 9111 section 5.2.1.7).
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if !ctx.cache.only_if_cached {
+            return Ok(true);
+        }
+        let keepalive = session.is_body_empty();
+        respond_text(session, 504, "not in cache (only-if-cached)", keepalive).await?;
+        Ok(false)
     }
 
     fn cache_vary_filter(
