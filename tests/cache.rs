@@ -494,3 +494,44 @@ fn only_if_cached_never_asks_the_origin_and_immutable_survives_a_reload() {
     );
     assert_eq!(o.count("/plain"), 2, "no-cache did not revalidate");
 }
+
+#[test]
+fn max_stale_and_min_fresh_bound_what_the_client_accepts() {
+    let o = Origin::start("o");
+    // Stored 40 s stale at once (Age 100 against max-age 60).
+    o.set(
+        "/old",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Age", "100"),
+                ("ETag", "\"o\""),
+            ],
+            "o",
+        ),
+    );
+    o.set("/fresh", cc("max-age=60", "f"));
+    let edge = edge_for(&o, "", "");
+    edge.get("example.com", "/old");
+    assert_eq!(o.count("/old"), 1);
+    let r = edge.request("GET", "/old", &["Cache-Control: max-stale=60"]);
+    assert_eq!(r.status, 200);
+    assert_eq!(o.count("/old"), 1, "40 s stale is within max-stale=60");
+    edge.request("GET", "/old", &["Cache-Control: max-stale=10"]);
+    assert_eq!(o.count("/old"), 2, "40 s stale is beyond max-stale=10");
+
+    edge.get("example.com", "/fresh");
+    edge.request("GET", "/fresh", &["Cache-Control: min-fresh=10"]);
+    assert_eq!(
+        o.count("/fresh"),
+        1,
+        "fresh for 60 s more is enough for min-fresh=10"
+    );
+    edge.request("GET", "/fresh", &["Cache-Control: min-fresh=120"]);
+    assert_eq!(
+        o.count("/fresh"),
+        2,
+        "min-fresh=120 asks for more than it has"
+    );
+}

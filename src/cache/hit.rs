@@ -59,7 +59,8 @@ impl RequestFields for RequestHeader {
         self.headers.get_all(name).iter().any(|v| f(v.as_bytes()))
     }
     fn wants_revalidation(&self) -> Option<bool> {
-        Some(policy::client_wants_revalidation(self))
+        // min-fresh or max-stale: the cache phases weigh them against the object's freshness.
+        Some(policy::client_wants_revalidation(self) || policy::client_sets_freshness(self))
     }
 }
 

@@ -223,7 +223,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         _hit: &mut HitHandler,
         is_fresh: bool,
@@ -238,7 +238,22 @@ impl ProxyHttp for EdgeProxy {
         {
             return Ok(Some(ForcedFreshness::ForceExpired));
         }
-        Ok(None)
+        // The client's own bounds: min-fresh (RFC 9111 section 5.2.1.3), max-stale (5.2.1.2).
+        let now = SystemTime::now();
+        let until = meta.fresh_until();
+        let fresh_for = until.duration_since(now).unwrap_or_default();
+        let stale_by = now.duration_since(until).unwrap_or_default();
+        let req = session.req_header();
+        Ok(
+            match policy::client_freshness(req, meta.headers(), fresh_for, stale_by) {
+                Some(true) if !is_fresh => {
+                    ctx.cache.found_stale = false;
+                    Some(ForcedFreshness::ForceFresh)
+                }
+                Some(false) if is_fresh => Some(ForcedFreshness::ForceExpired),
+                _ => None,
+            },
+        )
     }
 
     /// The request is about to go to the origin (a miss, or a stale object to refresh): a
