@@ -225,6 +225,9 @@ impl Admin {
 
 #[async_trait]
 impl ServeHttp for Admin {
+    /// The admin API's router: the token check, then one arm per endpoint, each handing its
+    /// work to a method of its own. Long as a route table is; kept whole so every endpoint and
+    /// its method are read in one place.
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let path = req.uri.path().to_string();

@@ -12,7 +12,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use pingora::upstreams::peer::Peer;
 
 use crate::access_log::AccessLogService;
 use crate::admin::Admin;
@@ -169,7 +168,7 @@ fn edge_http_proxy(conf: &Arc<ServerConf>, edge: &Arc<Edge>) -> EdgeHttpProxy {
             .origins
             .values()
             .flat_map(|o| o.servers.iter())
-            .find(|s| s.warm_tls.as_ref().is_some_and(|p| p.reuse_hash() == key))
+            .find(|s| s.warm_tls.as_ref().is_some_and(|w| w.key == key))
             .cloned();
         found
     });

@@ -56,6 +56,47 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// What one edge with `warm: 1` and one without saw, sending the same spaced requests.
+struct WarmAgainstCold {
+    warm: Edge,
+    cold: Edge,
+    /// Requests that waited for a handshake, with warm and without.
+    waits: (f64, f64),
+    /// Client-side latency medians, with warm and without.
+    medians: (Duration, Duration),
+}
+
+/// Two edges before `relay` (keep-alive settings `ka`, `extra` origin keys), one with `warm: 1`;
+/// once the warm one has a connection ready, both send `n` GETs, each `gap` after the previous
+/// answer, side by side.
+fn warm_against_cold(
+    relay: &Relay,
+    ka: &str,
+    extra: &str,
+    n: usize,
+    gap: Duration,
+) -> WarmAgainstCold {
+    let warm = edge_for(relay.addr, &format!("{ka}, warm: 1"), extra);
+    let cold = edge_for(relay.addr, ka, extra);
+    assert!(
+        wait_until(Duration::from_secs(5), || warm_ready(&warm, relay.addr)
+            >= 1.0),
+        "no warm connection was opened"
+    );
+    let (warm_lat, cold_lat) = thread::scope(|s| {
+        let w = s.spawn(|| spaced_gets(&warm, n, gap));
+        let c = s.spawn(|| spaced_gets(&cold, n, gap));
+        (w.join().unwrap(), c.join().unwrap())
+    });
+    let waits = |e: &Edge| e.metric("edge_upstream_handshake_waits_total{origin=\"app\"}");
+    WarmAgainstCold {
+        waits: (waits(&warm), waits(&cold)),
+        medians: (median(warm_lat), median(cold_lat)),
+        warm,
+        cold,
+    }
+}
+
 #[test]
 fn requests_after_long_gaps_take_a_warm_connection_instead_of_waiting_for_a_connect() {
     // The origin closes idle connections after 300 ms without saying so; the edge keeps pooled
@@ -63,35 +104,25 @@ fn requests_after_long_gaps_take_a_warm_connection_instead_of_waiting_for_a_conn
     let origin = Origin::start_with_idle("app", Duration::from_millis(300));
     origin.set_keep_alive_header(None);
     let relay = Relay::start(origin.addr, DELAY);
-    let ka = "idle_timeout: 200ms, learn: false";
-    let warm = edge_for(relay.addr, &format!("{ka}, warm: 1"), "");
-    let cold = edge_for(relay.addr, ka, "");
-    assert!(
-        wait_until(Duration::from_secs(5), || warm_ready(&warm, relay.addr)
-            >= 1.0),
-        "no warm connection was opened"
-    );
-
     const N: usize = 20;
-    let gap = Duration::from_millis(350);
-    let (warm_lat, cold_lat) = thread::scope(|s| {
-        let w = s.spawn(|| spaced_gets(&warm, N, gap));
-        let c = s.spawn(|| spaced_gets(&cold, N, gap));
-        (w.join().unwrap(), c.join().unwrap())
-    });
-
+    let run = warm_against_cold(
+        &relay,
+        "idle_timeout: 200ms, learn: false",
+        "",
+        N,
+        Duration::from_millis(350),
+    );
+    let (warm, cold) = (&run.warm, &run.cold);
     let requests = |e: &Edge| {
         e.metric("edge_upstream_requests_total{connection=\"new\",origin=\"app\"}")
             + e.metric("edge_upstream_requests_total{connection=\"reused\",origin=\"app\"}")
     };
-    let waits = |e: &Edge| e.metric("edge_upstream_handshake_waits_total{origin=\"app\"}");
-    let (w_req, w_waits, c_req, c_waits) =
-        (requests(&warm), waits(&warm), requests(&cold), waits(&cold));
-    let (w_med, c_med) = (median(warm_lat), median(cold_lat));
+    let (w_req, c_req) = (requests(warm), requests(cold));
+    let ((w_waits, c_waits), (w_med, c_med)) = (run.waits, run.medians);
     eprintln!(
         "warm: {w_waits}/{w_req} requests waited for a connect, median {w_med:?}, {} warm \
          connections opened; cold: {c_waits}/{c_req} waited, median {c_med:?}",
-        opened(&warm, "warm")
+        opened(warm, "warm")
     );
     assert_eq!(w_req, N as f64);
     assert_eq!(c_req, N as f64);
@@ -103,8 +134,8 @@ fn requests_after_long_gaps_take_a_warm_connection_instead_of_waiting_for_a_conn
         w_waits <= (N as f64) * 0.05,
         "with warm: 95% of requests go out on a connection open before they arrived"
     );
-    assert_eq!(opened(&warm, "demand"), w_waits);
-    assert!(opened(&warm, "warm") >= N as f64);
+    assert_eq!(opened(warm, "demand"), w_waits);
+    assert!(opened(warm, "warm") >= N as f64);
     // The client sees one round trip through the relay with warm, two without (the connect).
     let rtt = 2 * DELAY;
     assert!(
@@ -141,25 +172,15 @@ fn https_origins_get_warm_connections_with_tls_done_ahead() {
         "    tls: {{sni: origin.test, ca_file: \"{}\"}}\n",
         ca.pem_path().display()
     );
-    let ka = "idle_timeout: 450ms, learn: false";
-    let warm = edge_for(relay.addr, &format!("{ka}, warm: 1"), &https);
-    let cold = edge_for(relay.addr, ka, &https);
-    assert!(
-        wait_until(Duration::from_secs(5), || warm_ready(&warm, relay.addr)
-            >= 1.0),
-        "no warm connection was opened"
-    );
-
     const N: usize = 20;
-    let gap = Duration::from_millis(700);
-    let (warm_lat, cold_lat) = thread::scope(|s| {
-        let w = s.spawn(|| spaced_gets(&warm, N, gap));
-        let c = s.spawn(|| spaced_gets(&cold, N, gap));
-        (w.join().unwrap(), c.join().unwrap())
-    });
-    let waits = |e: &Edge| e.metric("edge_upstream_handshake_waits_total{origin=\"app\"}");
-    let (w_waits, c_waits) = (waits(&warm), waits(&cold));
-    let (w_med, c_med) = (median(warm_lat), median(cold_lat));
+    let run = warm_against_cold(
+        &relay,
+        "idle_timeout: 450ms, learn: false",
+        &https,
+        N,
+        Duration::from_millis(700),
+    );
+    let ((w_waits, c_waits), (w_med, c_med)) = (run.waits, run.medians);
     eprintln!(
         "HTTPS, warm: {w_waits}/{N} requests waited for a handshake, median {w_med:?}; cold: \
          {c_waits}/{N} waited, median {c_med:?}; origin: {} handshakes, {} resumed",
@@ -183,7 +204,11 @@ fn https_origins_get_warm_connections_with_tls_done_ahead() {
         "edge_upstream_connect_failures_total{{origin=\"app\",server=\"{}\"}}",
         relay.addr
     );
-    assert_eq!(warm.metric(&failures), 0.0, "a warm TLS connection failed");
+    assert_eq!(
+        run.warm.metric(&failures),
+        0.0,
+        "a warm TLS connection failed"
+    );
 }
 
 #[test]

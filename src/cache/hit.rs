@@ -21,7 +21,7 @@ use pingora::protocols::http::date;
 
 use super::status::Outcome;
 use super::store::{FreshHit, Store};
-use super::{key, policy, CACHE_TAG, SURROGATE_KEY};
+use super::{key, CACHE_TAG, SURROGATE_KEY};
 use crate::config::RouteCache;
 
 /// Request fields that need pingora-cache's handling of a hit (conditional requests, ranges) or
@@ -59,8 +59,8 @@ impl RequestFields for RequestHeader {
         self.headers.get_all(name).iter().any(|v| f(v.as_bytes()))
     }
     fn wants_revalidation(&self) -> Option<bool> {
-        // min-fresh or max-stale: the cache phases weigh them against the object's freshness.
-        Some(policy::client_wants_revalidation(self) || policy::client_sets_freshness(self))
+        // Also min-fresh and max-stale: the cache phases weigh them against the freshness.
+        Some(super::request::ClientDirectives::of(self).bear_on_freshness())
     }
 }
 

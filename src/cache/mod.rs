@@ -10,6 +10,7 @@
 //! - `key`: what identifies an object; `vary`: which variant a request gets;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //!   `sf`: whether a targeted field is a valid Structured Field Dictionary;
+//! - `request`: what a request's `Cache-Control` asks of the cache, and makes of a hit;
 //! - `invalidate`: what an unsafe request removes;
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
@@ -19,6 +20,7 @@ pub mod hit;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
+pub mod request;
 mod sf;
 pub mod status;
 pub mod store;

@@ -34,24 +34,17 @@ pub fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static
     None
 }
 
-/// The client asked not to be served from cache without revalidation
-/// (`Cache-Control: no-cache`, or `Pragma: no-cache` without Cache-Control).
-pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
-    match CacheControl::from_req_headers(req) {
-        Some(cc) => cc.no_cache() || cc.max_age().ok().flatten() == Some(0),
-        None => req
-            .headers
-            .get(http::header::PRAGMA)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
-    }
-}
-
-/// Whether a request or response carries the cache directive `name` in `Cache-Control` (or,
-/// for a response, in one of the fields that target caches like this one).
-fn has_directive(headers: &http::HeaderMap, fields: &[&str], name: &str) -> bool {
-    fields.iter().any(|f| {
-        headers
+/// Whether a stored response carries the cache directive `name` in any field this cache reads
+/// (its targeted field, `CDN-Cache-Control`, `Cache-Control`).
+pub(super) fn stored_says(stored: &http::HeaderMap, settings: &CacheSettings, name: &str) -> bool {
+    [
+        settings.targeted_field.as_str(),
+        "cdn-cache-control",
+        "cache-control",
+    ]
+    .iter()
+    .any(|f| {
+        stored
             .get_all(*f)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -61,83 +54,6 @@ fn has_directive(headers: &http::HeaderMap, fields: &[&str], name: &str) -> bool
                 d.eq_ignore_ascii_case(name)
             })
     })
-}
-
-/// `Cache-Control: only-if-cached` on a request (RFC 9111 §5.2.1.7): answer from the store or
-/// with `504`, never by asking the origin.
-pub fn only_if_cached(req: &RequestHeader) -> bool {
-    has_directive(&req.headers, &["cache-control"], "only-if-cached")
-}
-
-/// A request directive's delta-seconds value: `Some(None)` when present without one (only
-/// `max-stale` may be), `Some(Some(n))` with one, None when absent or unreadable.
-fn request_seconds(req: &RequestHeader, name: &str) -> Option<Option<u64>> {
-    req.headers
-        .get_all("cache-control")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|d| {
-            let (key, value) = match d.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim().trim_matches('"'))),
-                None => (d.trim(), None),
-            };
-            if !key.eq_ignore_ascii_case(name) {
-                return None;
-            }
-            match value {
-                None => Some(None),
-                Some(v) => v.parse().ok().map(Some),
-            }
-        })
-}
-
-/// What a request's `max-stale` and `min-fresh` (RFC 9111 §5.2.1.2, §5.2.1.3) make of a stored
-/// response `fresh_for` from its deadline (negative: stale by that much): `Some(true)` serve
-/// it as fresh, `Some(false)` revalidate it first, None as its own freshness says. A response
-/// that must not be served stale (`must-revalidate`, `proxy-revalidate`, `no-cache`,
-/// `s-maxage`) is never served stale this way.
-pub fn client_freshness(
-    req: &RequestHeader,
-    stored: &http::HeaderMap,
-    fresh_for: Duration,
-    stale_by: Duration,
-) -> Option<bool> {
-    if fresh_for > Duration::ZERO {
-        let min_fresh = request_seconds(req, "min-fresh").flatten()?;
-        return (fresh_for < Duration::from_secs(min_fresh)).then_some(false);
-    }
-    let max_stale = request_seconds(req, "max-stale")?;
-    let strict = [
-        "must-revalidate",
-        "proxy-revalidate",
-        "no-cache",
-        "s-maxage",
-    ]
-    .iter()
-    .any(|d| has_directive(stored, &["cache-control", "cdn-cache-control"], d));
-    let within = max_stale.is_none_or(|m| stale_by <= Duration::from_secs(m));
-    (within && !strict).then_some(true)
-}
-
-/// Whether a request carries `min-fresh` or `max-stale`: the stored object's freshness alone
-/// does not decide then, so the fast fresh-hit path leaves it to the cache phases.
-pub fn client_sets_freshness(req: &RequestHeader) -> bool {
-    request_seconds(req, "min-fresh").is_some() || request_seconds(req, "max-stale").is_some()
-}
-
-/// `immutable` on a stored response (RFC 8246): while it is fresh, a client's reload
-/// (`no-cache`, `max-age=0`) is answered from the store, not revalidated.
-pub fn immutable(stored: &http::HeaderMap, settings: &CacheSettings) -> bool {
-    has_directive(
-        stored,
-        &[
-            settings.targeted_field.as_str(),
-            "cdn-cache-control",
-            "cache-control",
-        ],
-        "immutable",
-    )
 }
 
 /// The caching directives this cache obeys for a response: the first valid one of its
@@ -449,61 +365,6 @@ mod tests {
             response_cacheable(&r, true, &route, &settings),
             RespCacheable::Cacheable(_)
         ));
-    }
-
-    #[test]
-    fn request_and_response_directives_read_as_tokens() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("cache-control", "max-age=0, Only-If-Cached")
-            .unwrap();
-        assert!(only_if_cached(&req));
-        let mut other = RequestHeader::build("GET", b"/", None).unwrap();
-        other
-            .append_header("cache-control", "x-only-if-cached-not")
-            .unwrap();
-        assert!(!only_if_cached(&other));
-        let settings = CacheSettings::default();
-        let r = resp(200, &[("cache-control", "max-age=60, immutable")]);
-        assert!(immutable(&r.headers, &settings));
-        let r = resp(200, &[("cdn-cache-control", "immutable")]);
-        assert!(immutable(&r.headers, &settings));
-        let r = resp(200, &[("cache-control", "max-age=60")]);
-        assert!(!immutable(&r.headers, &settings));
-    }
-
-    #[test]
-    fn max_stale_and_min_fresh() {
-        let r = |cc: &str| {
-            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-            req.append_header("cache-control", cc).unwrap();
-            req
-        };
-        let plain = resp(200, &[("cache-control", "max-age=60")])
-            .headers
-            .clone();
-        let strict = resp(200, &[("cache-control", "max-age=60, must-revalidate")])
-            .headers
-            .clone();
-        let s = Duration::from_secs;
-        let z = Duration::ZERO;
-        assert_eq!(client_freshness(&r("min-fresh=30"), &plain, s(60), z), None);
-        assert_eq!(
-            client_freshness(&r("min-fresh=90"), &plain, s(60), z),
-            Some(false)
-        );
-        assert_eq!(
-            client_freshness(&r("max-stale=60"), &plain, z, s(40)),
-            Some(true)
-        );
-        assert_eq!(client_freshness(&r("max-stale=10"), &plain, z, s(40)), None);
-        assert_eq!(
-            client_freshness(&r("max-stale"), &plain, z, s(4000)),
-            Some(true)
-        );
-        assert_eq!(client_freshness(&r("max-stale"), &strict, z, s(1)), None);
-        assert_eq!(client_freshness(&r("no-transform"), &plain, z, s(1)), None);
-        assert!(client_sets_freshness(&r("max-stale")));
-        assert!(!client_sets_freshness(&r("no-cache")));
     }
 
     #[test]

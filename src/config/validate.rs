@@ -302,28 +302,22 @@ fn check_client(ck: &mut Checker, c: &ClientSettings) {
             "must be at least 1 (set keepalive_timeout: 0s to disable keep-alive)",
         );
     }
-    if c.max_header_size.0 < 1024 || c.max_header_size.0 > 1 << 20 {
-        ck.error(
-            &[key("client"), key("max_header_size")],
-            format!(
-                "expected 1KiB to 1MiB (Pingora reads at most 1MiB of header), got {} bytes",
-                c.max_header_size.0
-            ),
-        );
+    // Header sizes: 1KiB to 1MiB (Pingora reads at most 1MiB of header).
+    for (field, size) in [
+        ("max_header_size", c.max_header_size.0),
+        ("h2_max_header_list_size", c.h2_max_header_list_size.0),
+    ] {
+        if !(1024..=1 << 20).contains(&size) {
+            ck.error(
+                &[key("client"), key(field)],
+                format!("expected 1KiB to 1MiB (Pingora reads at most 1MiB of header), got {size} bytes"),
+            );
+        }
     }
     if c.h2_max_concurrent_streams == 0 || c.h2_max_concurrent_streams > 1000 {
         ck.error(
             &[key("client"), key("h2_max_concurrent_streams")],
             format!("expected 1 to 1000, got {}", c.h2_max_concurrent_streams),
-        );
-    }
-    if c.h2_max_header_list_size.0 < 1024 || c.h2_max_header_list_size.0 > 1 << 20 {
-        ck.error(
-            &[key("client"), key("h2_max_header_list_size")],
-            format!(
-                "expected 1KiB to 1MiB, got {} bytes",
-                c.h2_max_header_list_size.0
-            ),
         );
     }
     if c.max_headers == 0 || c.max_headers > 256 {
@@ -481,6 +475,14 @@ fn check_warm(ck: &mut Checker, name: &str, o: &OriginConfig) {
     }
     if ka.warm == 0 {
         return;
+    }
+    if o.tls.is_some() && o.http2 {
+        // Not an error: it still saves the TCP round trip. But an operator expects TLS too.
+        eprintln!(
+            "edge: warning: {}: origins.{name}.keepalive.warm: with http2: true, warm connections \
+             to this HTTPS origin are TCP only; the TLS handshake happens at first use",
+            ck.file
+        );
     }
     if ka.pool_size == 0 || ka.idle_timeout.get().is_zero() {
         ck.error(

@@ -26,6 +26,8 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
+    /// One declaration per metric family, name and help text together, read as a table: long
+    /// because there are many families, not because anything is decided here.
     pub(super) fn new(r: &Reg) -> Self {
         UpstreamMetrics {
             requests: r.counters(

@@ -54,7 +54,7 @@ pub struct Server {
     peer: HttpPeer,
     /// For an HTTPS server over HTTP/1.1 with warm connections: the peer its connections are
     /// opened as (TLS, ALPN `http/1.1`), by the warm loop and by `warm::tls::WarmTls`.
-    pub warm_tls: Option<HttpPeer>,
+    pub warm_tls: Option<warm::tls::WarmTlsPeer>,
 }
 
 impl Server {
@@ -147,12 +147,9 @@ impl Origin {
                         .map(|t| crate::tls::upstream::sni(config, t, &s.address))
                         .unwrap_or_default(),
                     peer: build_peer(s, key, config, ca_bundle, &state),
-                    warm_tls: warm_over_tls(config)
-                        .then(|| build_peer(s, key, config, ca_bundle, &state))
-                        .map(|mut p| {
-                            p.options.alpn = pingora::protocols::ALPN::H1;
-                            p
-                        }),
+                    warm_tls: warm_over_tls(config).then(|| {
+                        warm::tls::WarmTlsPeer::new(build_peer(s, key, config, ca_bundle, &state))
+                    }),
                     state,
                 })
             })

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::cache::CacheKey;
+
+use crate::cache::request::ClientDirectives;
 use pingora::proxy::Session;
 
 use crate::cache::key::Scheme;
@@ -55,10 +57,8 @@ pub struct Routed {
 /// The request's part in the cache.
 #[derive(Default)]
 pub struct CacheCtx {
-    /// The client sent `Cache-Control: no-cache`: stored objects need revalidation.
-    pub client_no_cache: bool,
-    /// The client sent `Cache-Control: only-if-cached`: a miss is answered `504`.
-    pub only_if_cached: bool,
+    /// What the request's `Cache-Control` asks of the cache (read in `request_cache_filter`).
+    pub client: ClientDirectives,
     /// The lookup found a stored object that was stale, so the origin was asked for a new one.
     pub found_stale: bool,
     /// Header fields of a 304 from the origin, to update the stored response with.

@@ -50,6 +50,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::cache::hit;
 use crate::cache::key::{self as cache_key, Scheme};
+use crate::cache::request::ClientDirectives;
 use crate::cache::status::Outcome;
 use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
@@ -57,14 +58,14 @@ use crate::client::{self, ClientConnection};
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
-use crate::origin::reuse::{self, close_reason, CloseReason};
+use crate::origin::reuse::{close_reason, CloseReason};
 use crate::origin::InFlight;
 use crate::state::Edge;
 pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
 use ctx::{client_scheme, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
-use upstream::{replayable, strip_hop_by_hop, ttfb_cache_kind};
+use upstream::{count_connection, replayable, strip_hop_by_hop, ttfb_cache_kind};
 
 /// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
 pub type EdgeHttpProxy = pingora::proxy::HttpProxy<EdgeProxy, crate::origin::warm::tls::WarmTls>;
@@ -188,8 +189,7 @@ impl ProxyHttp for EdgeProxy {
         if policy::bypass_reason(req, route).is_some() {
             return Ok(());
         }
-        ctx.cache.client_no_cache = policy::client_wants_revalidation(req);
-        ctx.cache.only_if_cached = policy::only_if_cached(req);
+        ctx.cache.client = ClientDirectives::of(req);
         let c = &self.edge.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.live.config.cache.lock_timeout.get());
@@ -221,39 +221,25 @@ impl ProxyHttp for EdgeProxy {
         ))
     }
 
+    /// A stored object was found: the client's directives may force it stale or fresh
+    /// (`cache::request`).
     async fn cache_hit_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         meta: &CacheMeta,
         _hit: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        ctx.cache.found_stale = !is_fresh;
-        // RFC 9111 section 5.2.1.4: a request's no-cache means validate with the origin first,
-        // unless the stored response is immutable (RFC 8246) and fresh.
-        if ctx.cache.client_no_cache
-            && is_fresh
-            && !policy::immutable(meta.headers(), &ctx.live.config.cache)
-        {
-            return Ok(Some(ForcedFreshness::ForceExpired));
-        }
-        // The client's own bounds: min-fresh (RFC 9111 section 5.2.1.3), max-stale (5.2.1.2).
-        let now = SystemTime::now();
-        let until = meta.fresh_until();
-        let fresh_for = until.duration_since(now).unwrap_or_default();
-        let stale_by = now.duration_since(until).unwrap_or_default();
-        let req = session.req_header();
-        Ok(
-            match policy::client_freshness(req, meta.headers(), fresh_for, stale_by) {
-                Some(true) if !is_fresh => {
-                    ctx.cache.found_stale = false;
-                    Some(ForcedFreshness::ForceFresh)
-                }
-                Some(false) if is_fresh => Some(ForcedFreshness::ForceExpired),
-                _ => None,
-            },
-        )
+        let forced = ctx.cache.client.on_hit(
+            meta.headers(),
+            &ctx.live.config.cache,
+            is_fresh,
+            meta.fresh_until(),
+            SystemTime::now(),
+        );
+        ctx.cache.found_stale = !is_fresh && forced != Some(ForcedFreshness::ForceFresh);
+        Ok(forced)
     }
 
     /// The request is about to go to the origin (a miss, or a stale object to refresh): a
@@ -263,7 +249,7 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        if !ctx.cache.only_if_cached {
+        if !ctx.cache.client.only_if_cached {
             return Ok(true);
         }
         let keepalive = session.is_body_empty();
@@ -357,64 +343,12 @@ impl ProxyHttp for EdgeProxy {
         let established = timing.map_or(SystemTime::UNIX_EPOCH, |t| t.established_ts);
         let conn = self.edge.ledger.take(fd, established);
         if reused && !replayable(session) {
-            // A request nobody may retry never rides a pooled connection that has been idle
-            // past the current limit (it was pooled under an older, longer one): it takes
-            // another connection instead. Nothing was sent, so this refusal is always safe.
-            let limit = origin.idle_limit(&server, self.edge.sched_delay.get());
-            let age = conn
-                .usage
-                .idle_age
-                .map(|a| reuse::idle_age(a, reuse::kernel_idle(fd)));
-            if let Some(age) = age.filter(|age| *age > limit) {
-                ctx.fresh_connection = true;
-                origin.metrics.closed_stale_for_unsafe.inc();
-                let mut e = Error::explain(
-                    STALE_POOLED_CONNECTION,
-                    format!("pooled connection idle {age:?} > {limit:?}"),
-                );
-                e.set_retry(true);
-                return Err(e);
-            }
+            self.refuse_if_idle_too_long(&origin, &server, &conn, fd, ctx)?;
         }
         let Some(attempt) = ctx.attempt.as_mut() else {
             return Ok(());
         };
-        // A connection established before the attempt began was ready for it: pooled, or warm.
-        let ready_before = timing.is_some_and(|t| t.established_ts < attempt.began);
-        let connection = match (reused, ready_before) {
-            (true, _) => Connection::Reused,
-            (false, true) => Connection::Warm,
-            (false, false) => Connection::New,
-        };
-        attempt.connection = Some(connection);
-        if reused {
-            origin.metrics.reused.inc();
-        } else {
-            origin.metrics.new.inc();
-            // Over TLS the digest's last layer is the TLS handshake, after the TCP connect; a
-            // warm connection may have had it done ahead (HTTP/1.1), or not (h2: see
-            // origin::warm).
-            let layers = digest.map_or(&[][..], |d| d.timing_digest.as_slice());
-            let tls_now = match layers {
-                [_, .., Some(tls)] if tls.established_ts >= attempt.began => {
-                    tls.establishment_duration
-                }
-                _ => None,
-            };
-            if let Some(t) = tls_now {
-                origin.metrics.tls_handshake.observe(t.as_secs_f64());
-            }
-            if connection == Connection::New {
-                origin.metrics.opened_demand.inc();
-                attempt.connect_time = timing.and_then(|t| t.establishment_duration);
-                if let Some(t) = attempt.connect_time {
-                    origin.metrics.connect.observe(t.as_secs_f64());
-                }
-            }
-            if connection == Connection::New || tls_now.is_some() {
-                origin.metrics.handshake_waits.inc();
-            }
-        }
+        count_connection(&origin, attempt, reused, digest);
         let in_flight = InFlight::new(server.state.clone());
         let ka = &origin.config.keepalive;
         attempt.close = close_reason(
@@ -572,7 +506,7 @@ impl ProxyHttp for EdgeProxy {
         c.outcome = Outcome::from_phase(
             session.cache.phase(),
             ctx.fwd_status.is_some(),
-            c.client_no_cache,
+            c.client.revalidate,
             c.found_stale,
         );
         if matches!(c.outcome, Outcome::Miss { stored: false, .. })

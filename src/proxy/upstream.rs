@@ -1,12 +1,21 @@
-//! The proxy's side of an upstream connection beyond the phases themselves: when it goes idle,
-//! what a connection found closed teaches, and which requests may be sent again.
+//! The proxy's side of an upstream connection beyond the phases themselves: how it was got
+//! and what that cost, when it is too idle for a request nobody may retry, when it goes idle,
+//! what a connection found closed teaches, which requests may be sent again, and which
+//! response fields belong to it.
+
+use std::os::unix::io::RawFd;
 
 use pingora::cache::CachePhase;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::Digest;
 use pingora::{ErrorSource, ErrorType};
 
+use super::ctx::{Attempt, Connection};
+use super::errors::STALE_POOLED_CONNECTION;
 use super::{EdgeProxy, RequestCtx};
+use crate::origin::reuse::{self, UpstreamConn};
+use crate::origin::{Origin, Server};
 
 impl EdgeProxy {
     /// The attempt's connection is idle from now (its response ended), once.
@@ -51,6 +60,83 @@ impl EdgeProxy {
         if e.retry() {
             ctx.fresh_connection = true;
         }
+    }
+}
+
+impl EdgeProxy {
+    /// A request nobody may retry never rides a pooled connection that has been idle past the
+    /// current limit (it was pooled under an older, longer one): it is refused, before anything
+    /// was sent, and the request takes another connection. The idle age is the ledger's, or
+    /// the kernel's where that is clearly longer (`reuse::idle_age`).
+    pub(super) fn refuse_if_idle_too_long(
+        &self,
+        origin: &Origin,
+        server: &Server,
+        conn: &UpstreamConn,
+        fd: RawFd,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(edge_age) = conn.usage.idle_age else {
+            return Ok(());
+        };
+        let limit = origin.idle_limit(server, self.edge.sched_delay.get());
+        let age = reuse::idle_age(edge_age, reuse::kernel_idle(fd));
+        if age <= limit {
+            return Ok(());
+        }
+        ctx.fresh_connection = true;
+        origin.metrics.closed_stale_for_unsafe.inc();
+        let mut e = Error::explain(
+            STALE_POOLED_CONNECTION,
+            format!("pooled connection idle {age:?} > {limit:?}"),
+        );
+        e.set_retry(true);
+        Err(e)
+    }
+}
+
+/// How the attempt got its connection, and what that cost, counted: reused (pooled), warm
+/// (established before the attempt began, `origin::warm`) or new; the TCP connect and TLS
+/// handshake times of work done for this request; whether it waited for a handshake.
+pub(super) fn count_connection(
+    origin: &Origin,
+    attempt: &mut Attempt,
+    reused: bool,
+    digest: Option<&Digest>,
+) {
+    let layers = digest.map_or(&[][..], |d| d.timing_digest.as_slice());
+    let tcp = layers.first().and_then(|t| t.as_ref());
+    let ready_before = tcp.is_some_and(|t| t.established_ts < attempt.began);
+    let connection = match (reused, ready_before) {
+        (true, _) => Connection::Reused,
+        (false, true) => Connection::Warm,
+        (false, false) => Connection::New,
+    };
+    attempt.connection = Some(connection);
+    let m = &origin.metrics;
+    if reused {
+        m.reused.inc();
+        return;
+    }
+    m.new.inc();
+    // Over TLS the last layer is the TLS handshake, after the TCP connect; a warm connection
+    // may have had it done ahead (HTTP/1.1 origins), or not (h2 origins: see origin::warm).
+    let tls_now = match layers {
+        [_, .., Some(tls)] if tls.established_ts >= attempt.began => tls.establishment_duration,
+        _ => None,
+    };
+    if let Some(t) = tls_now {
+        m.tls_handshake.observe(t.as_secs_f64());
+    }
+    if connection == Connection::New {
+        m.opened_demand.inc();
+        attempt.connect_time = tcp.and_then(|t| t.establishment_duration);
+        if let Some(t) = attempt.connect_time {
+            m.connect.observe(t.as_secs_f64());
+        }
+    }
+    if connection == Connection::New || tls_now.is_some() {
+        m.handshake_waits.inc();
     }
 }
 

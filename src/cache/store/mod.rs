@@ -12,6 +12,10 @@
 //!   purge scans the URLs.
 //! - A purge also covers fills in flight that began before it, first fills included: they are
 //!   not stored (see `Purges`).
+//!
+//! Over 600 lines in one file: the store and its three indexes (URL, tag, purge record) change
+//! together under one lock discipline, and splitting them would spread that discipline across
+//! files; reading and writing objects already live in `hit` and `fill`.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};

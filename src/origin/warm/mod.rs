@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime};
 use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -78,6 +77,8 @@ impl Ready {
             ReadyConn::Tls(s) => {
                 // The socket first: nothing to read is open, a FIN (or an error) is closed.
                 let mut b = [0u8; 1];
+                // SAFETY: a one-byte buffer we own, and the stream's own open descriptor; with
+                // MSG_PEEK nothing is taken from the socket.
                 let peeked = unsafe {
                     libc::recv(
                         s.id(),
@@ -288,7 +289,7 @@ pub fn keep_warm(
         let s = schedule(limit, connect, tick);
         // Ready connections of this server's current kind only: a reload may have changed
         // its TLS settings (another key) or turned TLS on or off.
-        let key = server.warm_tls.as_ref().map(|p| p.reuse_hash());
+        let key = server.warm_tls.as_ref().map(|w| w.key);
         let fresh = {
             let mut ready = pool.lock();
             ready.retain_mut(|r| {
@@ -311,37 +312,27 @@ pub fn keep_warm(
         if now_ms() < pool.backoff_until_ms.load(Ordering::Relaxed) {
             continue;
         }
+        if server.warm_tls.is_some() && transport.is_none() {
+            continue; // the proxy service, which makes the connector, is not built yet
+        }
         let opening = pool.opening.load(Ordering::Relaxed);
-        let tls = match (&server.warm_tls, transport) {
-            (Some(peer), Some(t)) => Some((peer, t)),
-            (Some(_), None) => continue,
-            (None, _) => None,
-        };
         for _ in (fresh + opening)..ka.warm {
-            open_one(
-                origin.clone(),
-                server.clone(),
-                tls.map(|(p, t)| (p.clone(), t.clone())),
-            );
+            open_one(origin.clone(), server.clone(), transport.cloned());
         }
     }
 }
 
 /// Opens one warm connection in the background and adds it to the server's ready ones: TCP
-/// only, or TCP and TLS with `tls` (the peer to connect as, and the connector).
-fn open_one(
-    origin: Arc<Origin>,
-    server: Arc<Server>,
-    tls: Option<(pingora::upstreams::peer::HttpPeer, Arc<TransportConnector>)>,
-) {
+/// and TLS (with `transport`) for a server with `warm_tls`, else TCP only.
+fn open_one(origin: Arc<Origin>, server: Arc<Server>, transport: Option<Arc<TransportConnector>>) {
     server.state.warm.opening.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let pool = &server.state.warm;
         let started = Instant::now();
-        let key = tls.as_ref().map(|(peer, _)| peer.reuse_hash());
-        let result = match tls {
-            Some((peer, transport)) => transport.new_stream(&peer).await.map(ReadyConn::Tls),
-            None => connect(&server.addr, origin.config.timeouts.connect.get())
+        let key = server.warm_tls.as_ref().map(|w| w.key);
+        let result = match (&server.warm_tls, transport) {
+            (Some(w), Some(t)) => t.new_stream(&w.peer).await.map(ReadyConn::Tls),
+            _ => connect(&server.addr, origin.config.timeouts.connect.get())
                 .await
                 .and_then(|s| {
                     s.into_std()

@@ -38,6 +38,22 @@ pub fn warm_alpn() -> ALPN {
 
 pub const WARM_ALPN: &[u8] = b"edge-warm-http/1.1";
 
+/// How a server with warm TLS connections opens them: as `peer` (its own peer with ALPN
+/// `http/1.1`), for requests whose peer has the reuse hash `key`.
+pub struct WarmTlsPeer {
+    pub peer: HttpPeer,
+    /// `peer`'s reuse hash, computed once (ALPN is not part of it).
+    pub key: u64,
+}
+
+impl WarmTlsPeer {
+    pub fn new(mut peer: HttpPeer) -> Self {
+        peer.options.alpn = ALPN::H1;
+        let key = peer.reuse_hash();
+        WarmTlsPeer { peer, key }
+    }
+}
+
 /// Finds the server whose warm connections a peer may take: the one whose connect-as peer
 /// (`Server::warm_tls`) has the same reuse hash (address, SNI, verification, CA, connection
 /// group), so a connection is only ever handed to requests that could have pooled it.
