@@ -146,8 +146,12 @@ impl IdleLearning {
         self.jitter_ms
             .store((hi - lo).max(apart), Ordering::Relaxed);
         let caution = self.caution_ms.load(Ordering::Relaxed);
+        // Rounds agree when no further apart than a round's own spread, or than 2 ms plus half
+        // the round trip: a probe's close is timed across the path, whose jitter (seen as
+        // 3 ms on a busy machine behind a 10 ms relay) would otherwise keep the caution for ever.
+        let path_jitter = get(&self.rtt_us).map_or(0, |us| us / 2000);
         let caution = match previous {
-            Some(_) if apart <= (hi - lo).max(2) => caution / 2,
+            Some(_) if apart <= (hi - lo).max(2 + path_jitter) => caution / 2,
             _ => caution.max(earliest / 10),
         };
         self.caution_ms.store(caution, Ordering::Relaxed);
@@ -404,6 +408,25 @@ mod tests {
         );
         l.probe_measured(&[None, None]);
         assert_eq!(l.learned(), Some(Duration::from_millis(290)));
+    }
+
+    #[test]
+    fn rounds_apart_by_the_path_jitter_still_agree() {
+        let l = IdleLearning::default();
+        let calm = Duration::ZERO;
+        l.ttfb(Duration::from_millis(10));
+        let round = |ms| l.probe_measured(&[Some(Duration::from_millis(ms))]);
+        round(500);
+        assert_eq!(l.margin(None, calm), Duration::from_millis(10 + 50 + 2));
+        // 3 ms apart: within 2 ms + half the 10 ms round trip, so the caution halves.
+        round(497);
+        assert_eq!(l.margin(None, calm), Duration::from_millis(10 + 3 + 25 + 2));
+        // 20 ms apart: a changed origin, not jitter; the caution is a tenth again.
+        round(517);
+        assert_eq!(
+            l.margin(None, calm),
+            Duration::from_millis(10 + 20 + 49 + 2)
+        );
     }
 
     #[test]
