@@ -139,10 +139,10 @@ for SCENARIO in $SCENARIOS; do
   for p in $PROXIES; do
     start_proxy "$p" "$up"
     port=${PORT[$p]}; tag="$p-$SCENARIO"
-    if [[ $SCENARIO == miss1k ]]; then before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}'); fi
+    if [[ $SCENARIO == miss1k ]]; then before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}'); fi
     run_wrk "$port" "$path" "$WARMUP" "warm-$tag" /dev/null "$lua"
     c0=$(cpu_ticks "${PID[$p]}")
-    [[ $SCENARIO == miss1k ]] && before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}')
+    [[ $SCENARIO == miss1k ]] && before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}')
     run_wrk "$port" "$path" "$DURATION" "$tag" "$RUN/wrk-$tag.txt" "$lua"
     c1=$(cpu_ticks "${PID[$p]}")
     f=$RUN/wrk-$tag.txt
@@ -150,7 +150,7 @@ for SCENARIO in $SCENARIOS; do
     cpu_s=$(awk -v d=$((c1-c0)) -v hz=$CLK 'BEGIN{printf "%.2f", d/hz}')
     per_cpu=$(awk -v r="${reqs:-0}" -v c="$cpu_s" 'BEGIN{ if (c>0) printf "%.0f", r/c; else print "n/a"}')
     if [[ $SCENARIO == miss1k ]]; then
-      after=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '{print $2}')
+      after=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}')
       conns=$(( after - before - 1 ))   # less the /__stats request's own connection
     else
       sleep 1.3   # nginx flushes its access log every second

@@ -180,6 +180,23 @@ panels = [
        [(f'sum by (origin) (rate(edge_upstream_handshake_waits_total{{{O}}}{R})) / '
          f'sum by (origin) (rate(edge_upstream_requests_total{{{O}}}{R}))', "{{origin}}")],
        unit="percentunit", x=12, y=104, minv=0, maxv=1),
+    ts("Fleet purges: published, applied, replayed",
+       "Purges this edge's admin API published to the fleet's NATS stream, purges it applied from "
+       "the stream (other edges'), and of those the ones replayed after it was away (down or cut "
+       "off from NATS).",
+       [(f'sum by (instance) (rate(edge_cluster_purges_published_total{R}))', "published {{instance}}"),
+        (f'sum by (instance) (rate(edge_cluster_purges_applied_total{R}))', "applied {{instance}}"),
+        (f'sum by (instance) (rate(edge_cluster_purges_replayed_total{R}))', "replayed {{instance}}")],
+       unit="short", x=0, y=112),
+    ts("Fleet purge stream: lag and NATS connection",
+       "Messages on the purge stream an edge knows of and has not applied (good: 0), purges taken "
+       "at an edge and waiting for NATS to publish them (good: 0), and whether it has the stream "
+       "open (1). An edge at 0 serves on; it applies what other edges purged meanwhile when it is "
+       "back.",
+       [('max by (instance) (edge_cluster_purge_lag)', "lag {{instance}}"),
+        ('max by (instance) (edge_cluster_purges_queued)', "queued {{instance}}"),
+        ('min by (instance) (edge_cluster_nats_connected)', "connected {{instance}}")],
+       unit="short", x=12, y=112),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1

@@ -3,10 +3,12 @@
 //!
 //!     cargo run --release --example bench_origin -- 127.0.0.1:19090 10
 //!
-//! `GET /__stats` answers `accepted <n>` (that request's own connection included).
+//! `GET /__stats` answers `accepted <n>` (that request's own connection included), `requests
+//! <n>` (every other request) and `objects <n>` (distinct request targets among them).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +21,8 @@ async fn main() {
     let delay = Duration::from_millis(args.next().and_then(|a| a.parse().ok()).unwrap_or(10));
     let listener = TcpListener::bind(&addr).await.expect("bind");
     let accepted = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let targets: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
     let body = vec![b'm'; 1024];
     eprintln!("bench_origin on {addr}, delay {delay:?}");
     loop {
@@ -27,6 +31,7 @@ async fn main() {
         };
         accepted.fetch_add(1, Ordering::Relaxed);
         let (accepted, body) = (accepted.clone(), body.clone());
+        let (requests, targets) = (requests.clone(), targets.clone());
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(4096);
             let mut chunk = [0u8; 4096];
@@ -42,9 +47,19 @@ async fn main() {
                     }
                 };
                 let stats = buf.starts_with(b"GET /__stats");
+                if !stats {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let target = buf.split(|&b| b == b' ').nth(1).unwrap_or_default();
+                    targets.lock().unwrap().insert(target.to_vec());
+                }
                 buf.drain(..end);
                 let resp = if stats {
-                    let text = format!("accepted {}\n", accepted.load(Ordering::Relaxed));
+                    let text = format!(
+                        "accepted {}\nrequests {}\nobjects {}\n",
+                        accepted.load(Ordering::Relaxed),
+                        requests.load(Ordering::Relaxed),
+                        targets.lock().unwrap().len()
+                    );
                     format!(
                         "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{text}",
                         text.len()

@@ -1,9 +1,9 @@
 //! The admin listener: `GET /metrics` for Prometheus, `GET /healthz` for load balancers,
-//! `POST /reload`, `POST /purge` and `GET /config` for operators. With `admin.token_file` every
-//! endpoint but `/healthz` requires `Authorization: Bearer <token>` (401 otherwise); without
-//! one, `edge -t` allows only a loopback address. No endpoint takes a body: one is read and
-//! dropped, up to `MAX_BODY` within `BODY_TIMEOUT`; a larger one is refused with 413 before the
-//! endpoint runs.
+//! `POST /reload`, `POST /purge` (shared with the fleet when `cluster.nats` is set) and
+//! `GET /config` for operators. With `admin.token_file` every endpoint but `/healthz` requires
+//! `Authorization: Bearer <token>` (401 otherwise); without one, `edge -t` allows only a
+//! loopback address. No endpoint takes a body: one is read and dropped, up to `MAX_BODY` within
+//! `BODY_TIMEOUT`; a larger one is refused with 413 before the endpoint runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,9 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::cache::key::{self as cache_key, Scheme};
-use crate::host::normalize_host;
+use crate::cache::purge::Purge;
+use crate::cache::store::PurgeMode;
+use crate::cluster::Outcome;
 use crate::reload::reload;
 use crate::state::Edge;
 
@@ -48,46 +49,6 @@ fn token_matches(given: &str, expected: &str) -> bool {
         diff |= b ^ g.get(i).copied().unwrap_or(0);
     }
     diff == 0
-}
-
-/// `%XX` and `+` decoding of one query-string value.
-fn query_decode(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// `https://Host:port/path?q` -> (scheme, normalized host, `/path?q`).
-fn split_url(url: &str) -> Option<(Scheme, String, &str)> {
-    let (scheme, rest) = Scheme::split(url)?;
-    let cut = rest.find('/').unwrap_or(rest.len());
-    let (host, target) = rest.split_at(cut);
-    if host.is_empty() {
-        return None;
-    }
-    Some((
-        scheme,
-        normalize_host(host),
-        if target.is_empty() { "/" } else { target },
-    ))
 }
 
 /// Reads the request body and drops it. A declared `Content-Length` over `MAX_BODY` is refused
@@ -133,42 +94,49 @@ async fn take_body(session: &mut ServerSession) -> Result<(), Response<Vec<u8>>>
 }
 
 impl Admin {
-    /// `url=<absolute URL>` (every variant), `prefix=<absolute URL prefix>`, `tag=<tag>`.
-    /// Returns the purge kind and the number of objects removed.
-    fn purge(&self, query: &str) -> Result<(&'static str, usize), String> {
-        let (name, value) = query
-            .split_once('=')
-            .ok_or("expected ?url=<absolute URL>, ?prefix=<absolute URL prefix> or ?tag=<tag>")?;
-        let value = query_decode(value).ok_or("bad percent-encoding")?;
-        let live = self.edge.snapshot();
-        let store = self.edge.cache.store;
-        match name {
-            "url" => {
-                let (scheme, host, target) = split_url(&value)
-                    .ok_or("url must be absolute, like https://www.example.com/a.css")?;
-                let path = target.split('?').next().unwrap_or("/");
-                // The key's form of the URL depends on the route's query setting.
-                let query = live
-                    .router
-                    .route(&host, path)
-                    .map(|r| r.cache.key.query)
-                    .unwrap_or_default();
-                Ok((
-                    "url",
-                    store.purge_url(&cache_key::url(scheme, &host, target, query)),
-                ))
+    /// `POST /purge?url=|prefix=|tag=...[&soft=1]` (see `cache::purge`): applied here and,
+    /// with `cluster.nats`, published to the fleet. 200 with the objects removed here (and the
+    /// stream sequence); 202 when applied here but queued for the fleet (NATS unreachable);
+    /// 400 for a malformed purge, before anything is applied.
+    async fn purge(&self, query: &str) -> Response<Vec<u8>> {
+        let purge = match Purge::from_query(query) {
+            Ok(p) => p,
+            Err(e) => return text(400, "text/plain", format!("{e}\n").into_bytes()),
+        };
+        // Line by line, first `purged N` (what scripts read), then what else there is to say.
+        let mode = match purge.mode {
+            PurgeMode::Hard => "",
+            PurgeMode::Soft => "mode soft (marked stale, not removed)\n",
+        };
+        let body = match self.edge.cluster.purge(purge.clone()).await {
+            None => {
+                let removed = purge.apply(self.edge.cache.store, &self.edge.snapshot().router);
+                self.edge
+                    .metrics
+                    .cache
+                    .purged
+                    .with_label_values(&[purge.kind.as_str()])
+                    .inc_by(removed as u64);
+                return text(
+                    200,
+                    "text/plain",
+                    format!("purged {removed}\n{mode}").into_bytes(),
+                );
             }
-            "prefix" => {
-                let (scheme, host, target) = split_url(&value)
-                    .ok_or("prefix must be an absolute URL, like https://www.example.com/img/")?;
-                Ok((
-                    "prefix",
-                    store.purge_prefix(&format!("{}://{host}{target}", scheme.as_str())),
-                ))
-            }
-            "tag" if !value.is_empty() => Ok(("tag", store.purge_tag(&value))),
-            _ => Err(format!("unknown purge \"{name}\": use url, prefix or tag")),
-        }
+            Some(Ok(Outcome::Published { removed, sequence })) => (
+                200,
+                format!("purged {removed}\n{mode}sequence {sequence}\n"),
+            ),
+            Some(Ok(Outcome::Queued { removed, why })) => (
+                202,
+                format!(
+                    "purged {removed}\n{mode}queued for the fleet: {why}; published when NATS \
+                     is reachable\n"
+                ),
+            ),
+            Some(Err(e)) => (503, format!("not purged: {e}\n")),
+        };
+        text(body.0, "text/plain", body.1.into_bytes())
     }
 
     /// `POST /reload`: reloads the config file off the reactor (reading and parsing block).
@@ -270,22 +238,19 @@ impl ServeHttp for Admin {
                 self.refresh_gauges();
                 text(200, "text/plain; version=0.0.4", self.edge.metrics.render())
             }
-            ("GET", "/healthz") => text(200, "text/plain", b"ok\n".to_vec()),
+            ("GET", "/healthz") => {
+                // Still 200 when the fleet's purge stream is out of reach: this edge serves on
+                // (availability first), and says why an operator may want to look.
+                let mut body = b"ok\n".to_vec();
+                if let Some(detail) = self.edge.cluster.health_detail() {
+                    body.extend_from_slice(format!("{detail}\n").as_bytes());
+                }
+                text(200, "text/plain", body)
+            }
             ("POST", "/reload") => self.reload().await,
             ("POST", "/purge") => {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
-                match self.purge(&query) {
-                    Ok((kind, n)) => {
-                        self.edge
-                            .metrics
-                            .cache
-                            .purged
-                            .with_label_values(&[kind])
-                            .inc_by(n as u64);
-                        text(200, "text/plain", format!("purged {n}\n").into_bytes())
-                    }
-                    Err(e) => text(400, "text/plain", format!("{e}\n").into_bytes()),
-                }
+                self.purge(&query).await
             }
             ("GET", "/config") => {
                 let live = self.edge.snapshot();

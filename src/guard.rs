@@ -30,7 +30,7 @@ pub struct Limits {
 pub const BODY_BUFFER_LIMIT: usize = 64 << 10;
 
 /// Every reason a refusal can carry, so that metrics can show each one at 0 before it happens.
-pub const REASONS: [&str; 14] = [
+pub const REASONS: [&str; 15] = [
     "too_many_headers",
     "header_too_large",
     "missing_host",
@@ -52,6 +52,8 @@ pub const REASONS: [&str; 14] = [
     "bad_request_line",
     // TRACE or TRACK: a request echoed back with its credentials (cross-site tracing).
     "method_not_allowed",
+    // The request's CDN-Loop names this edge: tiers configured in a cycle (508).
+    "loop",
 ];
 
 /// The framing rule on the head as sent (the express lane reads it before Pingora's parser): a

@@ -13,7 +13,8 @@
 //!
 //! Around it: [`state`] holds what is built once (the cache, the metrics, the connection
 //! ledger) and the config in force; [`config`] is what operators write; [`reload`] swaps a new
-//! config in; [`admin`] exposes metrics, reload and purge; [`background`] runs health checks
+//! config in; [`admin`] exposes metrics, reload and purge; [`cluster`] shares purges with the
+//! rest of the fleet over NATS JetStream; [`background`] runs health checks
 //! and idle-timeout probes; [`connections`] holds the client connection limit; [`server`] wires
 //! it all into Pingora. Leaves: [`host`], [`hash`] (the one specified hash), [`clock`],
 //! [`metrics`], [`logging`], [`access_log`] (its buffered writer), [`demo`].
@@ -24,6 +25,7 @@ pub mod background;
 pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod demo;

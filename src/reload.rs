@@ -61,6 +61,10 @@ pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
     if boot.admin != new.admin {
         out.push("admin.listen".to_string());
     }
+    if boot.cluster != new.cluster {
+        // The purge task connects once, with the node name and stream it started with.
+        out.push("cluster".to_string());
+    }
     if boot.cache.max_size != new.cache.max_size {
         out.push("cache.max_size".to_string());
     }

@@ -256,4 +256,10 @@ fn add_background_services(server: &mut Server, edge: &Arc<Edge>) {
             log: edge.access_log.clone(),
         },
     ));
+    if edge.cluster.shares_purges() {
+        server.add_service(background_service(
+            "cluster purges",
+            crate::cluster::PurgeService { edge: edge.clone() },
+        ));
+    }
 }

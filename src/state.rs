@@ -2,8 +2,8 @@
 //! admin, background tasks); nothing is reached through globals.
 //!
 //! - [`Edge`]: what lives as long as the process: the cache, the metrics registry, the upstream
-//!   connection ledger, the access log's writer, and the config in force behind one atomic
-//!   pointer.
+//!   connection ledger, the access log's writer, the fleet (`cluster`), and the config in force
+//!   behind one atomic pointer.
 //! - [`Live`]: the config in force plus what is built from it (router, origins with their
 //!   balancers, health state and metric handles). Requests take a snapshot when they start and
 //!   keep it to the end, so a reload never shows a request half of one config and half of
@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::{AccessLog, Destination};
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::guard;
 use crate::metrics::Metrics;
@@ -129,6 +130,8 @@ pub struct Edge {
     /// The connector warm TLS connections to HTTPS origins are opened with, shared by the
     /// proxy's custom connector and the warm loop (set when the proxy service is built).
     pub warm_transport: std::sync::OnceLock<Arc<pingora::connectors::TransportConnector>>,
+    /// This edge in its fleet: the node name, and the purge stream when `cluster.nats` is set.
+    pub cluster: Cluster,
 }
 
 impl Edge {
@@ -144,6 +147,7 @@ impl Edge {
         let access_log = AccessLog::open(&to, metrics.process.access_log_dropped.clone())
             .map_err(|e| format!("log.access_file: cannot open {to}: {e}"))?;
         let cache = Cache::new(&config.cache);
+        let cluster = Cluster::new(&config.cluster);
         let ca_bundle = crate::tls::upstream::ca_files(&config);
         let live = Live::build(config.clone(), source, None, &metrics, &ca_bundle);
         metrics.process.set_config_version(&live.version);
@@ -160,6 +164,7 @@ impl Edge {
             access_log: Arc::new(access_log),
             sched_delay: Default::default(),
             warm_transport: Default::default(),
+            cluster,
         }))
     }
 

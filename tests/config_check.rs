@@ -16,9 +16,11 @@ fn the_contract_config_is_valid() {
 #[test]
 fn the_shipped_configs_are_valid() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let (code, err) =
-        check_config(&std::fs::read_to_string(format!("{root}/conf/edge.yaml")).unwrap());
-    assert_eq!(code, 0, "conf/edge.yaml: {err}");
+    for file in ["edge.yaml", "fleet/front.yaml", "fleet/shield.yaml"] {
+        let (code, err) =
+            check_config(&std::fs::read_to_string(format!("{root}/conf/{file}")).unwrap());
+        assert_eq!(code, 0, "conf/{file}: {err}");
+    }
 }
 
 #[test]
@@ -26,7 +28,7 @@ fn a_bad_duration_is_refused_with_its_location() {
     let (code, err) = check_config(&GOOD.replace("idle_timeout: 55s", "idle_timeout: fast"));
     assert_eq!(code, 1);
     assert!(
-        err.contains(r#"FILE:14: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h), got "fast""#),
+        err.contains(r#"FILE:14: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h, d), got "fast""#),
         "{err}"
     );
 }

@@ -37,8 +37,9 @@ fn dashboard_queries_use_exported_metrics() {
     assert!(wanted.contains("edge_upstream_ttfb_seconds"));
 
     let o = Origin::start("o");
-    let dead = free_port();
-    // A cleartext and an HTTPS listener, so the certificate metrics exist too.
+    let (dead, no_nats) = (free_port(), free_port());
+    // A cleartext and an HTTPS listener, so the certificate metrics exist too; a fleet's NATS
+    // (unreachable), so the purge stream's do.
     let ca = TestCa::new("dashboards CA");
     let cert = ca.issue(&["www.example.com"]);
     let listen = format!(
@@ -47,7 +48,7 @@ fn dashboard_queries_use_exported_metrics() {
         cert.key.display()
     );
     let edge = Edge::start_listening(&listen, &format!(
-        "origins:\n  web: {{servers: [\"{}\", \"127.0.0.1:{dead}\"], keepalive: {{max_requests: 1}}}}\nroutes:\n  - {{origin: web}}\n",
+        "cluster: {{nats: {{url: \"nats://127.0.0.1:{no_nats}\"}}}}\norigins:\n  web: {{servers: [\"{}\", \"127.0.0.1:{dead}\"], keepalive: {{max_requests: 1}}}}\nroutes:\n  - {{origin: web}}\n",
         o.addr
     ));
     for i in 0..4 {

@@ -361,7 +361,8 @@ fn prometheus_evaluates_every_dashboard_query_and_alert() {
     // A scenario in which every alert fires: low reuse (max_requests: 3), a slow origin, a dead
     // server, an origin with no live server (5xx), a refused reload, bursts of connections past
     // client.max_connections, an access log that cannot be written (/dev/full: every batch is
-    // dropped and counted); and steady traffic.
+    // dropped and counted); a fleet's NATS that cannot be reached, and a purge waiting for it;
+    // and steady traffic.
     let fast = Origin::start("fast");
     fast.set(
         "/hot",
@@ -369,12 +370,13 @@ fn prometheus_evaluates_every_dashboard_query_and_alert() {
     );
     let slow = Origin::start("slow");
     slow.set_delay(Duration::from_millis(700));
-    let (dead, dead2) = (free_port(), free_port());
+    let (dead, dead2, no_nats) = (free_port(), free_port(), free_port());
     let hc = "health_check: {path: /healthz, interval: 200ms, timeout: 1s, rise: 1, fall: 1}";
     let body = format!(
         r#"
 client: {{max_connections: 8}}
 log: {{access_file: /dev/full}}
+cluster: {{node: obs, nats: {{url: "nats://127.0.0.1:{no_nats}"}}}}
 origins:
   web: {{servers: ["{}", "127.0.0.1:{dead}"], keepalive: {{max_requests: 3}}, {hc}}}
   slow: {{servers: ["{}"]}}
@@ -456,6 +458,8 @@ routes:
         })
     };
     assert!(scrapes(3), "prometheus never scraped the edge");
+    let purge = edge.admin_post("/purge?url=http://a.com/x1");
+    assert_eq!(purge.status, 202, "queued for NATS: {}", purge.body);
     edge.rewrite(&body.replace("max_requests: 3", "max_requests: soon"));
     assert_eq!(edge.reload().status, 422);
     edge.rewrite(&body);

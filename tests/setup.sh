@@ -6,6 +6,7 @@
 #   curl (with nghttp2)     : tests/tls.rs speaks h2 to the edge
 #   ca-certificates         : the system roots HTTPS origins are verified against by default
 #   nginx                   : tests/keepalive_margin.rs needs an origin with a precise idle timer
+#   nats-server             : tests/cluster.rs runs a fleet of edges on a real NATS JetStream
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null || need+=(nginx)
+{ command -v nats-server || [[ -x /usr/sbin/nats-server ]]; } >/dev/null || need+=(nats-server)
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}" >&2
   sudo=""

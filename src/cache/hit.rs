@@ -19,7 +19,7 @@ use pingora::cache::CacheKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::date;
 
-use super::status::Outcome;
+use super::status::{self, Outcome};
 use super::store::{FreshHit, Store};
 use super::{key, CACHE_TAG, SURROGATE_KEY};
 use crate::config::RouteCache;
@@ -202,11 +202,18 @@ pub struct HitHead<'a> {
     pub hit: &'a FreshHit,
     /// The route's targeted cache-control field (`cache.targeted_field`).
     pub targeted: &'a str,
+    /// This cache's name in `Cache-Status` (`cluster::Cluster::cache_name`).
+    pub name: &'a str,
 }
 
 impl HitHead<'_> {
+    /// The stored response's `Cache-Status` list (caches nearer the origin), then this hit.
     fn cache_status(&self) -> String {
-        Outcome::Hit.header(Some(self.hit.fresh_until), None)
+        let upstream = self.hit.header.headers.get("cache-status");
+        status::listed_after(
+            upstream.and_then(|v| v.to_str().ok()),
+            Outcome::Hit.header(self.name, Some(self.hit.fresh_until), None),
+        )
     }
 
     /// For Pingora's writer, which adds Date and Connection itself and frames the body.
@@ -432,12 +439,14 @@ mod tests {
                 ("Edge-Cache-Control", "max-age=60"),
                 ("Age", "100"),
                 ("ETag", "\"e\""),
+                ("Cache-Status", "shield-2; fwd=uri-miss; stored"),
             ],
             "hello",
         );
         let head = HitHead {
             hit: &hit,
             targeted: "edge-cache-control",
+            name: "front-1",
         };
         let parsed = head.response_header();
         let mut out = BytesMut::new();
@@ -482,13 +491,29 @@ mod tests {
             from_bytes.contains(&("age".into(), "7".into())),
             "{from_bytes:?}"
         );
+        let status = &from_bytes
+            .iter()
+            .find(|(n, _)| n == "cache-status")
+            .unwrap()
+            .1;
+        assert!(
+            status.starts_with("shield-2; fwd=uri-miss; stored, front-1; hit; ttl="),
+            "the stored list, then this cache's entry: {status}"
+        );
         assert!(head.framed_by_length());
     }
 
     #[test]
     fn framing_rules() {
         let h = |status, fields: &[(&str, &str)], body| stored(status, fields, body);
-        let sendable = |hit: &FreshHit| HitHead { hit, targeted: "x" }.framed_by_length();
+        let sendable = |hit: &FreshHit| {
+            HitHead {
+                hit,
+                targeted: "x",
+                name: "edge",
+            }
+            .framed_by_length()
+        };
         assert!(sendable(&h(204, &[], "")));
         assert!(!sendable(&h(200, &[], "abc")), "no length: chunked");
         assert!(!sendable(&h(200, &[("Content-Length", "4")], "abc")));
@@ -507,6 +532,7 @@ mod tests {
         let head = HitHead {
             hit: &chunked,
             targeted: "x",
+            name: "edge",
         }
         .response_header();
         assert_eq!(head.headers.get("transfer-encoding").unwrap(), "chunked");

@@ -11,7 +11,8 @@
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
 //!   `sf`: whether a targeted field is a valid Structured Field Dictionary;
 //! - `request`: what a request's `Cache-Control` asks of the cache, and makes of a hit;
-//! - `invalidate`: what an unsafe request removes;
+//! - `invalidate`: what an unsafe request removes; `purge`: what an operator's purge removes
+//!   or marks stale;
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
 pub mod body_file;
@@ -20,6 +21,7 @@ pub mod hit;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
+pub mod purge;
 pub mod request;
 mod sf;
 pub mod status;

@@ -87,9 +87,15 @@ impl Outcome {
         }
     }
 
-    /// The `Cache-Status` value; `fwd_status` is the origin's status when it was asked.
-    /// `fresh_until`: of the stored response involved, if any.
-    pub fn header(self, fresh_until: Option<SystemTime>, fwd_status: Option<u16>) -> String {
+    /// This cache's `Cache-Status` entry, named `name` (see `cluster::Cluster::cache_name`);
+    /// `fwd_status` is the origin's status when it was asked. `fresh_until`: of the stored
+    /// response involved, if any.
+    pub fn header(
+        self,
+        name: &str,
+        fresh_until: Option<SystemTime>,
+        fwd_status: Option<u16>,
+    ) -> String {
         let ttl = || {
             fresh_until.map(|until| {
                 let now = SystemTime::now();
@@ -99,7 +105,7 @@ impl Outcome {
                 }
             })
         };
-        let mut s = String::from("edge");
+        let mut s = String::from(name);
         let fwd = |s: &mut String, why: &str| {
             s.push_str("; fwd=");
             s.push_str(why);
@@ -152,6 +158,16 @@ impl Outcome {
     }
 }
 
+/// The `Cache-Status` list (RFC 9211 section 2): the entries of the caches the response came
+/// through before this one (closest to the origin first), as it arrived or was stored, then
+/// this cache's own. A shield tier's entry thus stays in front of the front edge's.
+pub fn listed_after(upstream: Option<&str>, ours: String) -> String {
+    match upstream.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) => format!("{u}, {ours}"),
+        None => ours,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +177,7 @@ mod tests {
         let disabled = CachePhase::Disabled(NoCacheReason::OriginNotCache);
         let o = Outcome::from_phase(disabled, true, false, true);
         assert_eq!(o, Outcome::Expired { stored: false });
-        let h = o.header(None, Some(200));
+        let h = o.header("edge", None, Some(200));
         assert_eq!(h, "edge; fwd=stale; fwd-status=200");
         let o = Outcome::from_phase(disabled, true, false, false);
         assert_eq!(
@@ -172,7 +188,7 @@ mod tests {
             }
         );
         assert_eq!(
-            o.header(None, Some(200)),
+            o.header("edge", None, Some(200)),
             "edge; fwd=uri-miss; fwd-status=200"
         );
     }
@@ -212,16 +228,28 @@ mod tests {
     #[test]
     fn cache_status_values() {
         let until = SystemTime::now() + std::time::Duration::from_secs(30);
-        let h = Outcome::Hit.header(Some(until), None);
+        let h = Outcome::Hit.header("edge", Some(until), None);
         assert!(h == "edge; hit; ttl=30" || h == "edge; hit; ttl=29", "{h}");
         assert_eq!(
-            Outcome::Pass.header(None, Some(200)),
+            Outcome::Pass.header("edge", None, Some(200)),
             "edge; fwd=uri-miss; fwd-status=200; detail=uncacheable"
         );
         assert_eq!(
-            Outcome::None.header(None, None),
+            Outcome::None.header("edge", None, None),
             "edge; detail=edge-generated"
         );
         assert_eq!(Outcome::Bypass.label(), "bypass");
+    }
+
+    #[test]
+    fn entries_of_caches_nearer_the_origin_come_first() {
+        let ours = Outcome::Hit.header("front-1", None, None);
+        assert_eq!(ours, "front-1; hit");
+        assert_eq!(
+            listed_after(Some("shield-2; fwd=uri-miss; stored"), ours.clone()),
+            "shield-2; fwd=uri-miss; stored, front-1; hit"
+        );
+        assert_eq!(listed_after(Some(" "), ours.clone()), "front-1; hit");
+        assert_eq!(listed_after(None, ours), "front-1; hit");
     }
 }

@@ -17,6 +17,7 @@ mod schema;
 mod tls;
 pub mod units;
 mod validate;
+mod validate_cluster;
 mod validate_listen;
 
 use std::path::Path;
@@ -25,9 +26,10 @@ pub use crate::host::valid_host;
 pub use errors::{ConfigError, ConfigErrors};
 pub use locate::Seg;
 pub use schema::{
-    AdminSettings, Balance, CacheBypass, CacheKeySettings, CacheSettings, ClientSettings, Config,
-    HealthCheck, KeepaliveSettings, LogLevel, LogSettings, OriginConfig, PassiveHealth, QueryKey,
-    RouteCache, RouteConfig, ServerSettings, ServerSpec, TcpKeepalive, Timeouts,
+    AdminSettings, Balance, CacheBypass, CacheKeySettings, CacheSettings, ClientSettings,
+    ClusterSettings, Config, HealthCheck, KeepaliveSettings, LogLevel, LogSettings, NatsSettings,
+    OriginConfig, PassiveHealth, QueryKey, RouteCache, RouteConfig, ServerSettings, ServerSpec,
+    TcpKeepalive, Timeouts,
 };
 pub use tls::{CertificateFiles, ListenFields, ListenSpec, Listener, ListenerTls, OriginTls};
 pub use units::{Dur, Size};

@@ -30,7 +30,7 @@ fn bad_duration_names_file_line_and_path() {
     assert_eq!(
         errs,
         vec![
-            r#"edge.yaml:14: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h), got "fast""#
+            r#"edge.yaml:14: origins.web.keepalive.idle_timeout: expected a duration like "55s" (units ms, s, m, h, d), got "fast""#
         ]
     );
 }
@@ -183,4 +183,76 @@ fn warm_connections_need_a_pool_to_go_back_to() {
     )
     .unwrap();
     assert_eq!(ok.origins["web"].keepalive.warm, 2);
+}
+
+#[test]
+fn cluster_settings_are_checked() {
+    let c = parse(
+        &format!("{GOOD}cluster: {{node: edge-fra-1, nats: {{url: \"nats://10.0.0.1:4222, tls://n2:4222\"}}}}\n"),
+        "edge.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.cluster.node_name(), "edge-fra-1");
+    let nats = c.cluster.nats.unwrap();
+    assert_eq!(
+        (nats.stream.as_str(), nats.max_age),
+        ("EDGE_PURGE", Dur::secs(7 * 86_400))
+    );
+    assert!(
+        !parse(GOOD, "edge.yaml")
+            .unwrap()
+            .cluster
+            .node_name()
+            .is_empty(),
+        "the host name"
+    );
+
+    let errs = errors(&format!(
+        "{GOOD}cluster:\n  node: \"fra 1\"\n  nats:\n    url: \"http://x:4222, nats://y\"\n    \
+         stream: a.b\n    max_messages: 0\n    credentials_file: /nonexistent/creds\n    \
+         max_age: 10s\n"
+    ));
+    let want = [
+        "cluster.node: \"fra 1\": 1 to 64 letters",
+        "cluster.nats.url: \"http://x:4222\": expected nats://host:port",
+        "cluster.nats.url: \"nats://y\": expected nats://host:port",
+        "cluster.nats.stream: \"a.b\"",
+        "cluster.nats.credentials_file: cannot read /nonexistent/creds",
+        "cluster.nats.max_messages: at least 1",
+        "cluster.nats.max_age: at least 1m",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for (e, w) in errs.iter().zip(want) {
+        assert!(e.contains(w), "{e} does not say {w}");
+    }
+    assert!(
+        errors(&format!("{GOOD}cluster: {{nats: {{stream: X}}}}\n"))[0]
+            .contains("cluster.nats.url: required")
+    );
+}
+
+#[test]
+fn a_shield_tier_hashes_and_falls_back_to_a_plain_origin() {
+    let base = "listen: [\"127.0.0.1:8080\"]\nroutes: [{origin: shield}]\norigins:\n  web: {servers: [\"127.0.0.1:9001\"]}\n";
+    let ok = format!(
+        "{base}  shield: {{servers: [\"127.0.0.1:9002\"], balance: consistent_hash, shield: {{fallback: web}}}}\n"
+    );
+    let c = parse(&ok, "edge.yaml").unwrap();
+    assert_eq!(c.origins["shield"].shield.as_ref().unwrap().fallback, "web");
+
+    let errs = errors(&format!(
+        "{base}  shield: {{servers: [\"127.0.0.1:9002\"], shield: {{fallback: shield}}}}\n  \
+         s2: {{servers: [\"127.0.0.1:9003\"], balance: consistent_hash, shield: {{fallback: shield}}}}\n  \
+         s3: {{servers: [\"127.0.0.1:9004\"], balance: consistent_hash, shield: {{fallback: nope}}}}\n"
+    ));
+    let want = [
+        "origins.shield.balance: a shield tier needs balance: consistent_hash",
+        "origins.shield.shield.fallback: an origin cannot be its own fallback",
+        "origins.s2.shield.fallback: \"shield\" is a shield tier itself",
+        "origins.s3.shield.fallback: unknown origin \"nope\"",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for w in want {
+        assert!(errs.iter().any(|e| e.contains(w)), "no {w} in {errs:#?}");
+    }
 }

@@ -35,6 +35,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n.checked_mul(1000)?,
         "m" => n.checked_mul(60_000)?,
         "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(Duration::from_millis(ms))
@@ -62,7 +63,7 @@ impl<'de> Deserialize<'de> for Dur {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse_duration(v).map(Dur).ok_or_else(|| {
                     E::custom(format!(
-                        r#"expected a duration like "55s" (units ms, s, m, h), got "{v}""#
+                        r#"expected a duration like "55s" (units ms, s, m, h, d), got "{v}""#
                     ))
                 })
             }

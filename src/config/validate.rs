@@ -4,9 +4,9 @@
 //!
 //! Each top-level section, each origin and each route is deserialized on its own so that one bad
 //! entry does not hide the errors of the next. Errors come out in a fixed order: unknown
-//! top-level keys; what serde refused (`server`, `client`, `log`, `cache`, `listen`, `admin`,
-//! each origin, each route); then the checks (`listen`, `admin`, `server`, `client`, `log`,
-//! `cache`, each origin, each route).
+//! top-level keys; what serde refused (`server`, `client`, `log`, `cache`, `cluster`, `listen`,
+//! `admin`, each origin, each route); then the checks (`listen`, `admin`, `server`, `client`,
+//! `log`, `cache`, `cluster`, each origin, each route).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,16 +17,17 @@ use serde_yaml::{Mapping, Value};
 use super::errors::{ConfigError, ConfigErrors};
 use super::locate::{self, Seg};
 use super::schema::{
-    AdminSettings, CacheSettings, ClientSettings, Config, LogSettings, OriginConfig, RouteConfig,
-    ServerSettings,
+    AdminSettings, CacheSettings, ClientSettings, ClusterSettings, Config, LogSettings,
+    OriginConfig, RouteConfig, ServerSettings,
 };
 use super::tls::ListenSpec;
+use super::validate_cluster::{check_cluster, check_shield};
 use super::validate_listen::{check_admin, check_listen, check_origin_tls};
 use crate::host::valid_host;
 
 /// The keys allowed at the top of the file.
 const TOP_LEVEL: &[&str] = &[
-    "server", "listen", "admin", "client", "log", "cache", "origins", "routes",
+    "server", "listen", "admin", "client", "log", "cache", "origins", "routes", "cluster",
 ];
 
 /// Collects errors with their location while a file is checked.
@@ -121,6 +122,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let client: ClientSettings = section_or_default(&mut ck, &sections, "client");
     let log: LogSettings = section_or_default(&mut ck, &sections, "log");
     let cache: CacheSettings = section_or_default(&mut ck, &sections, "cache");
+    let cluster: ClusterSettings = section_or_default(&mut ck, &sections, "cluster");
     let listen = read_listen(&mut ck, sections.get("listen"));
     let admin: Option<AdminSettings> = match sections.get("admin") {
         None | Some(Value::Null) => None,
@@ -136,8 +138,10 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     check_client(&mut ck, &client);
     check_log(&mut ck, &log);
     check_cache(&mut ck, &cache);
+    check_cluster(&mut ck, &cluster);
     for (name, o) in &origins {
         check_origin(&mut ck, name, o);
+        check_shield(&mut ck, name, o, &origins, &broken_origins);
     }
     for (i, r) in &routes {
         check_route(&mut ck, *i, r, &origins, &broken_origins);
@@ -156,6 +160,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         cache,
         origins,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
+        cluster,
     })
 }
 

@@ -239,6 +239,7 @@ impl EdgeApp {
         HitHead {
             hit: &express.hit,
             targeted: &live.config.cache.targeted_field,
+            name: &self.edge.cluster.cache_name,
         }
         .write_h1(&mut out, keep);
         let (body, file): (&[bytes::Bytes], _) = if express.req.head {

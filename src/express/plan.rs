@@ -150,6 +150,7 @@ fn lookup<'b>(
     let sendable = HitHead {
         hit: &hit,
         targeted: &live.config.cache.targeted_field,
+        name: &edge.cluster.cache_name,
     }
     .framed_by_length();
     if !sendable {

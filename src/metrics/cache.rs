@@ -20,7 +20,8 @@ impl CacheMetrics {
     pub(super) fn new(r: &Reg) -> Self {
         let purged = r.counters_from_zero(
             "edge_cache_purged_total",
-            "Objects removed by purge (url, prefix, tag) or invalidated by unsafe requests.",
+            "Objects purged (url, prefix, tag: removed, or marked stale by a soft purge) or \
+             invalidated by unsafe requests.",
             "kind",
             &["url", "prefix", "tag", "invalidation"],
         );

@@ -7,10 +7,12 @@
 //! - `edge_upstream_ttfb_seconds{origin, connection, cache}`: how long origins take to answer.
 //!
 //! Families by concern: [`client`] (requests as clients see them), [`upstream`] (origins and
-//! their connections), [`cache`] (the store), [`process`] (config, memory).
+//! their connections), [`cache`] (the store), [`cluster`] (the fleet's purge stream),
+//! [`process`] (config, memory).
 
 pub mod cache;
 pub mod client;
+pub mod cluster;
 pub mod process;
 pub mod upstream;
 
@@ -32,6 +34,7 @@ pub struct Metrics {
     pub client: client::ClientMetrics,
     pub upstream: upstream::UpstreamMetrics,
     pub cache: cache::CacheMetrics,
+    pub cluster: cluster::ClusterMetrics,
     pub process: process::ProcessMetrics,
 }
 
@@ -43,6 +46,7 @@ impl Metrics {
             client: client::ClientMetrics::new(&r),
             upstream: upstream::UpstreamMetrics::new(&r),
             cache: cache::CacheMetrics::new(&r),
+            cluster: cluster::ClusterMetrics::new(&r),
             process: process::ProcessMetrics::new(&r),
             registry,
         }

@@ -15,6 +15,7 @@ pub struct UpstreamMetrics {
     pub tls_handshake: HistogramVec,
     pub connect_failures: IntCounterVec,
     pub retries: IntCounterVec,
+    pub fallbacks: IntCounterVec,
     pub closed: IntCounterVec,
     pub connection_lost: IntCounterVec,
     pub opened: IntCounterVec,
@@ -62,9 +63,16 @@ impl UpstreamMetrics {
             retries: r.counters(
                 "edge_upstream_retries_total",
                 "Upstream attempts after a failed one, by reason: connect_failure (failover to \
-                 another server) or connection_lost (a reused connection failed; idempotent \
-                 requests only).",
+                 another server), connection_lost (a reused connection failed; idempotent \
+                 requests only) or next_server (a connection failed before any answer; \
+                 idempotent requests, to another server).",
                 &["origin", "reason"],
+            ),
+            fallbacks: r.counters(
+                "edge_upstream_fallbacks_total",
+                "Requests a shield tier handed to its fallback origin because no shield \
+                 server was up or answered.",
+                &["origin"],
             ),
             closed: r.counters(
                 "edge_upstream_connections_closed_total",
@@ -177,6 +185,8 @@ pub struct OriginMetrics {
     pub tls_handshake: Histogram,
     pub retries_connect_failure: IntCounter,
     pub retries_connection_lost: IntCounter,
+    pub retries_next_server: IntCounter,
+    pub fallbacks: IntCounter,
     pub closed_max_requests: IntCounter,
     pub closed_pool_full: IntCounter,
     pub closed_pooling_off: IntCounter,
@@ -216,6 +226,8 @@ impl OriginMetrics {
             tls_handshake: u.tls_handshake.with_label_values(&[origin]),
             retries_connect_failure: u.retries.with_label_values(&[origin, "connect_failure"]),
             retries_connection_lost: u.retries.with_label_values(&[origin, "connection_lost"]),
+            retries_next_server: u.retries.with_label_values(&[origin, "next_server"]),
+            fallbacks: u.fallbacks.with_label_values(&[origin]),
             closed_max_requests: closed("max_requests"),
             closed_pool_full: closed("pool_full"),
             closed_pooling_off: closed("pooling_off"),

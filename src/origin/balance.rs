@@ -20,6 +20,8 @@ pub struct Balancer {
     weights: Vec<u32>,
     /// Consistent mode: each server's address, hashed with the key.
     names: Vec<String>,
+    /// Consistent mode: every weight is the same, so scores compare as plain hashes.
+    equal_weights: bool,
 }
 
 /// Upper bound on the weighted schedule, so huge weights cannot make a huge table.
@@ -38,6 +40,7 @@ impl Balancer {
             mode,
             next: AtomicUsize::new(0),
             schedule,
+            equal_weights: weights.windows(2).all(|w| w[0] == w[1]),
             weights,
             names,
         }
@@ -58,6 +61,11 @@ impl Balancer {
                     .map(|i| self.schedule[(start + i) % len])
                     .find(|&i| eligible(i))
             }
+            // Equal weights (a shield tier, most pools): the server with the highest hash, in
+            // integers, so no floating-point library can make two platforms disagree.
+            Balance::ConsistentHash if self.equal_weights => (0..n)
+                .filter(|&i| eligible(i))
+                .max_by_key(|&i| (score_hash(&self.names[i], key), std::cmp::Reverse(i))),
             Balance::ConsistentHash => {
                 let mut best: Option<(f64, usize)> = None;
                 for i in (0..n).filter(|&i| eligible(i)) {

@@ -179,11 +179,21 @@ impl Origin {
     /// Picks a server for a request, skipping those already tried by it. Healthy servers first;
     /// if none is healthy, any untried one (Envoy's "panic mode"): when every health signal says
     /// down, trying is better than refusing, and a dead server fails fast anyway.
+    /// A shield tier has no panic mode: with every shield down its fallback origin answers.
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
         let untried = |i: usize| !tried.contains(&i);
-        self.balancer
-            .pick(key, |i| untried(i) && self.servers[i].health().is_up())
-            .or_else(|| self.balancer.pick(key, untried))
+        let healthy = self
+            .balancer
+            .pick(key, |i| untried(i) && self.servers[i].health().is_up());
+        if self.config.shield.is_some() {
+            return healthy;
+        }
+        healthy.or_else(|| self.balancer.pick(key, untried))
+    }
+
+    /// The origin asked when no server of this shield tier answers (`shield.fallback`).
+    pub fn fallback(&self) -> Option<&str> {
+        self.config.shield.as_ref().map(|s| s.fallback.as_str())
     }
 
     pub fn health_check(&self) -> Option<&HealthCheck> {

@@ -13,7 +13,7 @@ use crate::served::{Protocol, Served};
 
 use super::{EdgeProxy, RequestCtx};
 use crate::cache::hit::{self, HitHead};
-use crate::cache::status::Outcome;
+use crate::cache::status::{self, Outcome};
 use crate::cache::store::FreshHit;
 
 impl EdgeProxy {
@@ -29,6 +29,7 @@ impl EdgeProxy {
         let head = HitHead {
             hit: &hit,
             targeted: &ctx.live.config.cache.targeted_field,
+            name: &self.edge.cluster.cache_name,
         }
         .response_header();
         if session.req_header().method == http::Method::HEAD {
@@ -56,7 +57,15 @@ impl EdgeProxy {
         fresh_until: Option<SystemTime>,
     ) -> Result<()> {
         if ctx.routed.is_some() {
-            let value = ctx.cache.outcome.header(fresh_until, ctx.fwd_status);
+            let name = &self.edge.cluster.cache_name;
+            let ours = ctx.cache.outcome.header(name, fresh_until, ctx.fwd_status);
+            // After the entries of the caches it came through (a shield tier's, an origin's
+            // own CDN), stored with it or received with it.
+            let upstream = resp
+                .headers
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok());
+            let value = status::listed_after(upstream, ours);
             resp.insert_header("cache-status", value)?;
         }
         hit::strip_cache_only_fields(resp, &ctx.live.config.cache.targeted_field);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::cache::CacheKey;
+use pingora::http::RequestHeader;
 
 use crate::cache::request::ClientDirectives;
 use pingora::proxy::Session;
@@ -168,6 +169,37 @@ impl RequestCtx {
 
     pub fn server_address(&self) -> &str {
         self.upstream().map_or("-", |(_, s)| s.address.as_str())
+    }
+
+    /// The URL part of the request's cache key (`https://host/path?query` in the route's query
+    /// form): what consistent hashing keys on, so an object has the same home on every edge.
+    pub fn key_url(&self, req: &RequestHeader) -> String {
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        match &self.routed {
+            Some(r) => crate::cache::key::url(r.scheme, &r.host, target, r.cache.key.query),
+            None => target.to_string(),
+        }
+    }
+
+    /// The request goes on to another origin (a shield tier's fallback): its servers are
+    /// numbered anew.
+    pub fn switch_origin(&mut self, origin: Arc<Origin>) {
+        if let Some(r) = self.routed.as_mut() {
+            r.origin = Some(origin);
+        }
+        self.tried.clear();
+    }
+
+    /// Whether a failed attempt may be followed by one at another server: within the origin's
+    /// `retries` while it has untried servers, or (a shield tier) at its fallback origin, which
+    /// is always allowed: it is what the tier is configured to do when its servers fail.
+    pub fn may_try_another_server(&self) -> bool {
+        let Some(origin) = self.origin() else {
+            return false;
+        };
+        let retries_used = self.tried.len().saturating_sub(1);
+        let untried_left = self.tried.len() < origin.servers.len();
+        (retries_used < origin.config.retries && untried_left) || origin.fallback().is_some()
     }
 }
 

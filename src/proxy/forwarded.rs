@@ -1,6 +1,7 @@
 //! The request as the origin receives it: the origin's Host when it sets one, `Connection:
 //! close` when the edge will not keep the connection, and the forwarding fields (RFC 7239's
-//! predecessors that origins read: `X-Forwarded-For`, `X-Forwarded-Proto`, and RFC 9110's `Via`).
+//! predecessors that origins read: `X-Forwarded-For`, `X-Forwarded-Proto`, and RFC 9110's `Via`),
+//! and this edge's mark in `CDN-Loop` (RFC 8586, see `cluster::loops`).
 
 use std::net::IpAddr;
 
@@ -11,13 +12,15 @@ use crate::cache::key::Scheme;
 use crate::origin::Origin;
 
 /// Rewrites the upstream request header. `close`: the edge asks the origin to close after this
-/// response (a keep-alive limit was reached); `client_ip`: the peer of the client connection.
+/// response (a keep-alive limit was reached); `client_ip`: the peer of the client connection;
+/// `node`: this edge's name in its fleet.
 pub fn prepare(
     upstream: &mut RequestHeader,
     origin: &Origin,
     close: bool,
     client_ip: Option<IpAddr>,
     scheme: Scheme,
+    node: &str,
 ) -> Result<()> {
     if let Some(h) = &origin.host_header {
         upstream.insert_header(http::header::HOST, h.clone())?;
@@ -28,6 +31,7 @@ pub fn prepare(
         // The client's Connection field is about the client's connection, not this one.
         upstream.remove_header(&http::header::CONNECTION);
     }
+    crate::cluster::loops::append(upstream, node)?;
     forwarding_fields(upstream, client_ip, scheme)
 }
 

@@ -55,6 +55,7 @@ use crate::cache::status::Outcome;
 use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
+use crate::cluster::loops;
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
@@ -65,7 +66,9 @@ pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
 use ctx::{client_scheme, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
-use upstream::{count_connection, replayable, strip_hop_by_hop, ttfb_cache_kind};
+use upstream::{
+    count_connection, next_server_may_answer, replayable, strip_hop_by_hop, ttfb_cache_kind,
+};
 
 /// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
 pub type EdgeHttpProxy = pingora::proxy::HttpProxy<EdgeProxy, crate::origin::warm::tls::WarmTls>;
@@ -141,6 +144,13 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let checked = guard::check(req, &ctx.live.limits).and_then(|()| {
             guard::check_body_size(guard::content_length(req).unwrap_or(0), &ctx.live.limits)
+        });
+        let checked = checked.and_then(|()| {
+            // A miss that came back to this edge through a cycle of tiers: not sent round again.
+            match loops::came_through(req, &self.edge.cluster.node) {
+                true => Err(loops::LOOP),
+                false => Ok(()),
+            }
         });
         if let Err(r) = checked {
             ctx.refused = Some(r.reason);
@@ -283,32 +293,50 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let origin = ctx
+        let mut origin = ctx
             .origin()
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no origin"))?;
-        // Consistent hashing keys on what the cache will key on: host and target. Other modes
-        // need no key, so they skip building it.
-        let key = if origin.config.balance == Balance::ConsistentHash {
-            let req = session.req_header();
-            format!("{}{}", request_host(req).unwrap_or_default(), req.uri)
-        } else {
-            String::new()
-        };
         // After a pooled connection turned out closed (or too old for this request), the same
         // server is asked again, on a new connection: the server is fine, the connection was not.
         let fresh = std::mem::take(&mut ctx.fresh_connection);
-        let idx = match ctx.tried.last() {
-            Some(&last) if fresh => last,
-            _ => {
-                let Some(idx) = origin.pick(key.as_bytes(), &ctx.tried) else {
+        let idx = loop {
+            if let (true, Some(&last)) = (fresh, ctx.tried.last()) {
+                break last;
+            }
+            // Consistent hashing keys on what the cache keys on (its URL), so an object has one
+            // home server, the same on every edge. Other modes need no key.
+            let key = match origin.config.balance {
+                Balance::ConsistentHash => ctx.key_url(session.req_header()),
+                _ => String::new(),
+            };
+            // The first attempt and `retries` more per origin.
+            let budget_left = ctx.tried.len() <= origin.config.retries;
+            if let Some(idx) = budget_left
+                .then(|| origin.pick(key.as_bytes(), &ctx.tried))
+                .flatten()
+            {
+                ctx.tried.push(idx);
+                break idx;
+            }
+            // A shield tier with no server up, or as many tried as `retries` allows: its
+            // fallback origin, once (a fallback is never a shield itself: `edge -t` sees to it).
+            let fallback = origin
+                .fallback()
+                .and_then(|f| ctx.live.origins.get(f))
+                .cloned();
+            match fallback {
+                Some(f) => {
+                    origin.metrics.fallbacks.inc();
+                    ctx.switch_origin(f.clone());
+                    origin = f;
+                }
+                None => {
                     return Error::e_explain(
                         ErrorType::ConnectRefused,
                         format!("origin {}: every server was tried", origin.name),
-                    );
-                };
-                ctx.tried.push(idx);
-                idx
+                    )
+                }
             }
         };
         ctx.attempt = Some(Attempt::new(idx));
@@ -387,7 +415,8 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             let close = attempt.close.is_some();
-            forwarded::prepare(upstream, &origin, close, client_ip, scheme)?;
+            let node = &self.edge.cluster.node;
+            forwarded::prepare(upstream, &origin, close, client_ip, scheme, node)?;
             attempt.sent_at = Some(Instant::now());
         }
         Ok(())
@@ -573,11 +602,9 @@ impl ProxyHttp for EdgeProxy {
             return e;
         };
         origin.connect_failed(server, &e);
-        // Retry on another server of the origin, bounded by `retries`; a connect failure means
-        // nothing was sent, so this is safe for every method.
-        let retries_used = ctx.tried.len() - 1;
-        let untried_left = ctx.tried.len() < origin.servers.len();
-        if retries_used < origin.config.retries && untried_left {
+        // Retry on another server of the origin, bounded by `retries` (a shield tier's fallback
+        // always); a connect failure means nothing was sent, so this is safe for every method.
+        if ctx.may_try_another_server() {
             e.set_retry(true);
             origin.metrics.retries_connect_failure.inc();
         }
@@ -614,6 +641,17 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         self.note_lost_connection(session, &e, ctx, client_reused);
+        if !e.retry() && next_server_may_answer(session, &e, ctx) {
+            // nginx's `proxy_next_upstream error`: a server that failed an idempotent request
+            // before answering anything (it died, or reset the connection) is not asked again;
+            // another server of the origin is, or a shield tier's fallback. The request may
+            // have reached the failed one, which idempotent methods allow (RFC 9110 9.2.2).
+            if let Some((origin, server)) = ctx.upstream() {
+                origin.connect_failed(server, &e);
+                origin.metrics.retries_next_server.inc();
+            }
+            e.set_retry(true);
+        }
         e
     }
 

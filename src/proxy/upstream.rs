@@ -177,6 +177,22 @@ pub(super) fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
     }
 }
 
+/// Whether an attempt that failed may go to another server (`error_while_proxy`): an
+/// idempotent request that Pingora can replay, whose connection failed (closed, reset, a read
+/// or write error; not a timeout, which would double a slow origin's wait) before the origin's
+/// response header and before anything reached the client, with another server left to ask.
+pub(super) fn next_server_may_answer(session: &Session, e: &Error, ctx: &RequestCtx) -> bool {
+    let lost = e.esource() == &ErrorSource::Upstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+    lost && ctx.fwd_status.is_none()
+        && session.response_written().is_none()
+        && replayable(session)
+        && ctx.may_try_another_server()
+}
+
 /// Whether the request may be sent again if its connection fails: an idempotent method and a
 /// body Pingora can still replay.
 pub(super) fn replayable(session: &Session) -> bool {

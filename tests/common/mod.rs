@@ -5,7 +5,8 @@
 //! One file per role: `origin` (the test origin), `client` (the raw client), `edge` (the edge
 //! process), `relay` (a delay line: a network round trip on loopback). Everything is re-exported here, so a test needs only `use common::*;`. `cache`
 //! holds the cache tests' shared set-up (`use common::cache::*;`), `tls` the HTTPS side:
-//! certificates made at test time, a TLS origin and a TLS client (`use common::tls::*;`).
+//! certificates made at test time, a TLS origin and a TLS client (`use common::tls::*;`), `nats`
+//! a real `nats-server` for the fleet's tests (`use common::nats::*;`).
 //!
 //! Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -13,6 +14,7 @@
 pub mod cache;
 mod client;
 mod edge;
+pub mod nats;
 mod origin;
 mod relay;
 pub mod tls;

@@ -129,7 +129,25 @@ struct Partial {
 #[derive(Clone, Copy, Debug)]
 pub struct FillStart(pub u64);
 
-/// What a purge named.
+/// What an operator's purge names, in the store's terms: a URL as cache keys hold it
+/// (`https://host/path?query`), a prefix of such URLs, or an origin's tag.
+#[derive(Clone, Copy, Debug)]
+pub enum Named<'a> {
+    Url(&'a str),
+    Prefix(&'a str),
+    Tag(&'a str),
+}
+
+/// What a purge does to what it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// Removed: the next request is a miss.
+    Hard,
+    /// Marked stale: the next request revalidates (see `Store::purge`).
+    Soft,
+}
+
+/// What a purge named, as recorded for fills in flight.
 enum Purged {
     Key(HashBinary),
     Url(Arc<str>),
@@ -458,6 +476,78 @@ impl Store {
         self.remove_many(keys)
     }
 
+    /// Purges what `what` names: removes it (`Hard`), or marks it stale as of now (`Soft`, as
+    /// Fastly's soft purge) so that its next use revalidates with the origin (a `304` refreshes
+    /// it without a body) and its stale-while-revalidate and stale-if-error windows, counted
+    /// from now, still serve it. Either way fills in flight that it covers are not stored: they
+    /// may carry what the purge is about. Returns how many stored objects it removed or marked.
+    pub fn purge_named(&self, what: Named, mode: PurgeMode) -> usize {
+        match (what, mode) {
+            (Named::Url(u), PurgeMode::Hard) => self.purge_url(u),
+            (Named::Prefix(p), PurgeMode::Hard) => self.purge_prefix(p),
+            (Named::Tag(t), PurgeMode::Hard) => self.purge_tag(t),
+            (what, PurgeMode::Soft) => {
+                let record = match what {
+                    Named::Url(u) => Purged::Url(Arc::from(u)),
+                    Named::Prefix(p) => Purged::Prefix(Box::from(p)),
+                    Named::Tag(t) => Purged::Tag(Box::from(t)),
+                };
+                self.purge_fills(&mut self.write(), record);
+                let keys = {
+                    let m = self.read();
+                    match what {
+                        Named::Url(u) => Self::indexed(&m.by_url, u),
+                        Named::Tag(t) => Self::indexed(&m.by_tag, t),
+                        Named::Prefix(p) => Self::prefixed(&m, p),
+                    }
+                };
+                self.expire_many(keys, SystemTime::now())
+            }
+        }
+    }
+
+    /// Marks these objects stale as of `now` (see `purge_named`); returns how many were fresh.
+    fn expire_many(&self, keys: Vec<HashBinary>, now: SystemTime) -> usize {
+        let mut maps = self.write();
+        let mut n = 0;
+        for k in keys {
+            Self::purge_writes(&mut maps, &k);
+            let Some(obj) = maps.objects.get_mut(&k) else {
+                continue;
+            };
+            if obj.freshness.fresh_until <= now {
+                continue;
+            }
+            // Only the internal part (freshness, windows) changes; the header stays as stored.
+            let Ok(mut meta) = CacheMeta::deserialize(&obj.meta.0, stub_header()) else {
+                continue;
+            };
+            meta.expire_at(now);
+            let Ok((internal, _)) = meta.serialize() else {
+                continue;
+            };
+            let (old, new) = (obj.meta.0.len(), internal.len());
+            obj.meta.0 = internal;
+            obj.freshness.fresh_until = meta.fresh_until();
+            if new >= old {
+                self.bytes.fetch_add(new - old, Ordering::Relaxed);
+            } else {
+                self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The keys of every object whose URL starts with `prefix` (a scan of the URL index).
+    fn prefixed(m: &Maps, prefix: &str) -> Vec<HashBinary> {
+        m.by_url
+            .iter()
+            .filter(|(u, _)| u.starts_with(prefix))
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
+    }
+
     /// Removes every variant stored for this URL.
     pub fn purge_url(&self, url: &str) -> usize {
         self.purge_matching(Purged::Url(Arc::from(url)), |m| {
@@ -475,11 +565,7 @@ impl Store {
     /// Removes every object whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
         self.purge_matching(Purged::Prefix(Box::from(prefix)), |m| {
-            m.by_url
-                .iter()
-                .filter(|(u, _)| u.starts_with(prefix))
-                .flat_map(|(_, s)| s.iter().copied())
-                .collect()
+            Self::prefixed(m, prefix)
         })
     }
 

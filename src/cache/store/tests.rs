@@ -655,3 +655,68 @@ async fn purges_tell_the_eviction_manager_but_evictions_do_not() {
         .unwrap();
     assert!(matches!(again, PurgeOutcome::NotFound));
 }
+
+#[tokio::test]
+async fn a_soft_purge_marks_stale_and_keeps_the_object_for_revalidation() {
+    let (store, _) = store();
+    let now = SystemTime::now();
+    let fresh = |fields: &[(&str, &str)]| {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in fields {
+            header.append_header(k.to_string(), *v).unwrap();
+        }
+        // Fresh for an hour, may be served stale for 30 s while it revalidates.
+        CacheMeta::new(now + Duration::from_secs(3600), now, 30, 0, header)
+    };
+    let (a, b, c) = (
+        key("http://a.com/s/a"),
+        key("http://a.com/s/b"),
+        key("http://a.com/t/c"),
+    );
+    fill(store, &a, &fresh(&[("Surrogate-Key", "red")]), &["a"]).await;
+    fill(store, &b, &fresh(&[]), &["b"]).await;
+    fill(store, &c, &fresh(&[("Surrogate-Key", "red")]), &["c"]).await;
+    let bytes = store.bytes();
+
+    assert_eq!(store.purge_named(Named::Tag("red"), PurgeMode::Soft), 2);
+    assert_eq!(store.objects(), 3, "nothing removed");
+    let later = SystemTime::now();
+    for k in [&a, &c] {
+        assert!(store.fresh_hit(&k.primary_bin(), later).is_none(), "stale");
+        let (m, _) = store.lookup(k, &span()).await.unwrap().unwrap();
+        assert!(!m.is_fresh(later));
+        assert!(
+            m.serve_stale_while_revalidate(later),
+            "its window counts from the purge"
+        );
+        assert_eq!(
+            m.headers().get("surrogate-key").unwrap(),
+            "red",
+            "header as stored"
+        );
+    }
+    assert!(
+        store.fresh_hit(&b.primary_bin(), later).is_some(),
+        "not named"
+    );
+    assert_eq!(
+        store.purge_named(Named::Tag("red"), PurgeMode::Soft),
+        0,
+        "already stale: idempotent"
+    );
+    assert_eq!(
+        store.purge_named(Named::Prefix("http://a.com/s/"), PurgeMode::Soft),
+        1
+    );
+    assert_eq!(
+        store.purge_named(Named::Url("http://a.com/s/b"), PurgeMode::Soft),
+        0
+    );
+    // Serialized freshness is the same size: what the store counts did not drift.
+    assert_eq!(store.bytes(), bytes);
+    assert_eq!(
+        store.purge_named(Named::Prefix("http://a.com/"), PurgeMode::Hard),
+        3
+    );
+    assert_eq!((store.objects(), store.bytes()), (0, 0));
+}

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use super::tls::Listener;
 use super::units::{Dur, Size};
 
+mod cluster;
 mod origin;
+pub use cluster::*;
 pub use origin::*;
 
 /// A whole, validated config, built by `validate::parse` section by section (not by serde).
@@ -49,6 +51,8 @@ pub struct Config {
     pub origins: BTreeMap<String, OriginConfig>,
     /// `routes:` (required, at least one), in config order.
     pub routes: Vec<RouteConfig>,
+    /// `cluster:`; default: [`ClusterSettings::default`] (a lone edge).
+    pub cluster: ClusterSettings,
 }
 
 /// Pingora's own server settings (`server:`).

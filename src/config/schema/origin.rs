@@ -22,8 +22,8 @@ pub enum Balance {
     RoundRobin,
     /// nginx's smooth weighted round robin (weights 3:1 give A A B A).
     Weighted,
-    /// Weighted rendezvous hashing on host + request target: one object keeps reaching one
-    /// server, and only a down server's objects move.
+    /// Weighted rendezvous hashing on the URL part of the cache key: one object keeps reaching
+    /// one server, the same on every edge, and only a down server's objects move.
     ConsistentHash,
 }
 
@@ -264,13 +264,27 @@ pub struct OriginConfig {
     pub health_check: Option<HealthCheck>,
     /// Default: [`PassiveHealth::default`].
     pub passive_health: PassiveHealth,
-    /// Further servers tried after a connect failure, within this origin. Default: `2`.
+    /// Further servers tried after a connect failure, or after a connection lost before any
+    /// answer (idempotent requests), within this origin. Default: `2`.
     pub retries: usize,
     /// HTTPS to this origin. Default: none (cleartext).
     pub tls: Option<OriginTls>,
     /// HTTP/2 to this origin, multiplexed (needs `tls`; falls back to HTTP/1.1 when the origin
     /// does not offer h2). Default: false.
     pub http2: bool,
+    /// This origin is a shield tier: its servers are other edges (see `crate::cluster`).
+    /// Default: none (a plain origin).
+    pub shield: Option<ShieldSettings>,
+}
+
+/// `origins.NAME.shield`: the origin's servers are edges of a shield (parent) tier, each the
+/// home of the objects `balance: consistent_hash` gives it.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShieldSettings {
+    /// The origin asked directly when no shield server answers (every one down, or tried and
+    /// failed). Required; another origin, not itself a shield.
+    pub fallback: String,
 }
 
 /// [`OriginConfig`] as written. serde's struct-level `default` fills every missing field and
@@ -292,6 +306,7 @@ struct OriginFields {
     retries: usize,
     tls: Option<OriginTls>,
     http2: bool,
+    shield: Option<ShieldSettings>,
 }
 
 impl Default for OriginFields {
@@ -308,6 +323,7 @@ impl Default for OriginFields {
             retries: 2,
             tls: None,
             http2: false,
+            shield: None,
         }
     }
 }
@@ -329,6 +345,7 @@ impl<'de> Deserialize<'de> for OriginConfig {
             retries: f.retries,
             tls: f.tls,
             http2: f.http2,
+            shield: f.shield,
         })
     }
 }

@@ -1,0 +1,158 @@
+//! This edge as one of a fleet: purges shared over NATS JetStream, and the tiers' hop marks
+//! (a shield tier is an origin whose servers are edges: `origins.NAME.shield`).
+//!
+//! A purge accepted by any edge's admin API is applied there at once, then published to the
+//! JetStream stream `cluster.nats.stream`; every edge reads the stream in order and applies
+//! what others published. JetStream keeps the messages (file storage, bounded by age and
+//! count), so an edge cut off from NATS reads what it missed when it is back, from the last
+//! sequence it applied. Purges are idempotent (removing what is gone removes nothing), so a
+//! purge applied twice does no harm; each carries a message id so a publish repeated after a
+//! lost acknowledgement is stored once.
+//!
+//! Availability first: an edge that cannot reach NATS keeps serving, queues the purges its own
+//! admin API takes (applied here, published on reconnect), says so in `/healthz` and in the
+//! metrics (`edge_cluster_nats_connected`, `edge_cluster_purge_lag`).
+//!
+//! - `message`: a purge's wire format;
+//! - `service`: the background task that holds the NATS connection;
+//! - `loops`: `CDN-Loop`, which stops a request that comes back to an edge it passed.
+//!
+//! Without `cluster.nats` there is no task and purges stay local.
+
+pub mod loops;
+pub mod message;
+mod service;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::purge::Purge;
+use crate::config::{ClusterSettings, NatsSettings};
+pub use service::PurgeService;
+
+/// What became of a purge sent to the fleet, as the admin API reports it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Applied here (`removed` objects) and stored in the stream at `sequence`.
+    Published { removed: usize, sequence: u64 },
+    /// Applied here; NATS did not acknowledge it (`why`), so it waits in this edge's queue and
+    /// is published when the stream is reachable again.
+    Queued { removed: usize, why: String },
+}
+
+/// A purge handed from the admin API to the task, with where to answer.
+struct Request {
+    purge: Purge,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// How many admin purges may wait for the task at once; more get refused (503) rather than
+/// pile up while NATS is slow.
+const INBOX: usize = 1024;
+
+/// The longest an admin purge waits for the task's answer (it publishes with a shorter bound).
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// The fleet as this edge sees it; built once with the edge, shared by the admin API and the
+/// purge task.
+pub struct Cluster {
+    /// `cluster.node`, or the host name: this edge's mark in `CDN-Loop`, in purge messages.
+    pub node: String,
+    /// This cache's name in `Cache-Status` (RFC 9211): `cluster.node` when it is set, so each
+    /// tier's entry says which edge it was; else `edge` (a lone edge does not tell clients its
+    /// host name).
+    pub cache_name: String,
+    bus: Option<Bus>,
+}
+
+/// The admin API's side of the purge task.
+struct Bus {
+    settings: NatsSettings,
+    to_task: mpsc::Sender<Request>,
+    /// Taken by the task when it starts.
+    inbox: Mutex<Option<mpsc::Receiver<Request>>>,
+    /// Whether the task has the stream open, and since when it has not.
+    reachable: AtomicBool,
+    unreachable_since: Mutex<Option<SystemTime>>,
+}
+
+impl Cluster {
+    pub fn new(settings: &ClusterSettings) -> Cluster {
+        let bus = settings.nats.clone().map(|settings| {
+            let (to_task, inbox) = mpsc::channel(INBOX);
+            Bus {
+                settings,
+                to_task,
+                inbox: Mutex::new(Some(inbox)),
+                reachable: AtomicBool::new(false),
+                unreachable_since: Mutex::new(Some(SystemTime::now())),
+            }
+        });
+        Cluster {
+            node: settings.node_name(),
+            cache_name: settings.node.clone().unwrap_or_else(|| "edge".into()),
+            bus,
+        }
+    }
+
+    /// Whether purges go to the fleet (`cluster.nats` is set).
+    pub fn shares_purges(&self) -> bool {
+        self.bus.is_some()
+    }
+
+    /// Hands a purge to the task, which applies it here and publishes it. None: purges are
+    /// local (no `cluster.nats`); Err: the task did not take or answer it in time.
+    pub async fn purge(&self, purge: Purge) -> Option<Result<Outcome, String>> {
+        let bus = self.bus.as_ref()?;
+        let (reply, answer) = oneshot::channel();
+        if bus.to_task.try_send(Request { purge, reply }).is_err() {
+            return Some(Err(format!(
+                "{INBOX} purges are already waiting for the cluster task"
+            )));
+        }
+        Some(match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err("the cluster task stopped".into()),
+            Err(_) => Err(format!(
+                "no answer from the cluster task in {ANSWER_WITHIN:?}"
+            )),
+        })
+    }
+
+    /// A line for `/healthz` while the purge stream is out of reach (the edge still serves).
+    pub fn health_detail(&self) -> Option<String> {
+        let bus = self.bus.as_ref()?;
+        if bus.reachable.load(Ordering::Acquire) {
+            return None;
+        }
+        let since = bus
+            .unreachable_since
+            .lock()
+            .unwrap()
+            .unwrap_or(SystemTime::now());
+        let secs = SystemTime::now()
+            .duration_since(since)
+            .unwrap_or_default()
+            .as_secs();
+        Some(format!(
+            "cluster: purge stream at {} unreachable for {secs}s; serving, purges from other \
+             edges are applied when it is back",
+            bus.settings.url
+        ))
+    }
+}
+
+impl Bus {
+    fn set_reachable(&self, up: bool) {
+        let was = self.reachable.swap(up, Ordering::AcqRel);
+        let mut since = self.unreachable_since.lock().unwrap();
+        if up {
+            *since = None;
+        } else if was || since.is_none() {
+            *since = Some(SystemTime::now());
+        }
+    }
+}
