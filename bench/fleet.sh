@@ -93,14 +93,15 @@ if [[ $PARTS == *shield* ]]; then
   shield_run direct 0
   shield_run shield 1
   echo
-  echo "| fronts go to | origin requests | objects fetched | origin requests per object | front misses | front-miss TTFB p50 / p90 / p99 (ms) | all TTFB p50 / p99 (ms) | errors |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| fronts go to | origin requests | objects fetched | origin requests per object | front misses | of which shield hits | front-miss TTFB p50 / p90 / p99 (ms) | TTFB p50 of shield hits / origin fetches (ms) | all TTFB p50 / p99 (ms) | errors |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   while read -r label reqs objs rest; do
     declare -A f=(); for kv in $rest; do f[${kv%%=*}]=${kv#*=}; done
-    printf '| %s | %s | %s | %.2f | %s | %s / %s / %s | %s / %s | %s |\n' \
+    printf '| %s | %s | %s | %.2f | %s | %s | %s / %s / %s | %s / %s | %s / %s | %s |\n' \
       "$([[ $label == shield ]] && echo "2 shields" || echo "the origin")" "$reqs" "$objs" \
-      "$(awk -v r="$reqs" -v o="$objs" 'BEGIN{print r/o}')" "${f[front_misses]}" \
-      "${f[miss_ttfb_p50]}" "${f[miss_ttfb_p90]}" "${f[miss_ttfb_p99]}" "${f[ttfb_p50]}" "${f[ttfb_p99]}" "${f[errors]}"
+      "$(awk -v r="$reqs" -v o="$objs" 'BEGIN{print r/o}')" "${f[front_misses]}" "${f[shield_hits]}" \
+      "${f[miss_ttfb_p50]}" "${f[miss_ttfb_p90]}" "${f[miss_ttfb_p99]}" \
+      "${f[shield_hit_ttfb_p50]}" "${f[origin_ttfb_p50]}" "${f[ttfb_p50]}" "${f[ttfb_p99]}" "${f[errors]}"
     unset f
   done <"$RUN/shield.txt"
 fi

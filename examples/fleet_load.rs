@@ -3,8 +3,9 @@
 //! - `zipf FRONTS OBJECTS REQUESTS S CONCURRENCY SEED`: requests `GET /obj/<rank>` with ranks
 //!   drawn from a Zipf distribution (exponent `S`) over `OBJECTS` objects, spread in turn over
 //!   the front edges (`FRONTS`: comma-separated `ip:port`), `CONCURRENCY` keep-alive
-//!   connections each. Prints the count of front hits and misses (the last `Cache-Status`
-//!   entry), and time to first byte p50/p90/p99 of front misses and of all requests, in ms.
+//!   connections each. Prints the count of front hits, front misses that a shield answered
+//!   from its cache, and misses that reached the origin (by the `Cache-Status` entries), and
+//!   time to first byte p50/p90/p99 of each kind and of all requests, in ms.
 //! - `purge ADMINS PURGES`: sends `PURGES` purges to the first admin listener, one at a time,
 //!   and times how long after each answer every other edge has applied it (polling their
 //!   `edge_cluster_purges_applied_total`, every 0.5 ms). Prints p50/p99/max in ms.
@@ -123,7 +124,8 @@ fn zipf(args: &[String]) {
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
-    let results: Arc<Mutex<Vec<(bool, f64)>>> = Arc::default();
+    // Per request: where it was answered (0 front hit, 1 shield hit, 2 origin) and its TTFB.
+    let results: Arc<Mutex<Vec<(usize, f64)>>> = Arc::default();
     let errors = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..concurrency * fronts.len())
         .map(|w| {
@@ -139,15 +141,21 @@ fn zipf(args: &[String]) {
                     let req = format!("GET /obj/{rank} HTTP/1.1\r\nHost: example.com\r\n\r\n");
                     match send(&mut conn, &req) {
                         Ok(r) if r.status == 200 && !r.body.is_empty() => {
-                            let last = r
-                                .header("cache-status")
-                                .unwrap_or("")
-                                .rsplit(',')
-                                .next()
-                                .unwrap_or("")
-                                .to_string();
-                            let hit = last.contains("; hit");
-                            mine.push((hit, r.ttfb.as_secs_f64() * 1000.0));
+                            let status = r.header("cache-status").unwrap_or("");
+                            let entries: Vec<&str> = status.split(", ").collect();
+                            let hit_at = |e: Option<&&str>| e.is_some_and(|e| e.contains("; hit"));
+                            let at = if hit_at(entries.last()) {
+                                0
+                            } else if entries.len() > 1 && hit_at(entries.get(entries.len() - 2)) {
+                                1
+                            } else {
+                                2
+                            };
+                            mine.push((at, r.ttfb.as_secs_f64() * 1000.0));
+                            // The edge ends a connection after client.keepalive_requests.
+                            if r.header("connection") == Some("close") {
+                                conn = connect(addr);
+                            }
                         }
                         _ => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -163,19 +171,28 @@ fn zipf(args: &[String]) {
         w.join().unwrap();
     }
     let results = results.lock().unwrap();
-    let mut all: Vec<f64> = results.iter().map(|r| r.1).collect();
-    let mut misses: Vec<f64> = results.iter().filter(|r| !r.0).map(|r| r.1).collect();
-    all.sort_by(f64::total_cmp);
-    misses.sort_by(f64::total_cmp);
+    let sorted = |keep: &dyn Fn(usize) -> bool| {
+        let mut v: Vec<f64> = results.iter().filter(|r| keep(r.0)).map(|r| r.1).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (all, misses) = (sorted(&|_| true), sorted(&|a| a > 0));
+    let (shield, origin) = (sorted(&|a| a == 1), sorted(&|a| a == 2));
     println!(
-        "requests={} errors={} front_hits={} front_misses={} miss_ttfb_p50={:.2} miss_ttfb_p90={:.2} miss_ttfb_p99={:.2} ttfb_p50={:.2} ttfb_p99={:.2}",
+        "requests={} errors={} front_hits={} front_misses={} shield_hits={} origin={} \
+         miss_ttfb_p50={:.2} miss_ttfb_p90={:.2} miss_ttfb_p99={:.2} shield_hit_ttfb_p50={:.2} \
+         origin_ttfb_p50={:.2} ttfb_p50={:.2} ttfb_p99={:.2}",
         results.len(),
         errors.load(Ordering::Relaxed),
         results.len() - misses.len(),
         misses.len(),
+        shield.len(),
+        origin.len(),
         pct(&misses, 0.5),
         pct(&misses, 0.9),
         pct(&misses, 0.99),
+        pct(&shield, 0.5),
+        pct(&origin, 0.5),
         pct(&all, 0.5),
         pct(&all, 0.99)
     );

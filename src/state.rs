@@ -82,6 +82,21 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Whether the listener a connection arrived on (`local`: its local address) is marked
+    /// `from_edges`; a listener on an unspecified address (`0.0.0.0:8080`) matches by port.
+    pub fn from_edges(&self, local: Option<SocketAddr>) -> bool {
+        let Some(local) = local else {
+            return false;
+        };
+        self.config.listen.iter().any(|l| {
+            l.from_edges
+                && (l.addr == local
+                    || (l.addr.ip().is_unspecified() && l.addr.port() == local.port()))
+        })
+    }
+}
+
 /// The admin API's bearer token as `admin.token_file` holds it now. Checked readable when the
 /// config was validated; if it went since, nothing matches an empty token and the admin API
 /// stays locked.

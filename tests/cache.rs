@@ -535,3 +535,45 @@ fn max_stale_and_min_fresh_bound_what_the_client_accepts() {
         "min-fresh=120 asks for more than it has"
     );
 }
+
+/// A stored object that may not be served stale (`must-revalidate`), whose refresh finds the
+/// origin hanging up without an answer: the client gets a `502`, a proper response, never a
+/// dropped connection, and never the stale object.
+#[test]
+fn a_forbidden_stale_refresh_that_the_origin_hangs_up_is_a_502() {
+    let o = Origin::start("o");
+    // Stored already stale (Age beyond max-age), so every use must revalidate.
+    o.set(
+        "/strict",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=10, must-revalidate"),
+                ("Age", "100"),
+                ("ETag", "\"s1\""),
+            ],
+            "strict",
+        ),
+    );
+    let edge = edge_for(&o, "", "");
+    assert_eq!(edge.get("example.com", "/strict").body, "strict");
+    let mut c = edge.client();
+    let revalidated = c.get("example.com", "/strict");
+    assert_eq!(revalidated.status, 200, "a 304 refresh");
+    assert_eq!(o.count("/strict"), 2);
+    o.set(
+        "/strict",
+        Canned {
+            hang_up: true,
+            ..Canned::default()
+        },
+    );
+    let r = c.get("example.com", "/strict");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_ne!(r.body, "strict", "the stale object is not served");
+    assert_eq!(
+        edge.get("example.com", "/strict").status,
+        502,
+        "and again on a new connection"
+    );
+}

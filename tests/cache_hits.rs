@@ -289,3 +289,84 @@ fn head_requests_on_cold_objects_all_get_answers() {
         assert_eq!(h.join().unwrap(), 200);
     }
 }
+
+/// Several ranges in one request are answered from the stored object as
+/// `multipart/byteranges` (RFC 9110 section 14.6), the origin asked once; the egregious shapes
+/// RFC 9110 section 17.15 warns of (overlapping or descending ranges, hundreds of them) get the
+/// whole object instead of a response that costs more than it should.
+#[test]
+fn several_ranges_come_from_the_cache_as_multipart_byteranges() {
+    let o = Origin::start("o");
+    o.set(
+        "/m",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Content-Type", "text/plain"),
+            ],
+            "0123456789abcdefghij",
+        ),
+    );
+    let edge = edge_for(&o, "", "");
+    assert_eq!(edge.get("example.com", "/m").status, 200);
+    let mut c = edge.client();
+    let r = c.request("GET", "example.com", "/m", &["Range: bytes=0-3, 10-12,-2"]);
+    assert_eq!(r.status, 206);
+    let ct = r.header("content-type").unwrap().to_string();
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap_or_else(|| panic!("{ct}"));
+    assert_eq!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        r.body.len()
+    );
+    let parts: Vec<(String, String)> = r
+        .body
+        .split(&format!("--{boundary}"))
+        .filter(|p| p.contains("Content-Range"))
+        .map(|p| {
+            let (head, body) = p.split_once("\r\n\r\n").unwrap();
+            let range = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Range: "))
+                .unwrap()
+                .to_string();
+            (range, body.trim_end_matches("\r\n").to_string())
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("bytes 0-3/20".to_string(), "0123".to_string()),
+            ("bytes 10-12/20".to_string(), "abc".to_string()),
+            ("bytes 18-19/20".to_string(), "ij".to_string()),
+        ]
+    );
+    assert!(
+        r.body.ends_with(&format!("--{boundary}--\r\n")),
+        "{:?}",
+        r.body
+    );
+    assert!(status_of(&r).contains("hit"));
+    // The connection carries the next request.
+    assert_eq!(c.get("example.com", "/m").body, "0123456789abcdefghij");
+
+    let many: Vec<String> = (0..201).map(|i| format!("{i}-{i}")).collect();
+    for egregious in [
+        "bytes=0-5,3-8".to_string(),
+        "bytes=10-12,0-3".to_string(),
+        format!("bytes={}", many.join(",")),
+    ] {
+        let r = edge.request("GET", "/m", &[&format!("Range: {egregious}")]);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "0123456789abcdefghij"),
+            "{egregious}"
+        );
+    }
+    assert_eq!(o.count("/m"), 1, "every answer came from the cache");
+}

@@ -323,3 +323,45 @@ fn a_cycle_of_tiers_answers_508() {
     );
     assert_eq!(o.request_count(), 0, "the origin never saw it");
 }
+
+#[test]
+fn a_shield_keys_by_the_scheme_fronts_say_only_on_its_listener_for_edges() {
+    let o = Origin::start("o");
+    o.set("/x", cc("max-age=600", "x"));
+    let s = Edge::start_listening(
+        "{address: \"127.0.0.1:{PORT}\", from_edges: true}, \"127.0.0.1:{PORT2}\"",
+        &format!(
+            "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+            o.addr
+        ),
+    );
+    let from_front = |addr| {
+        Client::connect(addr).request("GET", "example.com", "/x", &["X-Forwarded-Proto: https"])
+    };
+    assert!(status_of(&from_front(s.addr)).contains("fwd=uri-miss"));
+    assert_eq!(o.requests()[0].header("x-forwarded-proto"), Some("https"));
+    let again = from_front(s.addr);
+    assert!(
+        status_of(&again).contains("hit"),
+        "the https object, found by the lane"
+    );
+    assert_eq!(s.metric("edge_express_hits_total"), 1.0);
+    // A listener clients reach ignores the header: a client cannot fill the https key.
+    let client = from_front(s.addr2.unwrap());
+    assert!(
+        status_of(&client).contains("fwd=uri-miss"),
+        "the http object: {}",
+        status_of(&client)
+    );
+    assert_eq!(o.requests()[1].header("x-forwarded-proto"), Some("http"));
+    // A purge of the https URL, as the fleet's stream carries it from a front, finds the
+    // shield's copy.
+    assert_eq!(
+        s.admin_post("/purge?url=https://example.com/x").body,
+        "purged 1\n"
+    );
+    assert_eq!(
+        s.admin_post("/purge?url=http://example.com/x").body,
+        "purged 1\n"
+    );
+}

@@ -15,7 +15,8 @@
 //!
 //! - `message`: a purge's wire format;
 //! - `service`: the background task that holds the NATS connection;
-//! - `loops`: `CDN-Loop`, which stops a request that comes back to an edge it passed.
+//! - `loops`: `CDN-Loop`, which stops a request that comes back to an edge it passed;
+//! - [`client_scheme`]: the scheme a request's client used, as a shield tier learns it.
 //!
 //! Without `cluster.nats` there is no task and purges stay local.
 
@@ -29,9 +30,28 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::key::Scheme;
 use crate::cache::purge::Purge;
 use crate::config::{ClusterSettings, NatsSettings};
 pub use service::PurgeService;
+
+/// The scheme the client used, which the cache key carries. A front edge knows it from its
+/// client connection (TLS or not) and says it in `X-Forwarded-Proto` to the shield tier, which
+/// takes it from there on listeners marked `from_edges` (and only there: on a listener
+/// clients reach, anyone could send the header and fill the `https` keys with what an `http`
+/// request got). Same object, same key, on both tiers, so a purge of an `https://` URL reaches
+/// the shields' copies too.
+pub fn client_scheme(tls: bool, from_edges: bool, forwarded_proto: Option<&[u8]>) -> Scheme {
+    match forwarded_proto
+        .filter(|_| from_edges)
+        .map(<[u8]>::trim_ascii)
+    {
+        Some(p) if p.eq_ignore_ascii_case(b"https") => Scheme::Https,
+        Some(p) if p.eq_ignore_ascii_case(b"http") => Scheme::Http,
+        _ if tls => Scheme::Https,
+        _ => Scheme::Http,
+    }
+}
 
 /// What became of a purge sent to the fleet, as the admin API reports it.
 #[derive(Debug)]
@@ -154,5 +174,24 @@ impl Bus {
         } else if was || since.is_none() {
             *since = Some(SystemTime::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listeners_for_edges_take_the_forwarded_scheme() {
+        assert_eq!(client_scheme(false, true, Some(b" HTTPS")), Scheme::Https);
+        assert_eq!(client_scheme(true, true, Some(b"http")), Scheme::Http);
+        assert_eq!(
+            client_scheme(false, false, Some(b"https")),
+            Scheme::Http,
+            "clients' listener"
+        );
+        assert_eq!(client_scheme(true, false, None), Scheme::Https);
+        assert_eq!(client_scheme(false, true, Some(b"gopher")), Scheme::Http);
+        assert_eq!(client_scheme(true, true, None), Scheme::Https);
     }
 }

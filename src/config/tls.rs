@@ -15,6 +15,10 @@ pub struct Listener {
     /// Offer HTTP/2: by ALPN on TLS listeners (default on), as cleartext h2 with prior knowledge
     /// (h2c) on cleartext ones (default off).
     pub http2: bool,
+    /// Requests on this listener come from other edges of the fleet (a shield tier's listener):
+    /// their `X-Forwarded-Proto` is the scheme the client used, and the cache key takes it.
+    /// Default: false (the scheme is this connection's).
+    pub from_edges: bool,
 }
 
 /// A cleartext HTTP/1.1 listener on `ip:port` (the short form of `listen:`).
@@ -25,6 +29,7 @@ impl std::str::FromStr for Listener {
             addr: s.parse()?,
             tls: None,
             http2: false,
+            from_edges: false,
         })
     }
 }
@@ -48,6 +53,9 @@ pub struct ListenFields {
     /// Default: on with `tls`, off without.
     #[serde(default)]
     pub http2: Option<bool>,
+    /// Default: false. See [`Listener::from_edges`].
+    #[serde(default)]
+    pub from_edges: bool,
 }
 
 /// `listen[].tls`: the listener's certificates.

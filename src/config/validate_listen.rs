@@ -19,9 +19,9 @@ pub(super) fn check_listen(ck: &mut Checker, listen: &[ListenSpec]) -> Vec<Liste
     }
     let mut out: Vec<Listener> = Vec::new();
     for (i, spec) in listen.iter().enumerate() {
-        let (address, tls, http2) = match spec {
-            ListenSpec::Address(a) => (a, None, None),
-            ListenSpec::Full(f) => (&f.address, f.tls.clone(), f.http2),
+        let (address, tls, http2, from_edges) = match spec {
+            ListenSpec::Address(a) => (a, None, None, false),
+            ListenSpec::Full(f) => (&f.address, f.tls.clone(), f.http2, f.from_edges),
         };
         let mut path = vec![key("listen"), Seg::Index(i)];
         if matches!(spec, ListenSpec::Full(_)) {
@@ -46,6 +46,7 @@ pub(super) fn check_listen(ck: &mut Checker, listen: &[ListenSpec]) -> Vec<Liste
             addr,
             http2: http2.unwrap_or(tls.is_some()),
             tls,
+            from_edges,
         });
     }
     out

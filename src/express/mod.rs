@@ -32,7 +32,6 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::cache::hit::HitHead;
-use crate::cache::key::Scheme;
 use crate::cache::status::Outcome;
 use crate::client::{self, ClientConnection};
 use crate::guard;
@@ -124,10 +123,22 @@ impl HttpServerApp for EdgeApp {
                 Ahead::Closed => None,
             };
         }
-        let scheme = match stream.get_ssl_digest() {
-            Some(_) => Scheme::Https,
-            None => Scheme::Http,
-        };
+        // As the proxy decides it (`cluster::client_scheme`), so both look up the same key.
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let forwarded = parsed.as_ref().and_then(|p| {
+            p.req
+                .headers
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case("x-forwarded-proto"))
+                .map(|f| f.value)
+        });
+        let scheme = crate::cluster::client_scheme(
+            stream.get_ssl_digest().is_some(),
+            live.from_edges(local),
+            forwarded,
+        );
         let planned = parsed
             .as_ref()
             .ok_or(None)

@@ -8,6 +8,7 @@ use pingora::http::ResponseHeader;
 use super::head::{framing, head_complete, parse, BodyFraming, Framing};
 use super::*;
 use crate::cache::key::for_url_only;
+use crate::cache::key::Scheme;
 
 const CONFIG: &str = "listen: [\"127.0.0.1:1\"]\norigins:\n  web: {servers: [\"127.0.0.1:1\"]}\nroutes:\n  - {origin: web}\n";
 

@@ -203,12 +203,12 @@ impl RequestCtx {
     }
 }
 
-/// The scheme the client used: https when its connection is TLS.
-pub(super) fn client_scheme(session: &Session) -> Scheme {
-    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-        Some(_) => Scheme::Https,
-        None => Scheme::Http,
-    }
+/// Whether the client connection is TLS (see `cluster::client_scheme` for the scheme).
+pub(super) fn client_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some()
 }
 
 /// What the express lane hands the proxy with a request it passes on (as the connection's

@@ -55,7 +55,7 @@ use crate::cache::status::Outcome;
 use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
-use crate::cluster::loops;
+use crate::cluster::{self, loops};
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
@@ -64,7 +64,7 @@ use crate::origin::InFlight;
 use crate::state::Edge;
 pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
-use ctx::{client_scheme, Attempt, Connection, Routed};
+use ctx::{client_tls, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{
     count_connection, next_server_may_answer, replayable, strip_hop_by_hop, ttfb_cache_kind,
@@ -112,7 +112,13 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.scheme = client_scheme(session);
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let forwarded = session.req_header().headers.get("x-forwarded-proto");
+        ctx.scheme = cluster::client_scheme(
+            client_tls(session),
+            ctx.live.from_edges(local),
+            forwarded.map(|v| v.as_bytes()),
+        );
         // A client that stops reading the response is dropped after this long without progress;
         // one that stops sending its body, after this long without a byte (HTTP/1; h2 streams
         // are read by Pingora's h2 server).

@@ -48,6 +48,9 @@ pub struct Canned {
     /// Send the full Content-Length but only this many body bytes, then stall until the peer
     /// gives up (a broken origin), and close.
     pub stall_after: Option<usize>,
+    /// Close the connection on receiving the request, answering nothing (an origin that crashed
+    /// or dropped it).
+    pub hang_up: bool,
 }
 
 impl Canned {
@@ -375,6 +378,10 @@ fn serve<C: Conn>(
         drop(live);
         let canned = st.canned.lock().unwrap().get(&path).cloned();
         if let Some(c) = canned {
+            if c.hang_up {
+                reader.get_mut().close();
+                return;
+            }
             if !c.delay.is_zero() {
                 thread::sleep(c.delay);
             }
