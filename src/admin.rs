@@ -15,7 +15,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::cache::purge::Purge;
 use crate::cache::store::PurgeMode;
-use crate::cluster::Outcome;
+use crate::cluster::Handled;
 use crate::reload::reload;
 use crate::state::Edge;
 
@@ -96,47 +96,48 @@ async fn take_body(session: &mut ServerSession) -> Result<(), Response<Vec<u8>>>
 impl Admin {
     /// `POST /purge?url=|prefix=|tag=...[&soft=1]` (see `cache::purge`): applied here and,
     /// with `cluster.nats`, published to the fleet. 200 with the objects removed here (and the
-    /// stream sequence); 202 when applied here but queued for the fleet (NATS unreachable);
-    /// 400 for a malformed purge, before anything is applied.
+    /// stream sequence); 202 when applied here but queued for the fleet (NATS unreachable), or
+    /// taken by the cluster task and not yet answered; 400 for a malformed purge and 503 when
+    /// too many wait, before anything is applied. The first line is always `purged N` when
+    /// anything was applied.
     async fn purge(&self, query: &str) -> Response<Vec<u8>> {
         let purge = match Purge::from_query(query) {
             Ok(p) => p,
             Err(e) => return text(400, "text/plain", format!("{e}\n").into_bytes()),
         };
-        // Line by line, first `purged N` (what scripts read), then what else there is to say.
         let mode = match purge.mode {
             PurgeMode::Hard => "",
             PurgeMode::Soft => "mode soft (marked stale, not removed)\n",
         };
-        let body = match self.edge.cluster.purge(purge.clone()).await {
-            None => {
-                let removed = purge.apply(self.edge.cache.store, &self.edge.snapshot().router);
-                self.edge
-                    .metrics
-                    .cache
-                    .purged
-                    .with_label_values(&[purge.kind.as_str()])
-                    .inc_by(removed as u64);
-                return text(
-                    200,
-                    "text/plain",
-                    format!("purged {removed}\n{mode}").into_bytes(),
-                );
-            }
-            Some(Ok(Outcome::Published { removed, sequence })) => (
+        let (status, body) = match self.edge.cluster.purge(&self.edge, purge).await {
+            Handled::Local { removed, why } => (
+                200,
+                format!(
+                    "purged {removed}\n{mode}{}",
+                    why.map(|w| format!("{w}\n")).unwrap_or_default()
+                ),
+            ),
+            Handled::Published { removed, sequence } => (
                 200,
                 format!("purged {removed}\n{mode}sequence {sequence}\n"),
             ),
-            Some(Ok(Outcome::Queued { removed, why })) => (
+            Handled::Queued { removed, why } => (
                 202,
                 format!(
                     "purged {removed}\n{mode}queued for the fleet: {why}; published when NATS \
                      is reachable\n"
                 ),
             ),
-            Some(Err(e)) => (503, format!("not purged: {e}\n")),
+            Handled::Pending => (
+                202,
+                "accepted: the cluster task has it and will apply and publish it\n".into(),
+            ),
+            Handled::Busy => (
+                503,
+                "not purged: too many purges wait for the cluster task; retry\n".into(),
+            ),
         };
-        text(body.0, "text/plain", body.1.into_bytes())
+        text(status, "text/plain", body.into_bytes())
     }
 
     /// `POST /reload`: reloads the config file off the reactor (reading and parsing block).

@@ -83,9 +83,22 @@ impl Live {
 }
 
 impl Live {
+    /// The scheme of a request's client, which the cache key carries: the connection's (`tls`),
+    /// or on a listener marked `from_edges` the front's `X-Forwarded-Proto` (see
+    /// `cluster::client_scheme`). `local`: the connection's local address. The express lane
+    /// and the proxy both decide it here, so they look up the same key.
+    pub fn client_scheme(
+        &self,
+        tls: bool,
+        local: Option<SocketAddr>,
+        forwarded_proto: Option<&[u8]>,
+    ) -> crate::cache::key::Scheme {
+        crate::cluster::client_scheme(tls, self.listener_for_edges(local), forwarded_proto)
+    }
+
     /// Whether the listener a connection arrived on (`local`: its local address) is marked
     /// `from_edges`; a listener on an unspecified address (`0.0.0.0:8080`) matches by port.
-    pub fn from_edges(&self, local: Option<SocketAddr>) -> bool {
+    fn listener_for_edges(&self, local: Option<SocketAddr>) -> bool {
         let Some(local) = local else {
             return false;
         };

@@ -298,20 +298,21 @@ fn with_every_shield_down_the_fallback_origin_answers() {
     );
 }
 
+/// (Idle-timeout learning is off: its probes would travel the cycle too and add to the count.)
 #[test]
 fn a_cycle_of_tiers_answers_508() {
     let o = Origin::start("o");
     let b = Edge::start(&format!(
-        "cluster: {{node: b}}\norigins:\n  up: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: up}}\n",
+        "cluster: {{node: b}}\norigins:\n  up: {{servers: [\"{}\"], keepalive: {{learn: false}}}}\nroutes:\n  - {{origin: up}}\n",
         o.addr
     ));
     let a = Edge::start(&format!(
-        "cluster: {{node: a}}\norigins:\n  up: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: up}}\n",
+        "cluster: {{node: a}}\norigins:\n  up: {{servers: [\"{}\"], keepalive: {{learn: false}}}}\nroutes:\n  - {{origin: up}}\n",
         b.addr
     ));
     // Misconfigured: b now sends its misses back to a.
     b.rewrite(&format!(
-        "cluster: {{node: b}}\norigins:\n  up: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: up}}\n",
+        "cluster: {{node: b}}\norigins:\n  up: {{servers: [\"{}\"], keepalive: {{learn: false}}}}\nroutes:\n  - {{origin: up}}\n",
         a.addr
     ));
     assert_eq!(b.reload().status, 200);
@@ -364,4 +365,67 @@ fn a_shield_keys_by_the_scheme_fronts_say_only_on_its_listener_for_edges() {
         s.admin_post("/purge?url=http://example.com/x").body,
         "purged 1\n"
     );
+}
+
+/// The race between tiers: a front that misses between its own purge and the shield's refills
+/// from the shield's old copy. `purge_again_after` applies each purge once more later, which
+/// drops that copy; without it the front keeps the old object for its whole lifetime. (The
+/// shield here applies the purge late by hand: it has no NATS link, standing for a shield that
+/// reads the stream a moment after the fronts.)
+#[test]
+fn a_purge_applied_again_drops_what_a_front_refilled_from_a_shield_not_yet_purged() {
+    let nats = common::nats::Nats::start();
+    let o = Origin::start("o");
+    o.set("/p", cc("max-age=600", "v1"));
+    let s1 = shield("s1", &o);
+    let front_with = |node: &str, again: &str| {
+        Edge::start(&format!(
+            "cluster: {{node: {node}, nats: {{url: \"{}\", purge_again_after: {again}}}}}\n\
+             origins:\n  shield: {{servers: [\"{}\"], balance: consistent_hash, shield: {{fallback: web}}}}\n  \
+             web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: shield}}\n",
+            nats.url(),
+            s1.addr,
+            o.addr
+        ))
+    };
+    let once = front_with("f0", "0s");
+    let twice = front_with("f1", "3s");
+    for f in [&once, &twice] {
+        assert!(wait_until(Duration::from_secs(10), || f
+            .metric("edge_cluster_nats_connected{stream=\"EDGE_PURGE\"}")
+            == 1.0));
+        assert_eq!(f.get("example.com", "/p").body, "v1");
+    }
+    o.set("/p", cc("max-age=600", "v2"));
+    assert_eq!(
+        twice.admin_post("/purge?url=http://example.com/p").status,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(5), || once
+        .metric("edge_cluster_purges_applied_total")
+        == 1.0));
+    // Both fronts miss before the shield has purged: they refill the old object from it.
+    for f in [&once, &twice] {
+        let r = f.get("example.com", "/p");
+        assert_eq!(r.body, "v1", "{}", status_of(&r));
+        assert!(status_of(&r).starts_with("s1; hit"), "{}", status_of(&r));
+    }
+    assert_eq!(
+        s1.admin_post("/purge?url=http://example.com/p").body,
+        "purged 1\n"
+    );
+    assert!(wait_until(Duration::from_secs(10), || twice
+        .metric("edge_cluster_purges_repeated_total")
+        == 1.0));
+    assert_eq!(
+        twice.get("example.com", "/p").body,
+        "v2",
+        "applied again: refetched"
+    );
+    assert_eq!(
+        once.get("example.com", "/p").body,
+        "v1",
+        "applied once: the old copy stays"
+    );
+    assert_eq!(once.metric("edge_cluster_purges_repeated_total"), 0.0);
 }

@@ -15,6 +15,7 @@
 //!
 //! - `message`: a purge's wire format;
 //! - `service`: the background task that holds the NATS connection;
+//! - `stream`: the JetStream calls it makes (open the stream, publish);
 //! - `loops`: `CDN-Loop`, which stops a request that comes back to an edge it passed;
 //! - [`client_scheme`]: the scheme a request's client used, as a shield tier learns it.
 //!
@@ -23,6 +24,7 @@
 pub mod loops;
 pub mod message;
 mod service;
+mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -33,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cache::key::Scheme;
 use crate::cache::purge::Purge;
 use crate::config::{ClusterSettings, NatsSettings};
+use crate::state::Edge;
 pub use service::PurgeService;
 
 /// The scheme the client used, which the cache key carries. A front edge knows it from its
@@ -55,18 +58,29 @@ pub fn client_scheme(tls: bool, from_edges: bool, forwarded_proto: Option<&[u8]>
 
 /// What became of a purge sent to the fleet, as the admin API reports it.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Handled {
+    /// Applied here only (`removed` objects): purges are local (no `cluster.nats`), or the
+    /// purge task is not running (`why`; its log line says more).
+    Local {
+        removed: usize,
+        why: Option<&'static str>,
+    },
     /// Applied here (`removed` objects) and stored in the stream at `sequence`.
     Published { removed: usize, sequence: u64 },
     /// Applied here; NATS did not acknowledge it (`why`), so it waits in this edge's queue and
     /// is published when the stream is reachable again.
     Queued { removed: usize, why: String },
+    /// The task took it but did not answer within `ANSWER_WITHIN`: it will apply and publish
+    /// it.
+    Pending,
+    /// `INBOX` purges already wait for the task: refused, nothing applied.
+    Busy,
 }
 
 /// A purge handed from the admin API to the task, with where to answer.
 struct Request {
     purge: Purge,
-    reply: oneshot::Sender<Outcome>,
+    reply: oneshot::Sender<Handled>,
 }
 
 /// How many admin purges may wait for the task at once; more get refused (503) rather than
@@ -79,8 +93,12 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// The fleet as this edge sees it; built once with the edge, shared by the admin API and the
 /// purge task.
 pub struct Cluster {
-    /// `cluster.node`, or the host name: this edge's mark in `CDN-Loop`, in purge messages.
+    /// `cluster.node`, or the host name: who sent a purge message.
     pub node: String,
+    /// `cluster.node` when it is set: this edge's mark in `CDN-Loop`. Unset, the edge neither
+    /// marks nor checks (a lone edge does not tell origins its host name, and two lone edges on
+    /// one host in a chain are not a loop).
+    pub loop_mark: Option<String>,
     /// This cache's name in `Cache-Status` (RFC 9211): `cluster.node` when it is set, so each
     /// tier's entry says which edge it was; else `edge` (a lone edge does not tell clients its
     /// host name).
@@ -113,6 +131,7 @@ impl Cluster {
         });
         Cluster {
             node: settings.node_name(),
+            loop_mark: settings.node.clone(),
             cache_name: settings.node.clone().unwrap_or_else(|| "edge".into()),
             bus,
         }
@@ -123,23 +142,32 @@ impl Cluster {
         self.bus.is_some()
     }
 
-    /// Hands a purge to the task, which applies it here and publishes it. None: purges are
-    /// local (no `cluster.nats`); Err: the task did not take or answer it in time.
-    pub async fn purge(&self, purge: Purge) -> Option<Result<Outcome, String>> {
-        let bus = self.bus.as_ref()?;
+    /// Applies a purge here and, with `cluster.nats`, hands it to the task, which applies it
+    /// here and publishes it (see [`Handled`]).
+    pub async fn purge(&self, edge: &Edge, purge: Purge) -> Handled {
+        let Some(bus) = self.bus.as_ref() else {
+            let removed = apply_here(edge, &purge);
+            return Handled::Local { removed, why: None };
+        };
         let (reply, answer) = oneshot::channel();
-        if bus.to_task.try_send(Request { purge, reply }).is_err() {
-            return Some(Err(format!(
-                "{INBOX} purges are already waiting for the cluster task"
-            )));
+        match bus.to_task.try_send(Request { purge, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Handled::Busy,
+            Err(mpsc::error::TrySendError::Closed(r)) => {
+                let removed = apply_here(edge, &r.purge);
+                let why = Some("the cluster task is not running; the purge was not shared");
+                return Handled::Local { removed, why };
+            }
         }
-        Some(match tokio::time::timeout(ANSWER_WITHIN, answer).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(_)) => Err("the cluster task stopped".into()),
-            Err(_) => Err(format!(
-                "no answer from the cluster task in {ANSWER_WITHIN:?}"
-            )),
-        })
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(handled)) => handled,
+            // Dropped unanswered: the task stopped with it (shutdown).
+            Ok(Err(_)) => Handled::Local {
+                removed: 0,
+                why: Some("the cluster task stopped before applying it"),
+            },
+            Err(_) => Handled::Pending,
+        }
     }
 
     /// A line for `/healthz` while the purge stream is out of reach (the edge still serves).
@@ -175,6 +203,18 @@ impl Bus {
             *since = Some(SystemTime::now());
         }
     }
+}
+
+/// Applies a purge to this edge's cache with the routes in force, and counts what it removed
+/// (or marked stale).
+pub fn apply_here(edge: &Edge, purge: &Purge) -> usize {
+    let removed = purge.apply(edge.cache.store, &edge.snapshot().router);
+    edge.metrics
+        .cache
+        .purged
+        .with_label_values(&[purge.kind.as_str()])
+        .inc_by(removed as u64);
+    removed
 }
 
 #[cfg(test)]

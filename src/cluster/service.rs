@@ -2,14 +2,16 @@
 //! and applies the fleet's purges read back from the stream in order. A Pingora background
 //! service, so it starts after daemonizing and stops with the server.
 //!
-//! One task does all three, so they never race: a purge this edge publishes is applied here
-//! before it is sent, and skipped when it comes back from the stream (by its message id).
+//! One task does it all, so nothing races: a purge this edge publishes is applied here before
+//! it is sent, and skipped when it comes back from the stream (by its message id). Its life:
+//! connect (`run`), wait until the stream opens (`wait_for_stream`), follow it until it fails
+//! (`follow_stream`), and again; admin purges are taken and due repeats applied throughout.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use log::{info, warn};
@@ -18,26 +20,35 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use super::message::Envelope;
-use super::{Bus, Outcome, Request};
+use super::stream::{self, Messages, StreamState};
+use super::{apply_here, Bus, Handled, Request};
 use crate::cache::purge::Purge;
 use crate::cache::store::{Named, PurgeMode};
 use crate::state::Edge;
 
-/// How long a publish waits for JetStream's acknowledgement before the purge is queued.
-const PUBLISH_WITHIN: Duration = Duration::from_secs(2);
-
-/// Purges queued while NATS is unreachable, at most; beyond, the oldest are dropped (and
-/// logged): they were applied here, but other edges will not see them.
+/// Purges queued while NATS is unreachable, at most; beyond, the oldest are dropped (logged and
+/// counted): they were applied here, but other edges will not see them.
 const QUEUE_MAX: usize = 10_000;
+
+/// Purges waiting to be applied again (`purge_again_after`), at most; beyond, the oldest
+/// repeat is skipped.
+const AGAIN_MAX: usize = 100_000;
 
 /// The first read of the stream starts this long before the process did: purges published
 /// while it was starting must not be missed, and the clocks of this host and NATS may differ.
 /// Reading a few purges twice costs a few misses at most.
 const CLOCK_SLACK: Duration = Duration::from_secs(60);
 
-/// Retry bounds for opening the stream while NATS is unreachable.
+/// Retry bounds for opening the stream while NATS is unreachable, and for reopening a stream
+/// that failed soon after it opened.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A stream that stayed open this long resets the retry delay.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// How often the task looks at due repeats, the connection and the queue.
+const TICK: Duration = Duration::from_millis(100);
 
 pub struct PurgeService {
     pub edge: Arc<Edge>,
@@ -57,6 +68,7 @@ impl BackgroundService for PurgeService {
             _ = task.run(bus, &mut inbox) => {}
             _ = shutdown.changed() => {}
         }
+        task.stop().await;
     }
 }
 
@@ -65,14 +77,21 @@ struct Task {
     node: String,
     /// `<stream>.purge`.
     subject: String,
+    purge_again_after: Duration,
+    /// Set once connected (the client reconnects by itself from then on).
+    js: Option<jetstream::Context>,
     /// Purges applied here that JetStream has not acknowledged yet, oldest first.
     unpublished: VecDeque<Envelope>,
     /// Message ids of purges applied here, until they come back from the stream.
     applied_here: HashSet<String>,
+    /// Purges to apply once more, when due (see `NatsSettings::purge_again_after`).
+    again: VecDeque<(Instant, Purge)>,
     /// The stream sequence of the last message applied (or skipped); 0 before the first.
     applied_seq: u64,
     /// The highest stream sequence known (from acknowledgements and deliveries).
     seen_seq: u64,
+    /// When the stream last opened was created (a new time: it was made anew).
+    stream_created: Option<SystemTime>,
     /// Counts this process's purges, for their message ids.
     next_id: u64,
     started: SystemTime,
@@ -85,11 +104,15 @@ impl Task {
         let bus = edge.cluster.bus.as_ref().expect("started with a bus");
         Task {
             node: edge.cluster.node.clone(),
-            subject: format!("{}.purge", bus.settings.stream),
+            subject: stream::subject(&bus.settings),
+            purge_again_after: bus.settings.purge_again_after.get(),
+            js: None,
             unpublished: VecDeque::new(),
             applied_here: HashSet::new(),
+            again: VecDeque::new(),
             applied_seq: 0,
             seen_seq: 0,
+            stream_created: None,
             next_id: 0,
             started: SystemTime::now(),
             connected: edge
@@ -101,9 +124,34 @@ impl Task {
         }
     }
 
+    /// Connects, then follows the stream for ever: reopened after each failure, with a
+    /// growing pause when it fails soon after opening (a stream that opens and fails at once,
+    /// e.g. refused pulls, is not reopened in a tight loop).
     async fn run(&mut self, bus: &Bus, inbox: &mut mpsc::Receiver<Request>) {
+        let Some(js) = self.connect(bus).await else {
+            // The inbox is dropped with the task: admin purges then apply locally and say so.
+            return;
+        };
+        self.js = Some(js.clone());
+        let mut retry = RETRY_MIN;
+        loop {
+            let opened = self.wait_for_stream(&js, bus, inbox, &mut retry).await;
+            let lasted = self.follow_stream(&js, bus, inbox, opened).await;
+            self.set_open(bus, false);
+            if lasted < STABLE {
+                self.idle(&js, inbox, retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            } else {
+                retry = RETRY_MIN;
+            }
+        }
+    }
+
+    /// The NATS client, which connects (and reconnects) in the background from now on. None:
+    /// unusable settings (logged).
+    async fn connect(&self, bus: &Bus) -> Option<jetstream::Context> {
         let s = &bus.settings;
-        let mut options = match &s.credentials_file {
+        let options = match &s.credentials_file {
             Some(f) => match async_nats::ConnectOptions::with_credentials_file(f).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -111,12 +159,12 @@ impl Task {
                         "cluster: cannot read {}: {e}; purges stay local",
                         f.display()
                     );
-                    return;
+                    return None;
                 }
             },
             None => async_nats::ConnectOptions::new(),
         };
-        options = options
+        let options = options
             .name(format!("edge {}", self.node))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
@@ -125,83 +173,155 @@ impl Task {
                     .saturating_mul(1 << attempt.min(5) as u32)
                     .min(RETRY_MAX)
             });
-        let client = match options.connect(s.url.as_str()).await {
-            Ok(c) => c,
+        match options.connect(s.url.as_str()).await {
+            Ok(client) => {
+                let mut js = jetstream::new(client);
+                js.set_timeout(stream::PUBLISH_WITHIN);
+                Some(js)
+            }
             Err(e) => {
                 warn!("cluster: cannot use {}: {e}; purges stay local", s.url);
-                return;
+                None
             }
-        };
-        let mut js = jetstream::new(client);
-        js.set_timeout(PUBLISH_WITHIN);
-        let mut retry = RETRY_MIN;
+        }
+    }
+
+    /// Opens the stream and a consumer from where this edge stopped, retrying with a growing
+    /// pause while NATS is unreachable (logged once per outage); admin purges are taken
+    /// meanwhile.
+    async fn wait_for_stream(
+        &mut self,
+        js: &jetstream::Context,
+        bus: &Bus,
+        inbox: &mut mpsc::Receiver<Request>,
+        retry: &mut Duration,
+    ) -> (StreamState, Messages) {
+        let s = &bus.settings;
         let mut logged_down = false;
         loop {
-            let opening = open(&js, s, self.start_at());
+            let opening = stream::open(js, s, self.start_at());
             tokio::pin!(opening);
+            let mut tick = tokio::time::interval(TICK);
             let opened = loop {
                 tokio::select! {
                     r = &mut opening => break r,
-                    Some(req) = inbox.recv() => self.take(&js, req).await,
+                    Some(req) = inbox.recv() => self.take(js, req).await,
+                    _ = tick.tick() => self.repeat_due(),
                 }
             };
-            let (info, mut messages) = match opened {
-                Ok(o) => o,
+            match opened {
+                Ok(o) => {
+                    if logged_down {
+                        info!("cluster: purge stream {} reachable again", s.stream);
+                    }
+                    return o;
+                }
                 Err(e) => {
                     if !logged_down {
                         warn!(
                             "cluster: purge stream {} at {} unreachable: {e}; serving on, \
-                               purges from other edges wait",
+                             purges from other edges wait",
                             s.stream, s.url
                         );
                         logged_down = true;
                     }
                     self.set_open(bus, false);
-                    let pause = tokio::time::sleep(retry);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            _ = &mut pause => break,
-                            Some(req) = inbox.recv() => self.take(&js, req).await,
-                        }
-                    }
-                    retry = (retry * 2).min(RETRY_MAX);
-                    continue;
-                }
-            };
-            retry = RETRY_MIN;
-            if logged_down {
-                info!("cluster: purge stream {} reachable again", s.stream);
-                logged_down = false;
-            }
-            self.check_history(&info);
-            self.seen_seq = self.seen_seq.max(info.last_sequence);
-            self.set_open(bus, true);
-            let opened_at = SystemTime::now();
-            self.flush(&js).await;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    m = messages.next() => match m {
-                        Some(Ok(msg)) => self.apply(&msg, opened_at),
-                        Some(Err(e)) => {
-                            warn!("cluster: reading purge stream {}: {e}; reopening", s.stream);
-                            break;
-                        }
-                        None => break,
-                    },
-                    Some(req) = inbox.recv() => self.take(&js, req).await,
-                    _ = tick.tick() => {
-                        if js.client().connection_state() != async_nats::connection::State::Connected {
-                            // Disconnected: the ordered consumer would wait for its heartbeat;
-                            // reopen from the last sequence applied once NATS is back.
-                            break;
-                        }
-                        self.flush(&js).await;
-                    }
+                    self.idle(js, inbox, *retry).await;
+                    *retry = (*retry * 2).min(RETRY_MAX);
                 }
             }
-            self.set_open(bus, false);
+        }
+    }
+
+    /// Applies the stream's messages as they come, publishes queued purges, takes admin
+    /// purges, until the stream fails or NATS is lost; returns how long it stayed open.
+    async fn follow_stream(
+        &mut self,
+        js: &jetstream::Context,
+        bus: &Bus,
+        inbox: &mut mpsc::Receiver<Request>,
+        (state, mut messages): (StreamState, Messages),
+    ) -> Duration {
+        let s = &bus.settings;
+        self.check_history(&state);
+        self.seen_seq = self.seen_seq.max(state.last_sequence);
+        self.update_lag();
+        self.set_open(bus, true);
+        let (opened, opened_at) = (Instant::now(), SystemTime::now());
+        self.flush(js).await;
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(Ok(msg)) => self.apply(&msg, opened_at),
+                    Some(Err(e)) => {
+                        warn!("cluster: reading purge stream {}: {e}; reopening", s.stream);
+                        break;
+                    }
+                    None => break,
+                },
+                Some(req) = inbox.recv() => self.take(js, req).await,
+                _ = tick.tick() => {
+                    self.repeat_due();
+                    if js.client().connection_state() != async_nats::connection::State::Connected {
+                        // Disconnected: the ordered consumer would wait for its heartbeat;
+                        // reopen from the last sequence applied once NATS is back.
+                        break;
+                    }
+                    ticks += 1;
+                    if ticks.is_multiple_of(10) {
+                        self.flush(js).await;
+                    }
+                }
+            }
+        }
+        opened.elapsed()
+    }
+
+    /// Waits `pause`, taking admin purges and applying due repeats meanwhile.
+    async fn idle(
+        &mut self,
+        js: &jetstream::Context,
+        inbox: &mut mpsc::Receiver<Request>,
+        pause: Duration,
+    ) {
+        let until = tokio::time::sleep(pause);
+        tokio::pin!(until);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = &mut until => return,
+                Some(req) = inbox.recv() => self.take(js, req).await,
+                _ = tick.tick() => self.repeat_due(),
+            }
+        }
+    }
+
+    /// At shutdown: one last, short try to publish what is queued; what is left is logged and
+    /// counted, since no other edge will see it.
+    async fn stop(&mut self) {
+        if self.unpublished.is_empty() {
+            return;
+        }
+        if let Some(js) = self.js.clone() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(&js)).await;
+        }
+        let left = self.unpublished.len();
+        if left > 0 {
+            let first: Vec<String> = self
+                .unpublished
+                .iter()
+                .take(10)
+                .map(|e| format!("{} {}", e.purge.kind.as_str(), e.purge.value))
+                .collect();
+            warn!(
+                "cluster: stopping with {left} purges applied here but never published (NATS \
+                 unreachable); other edges did not get them: {}{}",
+                first.join(", "),
+                if left > 10 { ", ..." } else { "" }
+            );
+            self.edge.metrics.cluster.dropped.inc_by(left as u64);
         }
     }
 
@@ -224,14 +344,22 @@ impl Task {
     }
 
     /// After a long absence the stream may no longer hold every purge this edge missed
-    /// (`max_age`, `max_messages`), or it was deleted and made anew: what the cache holds
-    /// may then be purged content, so the cache is emptied.
-    fn check_history(&mut self, info: &StreamState) {
-        if self.applied_seq == 0 {
+    /// (`max_age`, `max_messages`), or it was deleted and made anew: what the cache holds may
+    /// be purged content. Every object is then marked stale (a soft purge), not removed: each
+    /// is revalidated at its next use (a `304` when unchanged), and stale-if-error still
+    /// serves it if the origin is down. A hard wipe of every edge at once would send the whole
+    /// working set to the origins together.
+    fn check_history(&mut self, state: &StreamState) {
+        let made_anew = self
+            .stream_created
+            .replace(state.created)
+            .is_some_and(|before| before != state.created);
+        if self.applied_seq == 0 && !made_anew {
             return;
         }
-        let lost =
-            info.first_sequence > self.applied_seq + 1 || info.last_sequence < self.applied_seq;
+        let lost = made_anew
+            || state.first_sequence > self.applied_seq + 1
+            || state.last_sequence < self.applied_seq;
         if !lost {
             return;
         }
@@ -239,14 +367,23 @@ impl Task {
             .edge
             .cache
             .store
-            .purge_named(Named::Prefix(""), PurgeMode::Hard);
+            .purge_named(Named::Prefix(""), PurgeMode::Soft);
         warn!(
-            "cluster: purges after sequence {} have left the stream (it now holds {}..={}); \
-             emptied the cache ({n} objects) rather than serve what they may have purged",
-            self.applied_seq, info.first_sequence, info.last_sequence
+            "cluster: purges after sequence {} are no longer in the stream ({}; it holds \
+             {}..={}); marked the whole cache stale ({n} objects) rather than serve what they \
+             may have purged",
+            self.applied_seq,
+            if made_anew {
+                "it was made anew"
+            } else {
+                "retention"
+            },
+            state.first_sequence,
+            state.last_sequence
         );
         self.edge.metrics.cluster.history_lost.inc();
-        self.applied_seq = info.first_sequence.saturating_sub(1);
+        self.applied_seq = state.first_sequence.saturating_sub(1);
+        self.seen_seq = state.last_sequence;
     }
 
     fn set_open(&self, bus: &Bus, open: bool) {
@@ -256,7 +393,8 @@ impl Task {
 
     /// An admin purge: applied here, then published (or queued if NATS does not acknowledge).
     async fn take(&mut self, js: &jetstream::Context, req: Request) {
-        let removed = self.apply_here(&req.purge);
+        let removed = apply_here(&self.edge, &req.purge);
+        self.apply_again_later(&req.purge);
         self.next_id += 1;
         let started = self
             .started
@@ -270,25 +408,25 @@ impl Task {
         };
         self.applied_here.insert(envelope.id.clone());
         // Purges queued before this one go first, so the stream keeps this edge's order.
-        let outcome = if self.unpublished.is_empty() {
-            match publish(js, &self.subject, &envelope).await {
+        let handled = if self.unpublished.is_empty() {
+            match stream::publish(js, &self.subject, &envelope).await {
                 Ok(sequence) => {
                     self.published(sequence);
-                    Outcome::Published { removed, sequence }
+                    Handled::Published { removed, sequence }
                 }
                 Err(why) => {
                     self.queue(envelope);
-                    Outcome::Queued { removed, why }
+                    Handled::Queued { removed, why }
                 }
             }
         } else {
             self.queue(envelope);
-            Outcome::Queued {
+            Handled::Queued {
                 removed,
                 why: "earlier purges are still waiting for NATS".into(),
             }
         };
-        let _ = req.reply.send(outcome);
+        let _ = req.reply.send(handled);
     }
 
     fn queue(&mut self, envelope: Envelope) {
@@ -301,6 +439,7 @@ impl Task {
                     dropped.purge.value
                 );
                 self.applied_here.remove(&dropped.id);
+                self.edge.metrics.cluster.dropped.inc();
             }
         }
         self.unpublished.push_back(envelope);
@@ -311,15 +450,27 @@ impl Task {
             .set(self.unpublished.len() as i64);
     }
 
-    /// Publishes queued purges in order, until one fails.
+    /// Publishes queued purges in order, a window at a time (see `stream::publish_window`),
+    /// until one fails.
     async fn flush(&mut self, js: &jetstream::Context) {
-        while let Some(envelope) = self.unpublished.front() {
-            match publish(js, &self.subject, envelope).await {
-                Ok(sequence) => {
-                    self.unpublished.pop_front();
-                    self.published(sequence);
+        while !self.unpublished.is_empty() {
+            let (front, _) = self.unpublished.as_slices();
+            let results = stream::publish_window(js, &self.subject, front).await;
+            let mut failed = false;
+            for r in results {
+                match r {
+                    Ok(sequence) => {
+                        self.unpublished.pop_front();
+                        self.published(sequence);
+                    }
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
-                Err(_) => break,
+            }
+            if failed {
+                break;
             }
         }
         self.edge
@@ -337,7 +488,8 @@ impl Task {
 
     /// A message from the stream: applied unless this edge applied it when publishing it.
     fn apply(&mut self, msg: &jetstream::Message, opened_at: SystemTime) {
-        let m = &self.edge.metrics.cluster;
+        let edge = self.edge.clone();
+        let m = &edge.metrics.cluster;
         let (sequence, published) = match msg.info() {
             Ok(i) => {
                 self.seen_seq = self.seen_seq.max(i.stream_sequence + i.pending);
@@ -355,7 +507,8 @@ impl Task {
             }
             Ok(env) if env.node == self.node && self.applied_here.remove(&env.id) => {}
             Ok(env) => {
-                let removed = self.apply_here(&env.purge);
+                let removed = apply_here(&self.edge, &env.purge);
+                self.apply_again_later(&env.purge);
                 m.applied.inc();
                 let replayed = published < opened_at;
                 if replayed {
@@ -376,80 +529,34 @@ impl Task {
         self.update_lag();
     }
 
-    /// Applies a purge to this edge's cache with the routes in force; counts it.
-    fn apply_here(&self, purge: &Purge) -> usize {
-        let live = self.edge.snapshot();
-        let removed = purge.apply(self.edge.cache.store, &live.router);
-        self.edge
-            .metrics
-            .cache
-            .purged
-            .with_label_values(&[purge.kind.as_str()])
-            .inc_by(removed as u64);
-        removed
+    /// Remembers a purge to apply once more after `purge_again_after`: a front that refilled
+    /// from a shield that had not yet purged loses that copy then (see `NatsSettings`).
+    fn apply_again_later(&mut self, purge: &Purge) {
+        if self.purge_again_after.is_zero() {
+            return;
+        }
+        if self.again.len() >= AGAIN_MAX {
+            self.again.pop_front();
+        }
+        self.again
+            .push_back((Instant::now() + self.purge_again_after, purge.clone()));
+    }
+
+    /// Applies the repeats that are due.
+    fn repeat_due(&mut self) {
+        let now = Instant::now();
+        while self.again.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, purge)) = self.again.pop_front() {
+                apply_here(&self.edge, &purge);
+                self.edge.metrics.cluster.repeated.inc();
+            }
+        }
     }
 
     fn update_lag(&self) {
         let lag = self.seen_seq.saturating_sub(self.applied_seq);
         self.edge.metrics.cluster.lag.set(lag as i64);
     }
-}
-
-/// The stream's bounds when it was opened.
-struct StreamState {
-    first_sequence: u64,
-    last_sequence: u64,
-}
-
-type Messages = consumer::pull::Ordered;
-
-/// Opens (creating it if missing) the stream and an ordered consumer on it from `start`.
-async fn open(
-    js: &jetstream::Context,
-    s: &crate::config::NatsSettings,
-    start: consumer::DeliverPolicy,
-) -> Result<(StreamState, Messages), String> {
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: s.stream.clone(),
-            subjects: vec![format!("{}.purge", s.stream)],
-            storage: stream::StorageType::File,
-            max_age: s.max_age.get(),
-            max_messages: s.max_messages,
-            discard: stream::DiscardPolicy::Old,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = &stream.cached_info().state;
-    let bounds = StreamState {
-        first_sequence: state.first_sequence,
-        last_sequence: state.last_sequence,
-    };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: start,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    Ok((bounds, messages))
-}
-
-/// Publishes one purge and waits for JetStream to store it; its stream sequence.
-async fn publish(js: &jetstream::Context, subject: &str, e: &Envelope) -> Result<u64, String> {
-    let (headers, payload) = e.encode();
-    let send = async {
-        let ack = js
-            .publish_with_headers(subject.to_string(), headers, payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map(|a| a.sequence).map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(PUBLISH_WITHIN + Duration::from_millis(500), send)
-        .await
-        .unwrap_or_else(|_| Err(format!("no acknowledgement within {PUBLISH_WITHIN:?}")))
 }
 
 #[cfg(test)]

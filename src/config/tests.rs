@@ -210,7 +210,7 @@ fn cluster_settings_are_checked() {
     let errs = errors(&format!(
         "{GOOD}cluster:\n  node: \"fra 1\"\n  nats:\n    url: \"http://x:4222, nats://y\"\n    \
          stream: a.b\n    max_messages: 0\n    credentials_file: /nonexistent/creds\n    \
-         max_age: 10s\n"
+         max_age: 10s\n    replicas: 7\n    purge_again_after: 5m\n"
     ));
     let want = [
         "cluster.node: \"fra 1\": 1 to 64 letters",
@@ -220,6 +220,8 @@ fn cluster_settings_are_checked() {
         "cluster.nats.credentials_file: cannot read /nonexistent/creds",
         "cluster.nats.max_messages: at least 1",
         "cluster.nats.max_age: at least 1m",
+        "cluster.nats.replicas: 1 to 5",
+        "cluster.nats.purge_again_after: at most 1m",
     ];
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
     for (e, w) in errs.iter().zip(want) {
@@ -233,7 +235,7 @@ fn cluster_settings_are_checked() {
 
 #[test]
 fn a_shield_tier_hashes_and_falls_back_to_a_plain_origin() {
-    let base = "listen: [\"127.0.0.1:8080\"]\nroutes: [{origin: shield}]\norigins:\n  web: {servers: [\"127.0.0.1:9001\"]}\n";
+    let base = "listen: [\"127.0.0.1:8080\"]\ncluster: {node: f1}\nroutes: [{origin: shield}]\norigins:\n  web: {servers: [\"127.0.0.1:9001\"]}\n";
     let ok = format!(
         "{base}  shield: {{servers: [\"127.0.0.1:9002\"], balance: consistent_hash, shield: {{fallback: web}}}}\n"
     );
@@ -255,4 +257,9 @@ fn a_shield_tier_hashes_and_falls_back_to_a_plain_origin() {
     for w in want {
         assert!(errs.iter().any(|e| e.contains(w)), "no {w} in {errs:#?}");
     }
+    let unnamed = errors(&ok.replace("cluster: {node: f1}\n", ""));
+    assert!(
+        unnamed[0].contains("origins.shield.shield: a shield tier needs cluster.node"),
+        "{unnamed:?}"
+    );
 }

@@ -141,7 +141,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     check_cluster(&mut ck, &cluster);
     for (name, o) in &origins {
         check_origin(&mut ck, name, o);
-        check_shield(&mut ck, name, o, &origins, &broken_origins);
+        check_shield(&mut ck, name, o, &origins, &broken_origins, &cluster);
     }
     for (i, r) in &routes {
         check_route(&mut ck, *i, r, &origins, &broken_origins);

@@ -76,22 +76,37 @@ pub(super) fn check_cluster(ck: &mut Checker, c: &ClusterSettings) {
     if n.max_age.get().as_secs() < 60 {
         ck.error(&at(&["nats", "max_age"]), "at least 1m");
     }
+    if !(1..=5).contains(&n.replicas) {
+        ck.error(&at(&["nats", "replicas"]), "1 to 5");
+    }
+    if n.purge_again_after.get() > std::time::Duration::from_secs(60) {
+        ck.error(&at(&["nats", "purge_again_after"]), "at most 1m");
+    }
 }
 
 /// `origins.NAME.shield`: the fallback is another origin, and not a shield itself (a chain of
 /// fallbacks would hide a tier that is down); the shield's servers are chosen by consistent
-/// hashing, or objects would have no home and every shield would fetch each one.
+/// hashing, or objects would have no home and every shield would fetch each one; and this
+/// edge has a `cluster.node` to mark what it forwards with.
 pub(super) fn check_shield(
     ck: &mut Checker,
     name: &str,
     o: &OriginConfig,
     origins: &BTreeMap<String, OriginConfig>,
     broken_origins: &HashSet<String>,
+    cluster: &ClusterSettings,
 ) {
     let Some(shield) = &o.shield else {
         return;
     };
     let at = |rest: &[&str]| origin_path(name, rest);
+    if cluster.node.is_none() {
+        ck.error(
+            &at(&["shield"]),
+            "a shield tier needs cluster.node on this edge: each tier marks CDN-Loop with it \
+             (loop detection) and names its Cache-Status entry with it",
+        );
+    }
     if o.balance != Balance::ConsistentHash {
         ck.error(
             &at(&["balance"]),

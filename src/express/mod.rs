@@ -123,7 +123,7 @@ impl HttpServerApp for EdgeApp {
                 Ahead::Closed => None,
             };
         }
-        // As the proxy decides it (`cluster::client_scheme`), so both look up the same key.
+        // As the proxy decides it (`Live::client_scheme`), so both look up the same key.
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
@@ -134,11 +134,7 @@ impl HttpServerApp for EdgeApp {
                 .find(|f| f.name.eq_ignore_ascii_case("x-forwarded-proto"))
                 .map(|f| f.value)
         });
-        let scheme = crate::cluster::client_scheme(
-            stream.get_ssl_digest().is_some(),
-            live.from_edges(local),
-            forwarded,
-        );
+        let scheme = live.client_scheme(stream.get_ssl_digest().is_some(), local, forwarded);
         let planned = parsed
             .as_ref()
             .ok_or(None)

@@ -27,8 +27,13 @@ pub struct ClusterMetrics {
     /// By stream: 1 while connected to NATS with the purge stream open, else 0. Only edges with
     /// `cluster.nats` have the series, so an alert on it ignores lone edges.
     pub connected: IntGaugeVec,
-    /// Times the cache was emptied because purges it missed had left the stream (retention).
+    /// Times the whole cache was marked stale because purges it missed had left the stream.
     pub history_lost: IntCounter,
+    /// Purges applied a second time (`cluster.nats.purge_again_after`).
+    pub repeated: IntCounter,
+    /// Purges applied here that were never published (queue overflow, or stopped while NATS
+    /// was unreachable): other edges did not get them.
+    pub dropped: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -71,7 +76,17 @@ impl ClusterMetrics {
             ),
             history_lost: r.counter(
                 "edge_cluster_history_lost_total",
-                "Times the cache was emptied because missed purges had left the stream.",
+                "Times the whole cache was marked stale because missed purges had left the \
+                 stream.",
+            ),
+            repeated: r.counter(
+                "edge_cluster_purges_repeated_total",
+                "Purges applied a second time, cluster.nats.purge_again_after after the first.",
+            ),
+            dropped: r.counter(
+                "edge_cluster_purges_dropped_total",
+                "Purges applied here but never published (queue full, or stopped while NATS was \
+                 unreachable): other edges did not get them.",
             ),
         }
     }

@@ -197,9 +197,13 @@ impl RequestCtx {
         let Some(origin) = self.origin() else {
             return false;
         };
-        let retries_used = self.tried.len().saturating_sub(1);
         let untried_left = self.tried.len() < origin.servers.len();
-        (retries_used < origin.config.retries && untried_left) || origin.fallback().is_some()
+        (self.retry_budget_left(origin) && untried_left) || origin.fallback().is_some()
+    }
+
+    /// The first attempt at an origin and `retries` more.
+    pub fn retry_budget_left(&self, origin: &Origin) -> bool {
+        self.tried.len() <= origin.config.retries
     }
 }
 

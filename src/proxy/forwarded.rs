@@ -13,14 +13,14 @@ use crate::origin::Origin;
 
 /// Rewrites the upstream request header. `close`: the edge asks the origin to close after this
 /// response (a keep-alive limit was reached); `client_ip`: the peer of the client connection;
-/// `node`: this edge's name in its fleet.
+/// `loop_mark`: this edge's `cluster.node`, when set.
 pub fn prepare(
     upstream: &mut RequestHeader,
     origin: &Origin,
     close: bool,
     client_ip: Option<IpAddr>,
     scheme: Scheme,
-    node: &str,
+    loop_mark: Option<&str>,
 ) -> Result<()> {
     if let Some(h) = &origin.host_header {
         upstream.insert_header(http::header::HOST, h.clone())?;
@@ -31,7 +31,9 @@ pub fn prepare(
         // The client's Connection field is about the client's connection, not this one.
         upstream.remove_header(&http::header::CONNECTION);
     }
-    crate::cluster::loops::append(upstream, node)?;
+    if let Some(node) = loop_mark {
+        crate::cluster::loops::append(upstream, node)?;
+    }
     forwarding_fields(upstream, client_ip, scheme)
 }
 

@@ -55,7 +55,7 @@ use crate::cache::status::Outcome;
 use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
-use crate::cluster::{self, loops};
+use crate::cluster::loops;
 use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
@@ -114,11 +114,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         let forwarded = session.req_header().headers.get("x-forwarded-proto");
-        ctx.scheme = cluster::client_scheme(
-            client_tls(session),
-            ctx.live.from_edges(local),
-            forwarded.map(|v| v.as_bytes()),
-        );
+        ctx.scheme =
+            ctx.live
+                .client_scheme(client_tls(session), local, forwarded.map(|v| v.as_bytes()));
         // A client that stops reading the response is dropped after this long without progress;
         // one that stops sending its body, after this long without a byte (HTTP/1; h2 streams
         // are read by Pingora's h2 server).
@@ -153,9 +151,9 @@ impl ProxyHttp for EdgeProxy {
         });
         let checked = checked.and_then(|()| {
             // A miss that came back to this edge through a cycle of tiers: not sent round again.
-            match loops::came_through(req, &self.edge.cluster.node) {
-                true => Err(loops::LOOP),
-                false => Ok(()),
+            match &self.edge.cluster.loop_mark {
+                Some(node) if loops::came_through(req, node) => Err(loops::LOOP),
+                _ => Ok(()),
             }
         });
         if let Err(r) = checked {
@@ -316,9 +314,8 @@ impl ProxyHttp for EdgeProxy {
                 Balance::ConsistentHash => ctx.key_url(session.req_header()),
                 _ => String::new(),
             };
-            // The first attempt and `retries` more per origin.
-            let budget_left = ctx.tried.len() <= origin.config.retries;
-            if let Some(idx) = budget_left
+            if let Some(idx) = ctx
+                .retry_budget_left(&origin)
                 .then(|| origin.pick(key.as_bytes(), &ctx.tried))
                 .flatten()
             {
@@ -421,8 +418,8 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             let close = attempt.close.is_some();
-            let node = &self.edge.cluster.node;
-            forwarded::prepare(upstream, &origin, close, client_ip, scheme, node)?;
+            let mark = self.edge.cluster.loop_mark.as_deref();
+            forwarded::prepare(upstream, &origin, close, client_ip, scheme, mark)?;
             attempt.sent_at = Some(Instant::now());
         }
         Ok(())
@@ -652,8 +649,9 @@ impl ProxyHttp for EdgeProxy {
             // before answering anything (it died, or reset the connection) is not asked again;
             // another server of the origin is, or a shield tier's fallback. The request may
             // have reached the failed one, which idempotent methods allow (RFC 9110 9.2.2).
-            if let Some((origin, server)) = ctx.upstream() {
-                origin.connect_failed(server, &e);
+            // Counted as a retry, not a connect failure: the connection was made. A server
+            // that keeps dropping requests is taken out by the health checks.
+            if let Some(origin) = ctx.origin() {
                 origin.metrics.retries_next_server.inc();
             }
             e.set_retry(true);

@@ -35,12 +35,7 @@ impl EdgeProxy {
         client_reused: bool,
     ) {
         // Only the origin's side: a client that goes away mid-request is not the origin's close.
-        let lost_connection = e.esource() == &ErrorSource::Upstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            );
-        if !client_reused || !lost_connection || ctx.fwd_status.is_some() {
+        if !client_reused || !connection_lost(e) || ctx.fwd_status.is_some() {
             return;
         }
         let Some((origin, server)) = ctx.upstream() else {
@@ -177,17 +172,23 @@ pub(super) fn ttfb_cache_kind(phase: CachePhase, status: u16) -> usize {
     }
 }
 
+/// The origin's side of a connection failed under a request: closed, reset, a read or write
+/// error (not a timeout, and not the client going away).
+fn connection_lost(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Upstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 /// Whether an attempt that failed may go to another server (`error_while_proxy`): an
 /// idempotent request that Pingora can replay, whose connection failed (closed, reset, a read
 /// or write error; not a timeout, which would double a slow origin's wait) before the origin's
 /// response header and before anything reached the client, with another server left to ask.
 pub(super) fn next_server_may_answer(session: &Session, e: &Error, ctx: &RequestCtx) -> bool {
-    let lost = e.esource() == &ErrorSource::Upstream
-        && matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        );
-    lost && ctx.fwd_status.is_none()
+    connection_lost(e)
+        && ctx.fwd_status.is_none()
         && session.response_written().is_none()
         && replayable(session)
         && ctx.may_try_another_server()

@@ -29,6 +29,8 @@ pub struct Nats {
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Times started, to tell this start's readiness line in the log from earlier ones.
+    starts: usize,
 }
 
 impl Nats {
@@ -42,6 +44,7 @@ impl Nats {
             log: temp_path("nats.log"),
             store,
             child: None,
+            starts: 0,
         };
         n.restart();
         n
@@ -75,11 +78,12 @@ impl Nats {
                 )
             });
         self.child = Some(child);
+        self.starts += 1;
         let addr = self.addr;
+        // The log is appended to across restarts: this start is ready when it says so once more.
+        let ready = |log: String| log.matches("Server is ready").count() >= self.starts;
         assert!(
-            wait_until(Duration::from_secs(10), || self
-                .log()
-                .contains("Server is ready")
+            wait_until(Duration::from_secs(10), || ready(self.log())
                 && TcpStream::connect(addr).is_ok()),
             "nats-server did not start:\n{}",
             self.log()

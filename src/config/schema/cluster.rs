@@ -12,9 +12,11 @@ use super::super::units::Dur;
 #[derive(Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
-    /// This edge's name, unique in the fleet: purge messages say who sent them, and the shield
-    /// tier's loop detection looks for it in `CDN-Loop`. Letters, digits, `-`, `_`, `.`.
-    /// Default: the host name.
+    /// This edge's name, unique in the fleet: purge messages say who sent them; when it is set,
+    /// the edge marks what it forwards with it in `CDN-Loop` (and refuses what already carries
+    /// it, `508`), and names its `Cache-Status` entry with it. Letters, digits, `-`, `_`, `.`.
+    /// Default: the host name, for purge messages only (a lone edge tells neither origins nor
+    /// clients its host name).
     pub node: Option<String>,
     /// Cluster-wide purge over NATS JetStream; default: none (purges stay on this edge).
     pub nats: Option<NatsSettings>,
@@ -39,6 +41,15 @@ pub struct NatsSettings {
     /// The stream's bound in messages (when this edge creates it), oldest dropped first.
     /// Default: `1000000`.
     pub max_messages: i64,
+    /// Copies of the stream in a NATS cluster (when this edge creates it), 1 to 5: with 3, losing
+    /// a NATS server loses no purge. Default: `1` (a single NATS server).
+    pub replicas: usize,
+    /// Every purge is applied once more this long after it was first applied here (Fastly's
+    /// advice to purge twice, made automatic). Tiers apply a purge a few milliseconds apart: a
+    /// front that misses in between refills from a shield that has not purged yet, and would
+    /// keep that old copy for its whole lifetime. `0s` applies each purge once.
+    /// Default: `2s`.
+    pub purge_again_after: Dur,
 }
 
 impl Default for NatsSettings {
@@ -49,6 +60,8 @@ impl Default for NatsSettings {
             credentials_file: None,
             max_age: Dur::secs(7 * 86_400),
             max_messages: 1_000_000,
+            replicas: 1,
+            purge_again_after: Dur::secs(2),
         }
     }
 }
