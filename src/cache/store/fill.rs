@@ -5,13 +5,12 @@ use super::*;
 
 /// Writes one object; readers follow it as it fills.
 pub(super) struct Fill {
-    pub(super) header: Arc<ResponseHeader>,
     pub(super) freshness: Freshness,
     pub(super) store: &'static Store,
     pub(super) key: HashBinary,
     pub(super) id: u64,
     pub(super) id_bytes: [u8; 8],
-    pub(super) meta: Meta,
+    pub(super) meta: StoredMeta,
     pub(super) chunks: Arc<RwLock<Vec<Bytes>>>,
     pub(super) progress: Arc<watch::Sender<bool>>,
     pub(super) written: usize,
@@ -91,7 +90,6 @@ impl HandleMiss for Fill {
         maps.objects.insert(
             self.key,
             Object {
-                header: self.header.clone(),
                 freshness: self.freshness,
                 meta: self.meta.clone(),
                 body: Arc::new(body),

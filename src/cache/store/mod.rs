@@ -5,7 +5,7 @@
 //!   counted slices instead of copying the body.
 //! - An object still being written from the origin is readable at once: readers follow the
 //!   writer chunk by chunk, so a large miss does not hold other clients back until it completes.
-//! - Sizes count the body, the serialized header and a fixed per-object overhead; the eviction
+//! - Sizes count the body, the header and a fixed per-object overhead; the eviction
 //!   manager (TinyUFO, see `eviction`, weighted by these sizes) decides what leaves when the
 //!   total passes `cache.max_size`, and the proxy purges what it names.
 //! - Indexes by URL and by tag (`Surrogate-Key`, `Cache-Tag`) serve the purge API; a prefix
@@ -20,7 +20,7 @@
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use super::body_file::BodyFile;
@@ -38,15 +38,14 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
-/// Memory per object beyond its body and serialized header (the parsed header kept for hits,
-/// index and map entries, TinyUFO's entry, allocator slack), counted in its size so that
+/// Memory per object beyond its body, its header as written and its internal fields (the
+/// header's parsed structure, index and map entries, TinyUFO's entry, allocator slack), counted
+/// in its size so that
 /// `max_size` bounds the memory the cache really takes. Measured with bench/run.sh's miss
 /// scenario (1 KiB objects, `CACHE_SIZE=2GiB`, jemalloc): 59.7k objects took 239 MiB of RSS over
 /// the idle process, ~4.2 KiB each, of which body, serialized header and URL are ~1.2 KiB.
 /// `cargo run --release --example object_cost` shows the store's own share (~3.1 KiB).
 pub const OBJECT_OVERHEAD: usize = 3 << 10;
-
-type Meta = (Vec<u8>, Vec<u8>);
 
 /// Bodies up to this size are stored in one piece (copied once when the fill completes);
 /// larger ones keep the chunks they arrived in, so a fill never holds two copies of a big body.
@@ -93,10 +92,9 @@ impl FreshHit {
 
 /// A complete object.
 struct Object {
-    meta: Meta,
-    /// The stored response header, parsed: a hit clones it instead of decompressing `meta.1`
-    /// (pingora's header serialization is zstd; decompressing it was ~40% of a hit's CPU).
-    header: Arc<ResponseHeader>,
+    /// The internal fields and the parsed header (see `meta`): a hit clones the header instead
+    /// of decompressing one.
+    meta: StoredMeta,
     /// What a fresh hit needs from `meta` without deserializing it.
     freshness: Freshness,
     body: Arc<Vec<Bytes>>,
@@ -110,7 +108,7 @@ struct Object {
 /// An object being written; readers subscribe to its progress (the value turns true when the
 /// body is complete; every change means new chunks or completion).
 struct Partial {
-    meta: Meta,
+    meta: StoredMeta,
     chunks: Arc<RwLock<Vec<Bytes>>>,
     progress: Arc<watch::Sender<bool>>,
     /// What a purge matches it by, as it will be stored.
@@ -243,39 +241,8 @@ pub fn url_of_primary(primary: &[u8]) -> &str {
     s.split('\n').next().unwrap_or("")
 }
 
-fn size_of(meta: &Meta, body_len: usize, url: &str) -> usize {
-    meta.0.len() + meta.1.len() + body_len + url.len() + OBJECT_OVERHEAD
-}
-
-/// The serialized header of an empty 200: small enough that zstd stores it raw, so
-/// decompressing it is a copy.
-fn stub_header() -> &'static [u8] {
-    static STUB: OnceLock<Vec<u8>> = OnceLock::new();
-    STUB.get_or_init(|| {
-        let now = std::time::SystemTime::now();
-        let header = ResponseHeader::build(200, Some(0)).expect("a valid status");
-        CacheMeta::new(now, now, 0, 0, header)
-            .serialize()
-            .map(|(_, h)| h)
-            .unwrap_or_default()
-    })
-}
-
-/// The response header as stored: parsed from its serialized form, so that it owns its bytes.
-/// The header Pingora hands over holds slices of the whole upstream read buffer (4 KiB or more,
-/// with the start of the body); keeping it would pin that buffer for the object's lifetime:
-/// measured ~4.7 KiB per cached object, more than a small object's body and header together.
-fn owned_header(serialized: &Meta) -> Result<ResponseHeader> {
-    Ok(CacheMeta::deserialize(&serialized.0, &serialized.1)?
-        .response_header()
-        .clone())
-}
-
-/// Builds the `CacheMeta` of a hit from the stored internal fields and the parsed header.
-fn fast_meta(internal: &[u8], header: &ResponseHeader) -> Result<CacheMeta> {
-    let mut meta = CacheMeta::deserialize(internal, stub_header())?;
-    *meta.response_header_mut() = header.clone();
-    Ok(meta)
+fn size_of(meta: &StoredMeta, body_len: usize, url: &str) -> usize {
+    meta.size() + body_len + url.len() + OBJECT_OVERHEAD
 }
 
 fn tags_of(meta: &CacheMeta) -> Vec<Arc<str>> {
@@ -406,7 +373,7 @@ impl Store {
             return None;
         }
         let hit = FreshHit {
-            header: obj.header.clone(),
+            header: obj.meta.header.clone(),
             body: obj.body.clone(),
             file: obj.file.clone(),
             age: now.duration_since(f.epoch).unwrap_or_default(),
@@ -519,16 +486,12 @@ impl Store {
                 continue;
             }
             // Only the internal part (freshness, windows) changes; the header stays as stored.
-            let Ok(mut meta) = CacheMeta::deserialize(&obj.meta.0, stub_header()) else {
+            let old = obj.meta.size();
+            let Ok(fresh_until) = obj.meta.expire_at(now) else {
                 continue;
             };
-            meta.expire_at(now);
-            let Ok((internal, _)) = meta.serialize() else {
-                continue;
-            };
-            let (old, new) = (obj.meta.0.len(), internal.len());
-            obj.meta.0 = internal;
-            obj.freshness.fresh_until = meta.fresh_until();
+            let new = obj.meta.size();
+            obj.freshness.fresh_until = fresh_until;
             if new >= old {
                 self.bytes.fetch_add(new - old, Ordering::Relaxed);
             } else {
@@ -570,7 +533,7 @@ impl Store {
     }
 
     fn hit_from_partial(p: &Partial) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let meta = CacheMeta::deserialize(&p.meta.0, &p.meta.1)?;
+        let meta = p.meta.to_cache_meta()?;
         let hit = Hit::Streaming {
             chunks: p.chunks.clone(),
             progress: p.progress.subscribe(),
@@ -599,7 +562,7 @@ impl Storage for Store {
         let Some(obj) = maps.objects.get(&k) else {
             return Ok(None);
         };
-        let meta = fast_meta(&obj.meta.0, &obj.header)?;
+        let meta = obj.meta.to_cache_meta()?;
         let hit = Hit::Complete {
             body: obj.body.clone(),
             next_chunk: 0,
@@ -636,13 +599,13 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let k = key.combined_bin();
-        let serialized = meta.serialize()?;
+        let stored = StoredMeta::of(meta)?;
         let id = self.next_write.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(false);
         let url: Arc<str> = Arc::from(url_of_primary(key.primary_key()));
         let tags = tags_of(meta);
         let mut partial = Partial {
-            meta: serialized.clone(),
+            meta: stored.clone(),
             chunks: Arc::new(RwLock::new(Vec::new())),
             progress: Arc::new(tx),
             url: url.clone(),
@@ -650,13 +613,12 @@ impl Storage for Store {
             purged: false,
         };
         let handler = Fill {
-            header: Arc::new(owned_header(&serialized)?),
             freshness: Freshness::of(meta),
             store: self,
             key: k,
             id,
             id_bytes: id.to_be_bytes(),
-            meta: serialized,
+            meta: stored,
             chunks: partial.chunks.clone(),
             progress: partial.progress.clone(),
             written: 0,
@@ -704,16 +666,13 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let k = key.combined_bin();
-        let serialized = meta.serialize()?;
-        let header = Arc::new(owned_header(&serialized)?);
+        let stored = StoredMeta::of(meta)?;
         let mut maps = self.write();
         let Some(obj) = maps.objects.get_mut(&k) else {
             return Ok(false);
         };
-        let old = obj.meta.0.len() + obj.meta.1.len();
-        let new = serialized.0.len() + serialized.1.len();
-        obj.meta = serialized;
-        obj.header = header;
+        let (old, new) = (obj.meta.size(), stored.size());
+        obj.meta = stored;
         obj.freshness = Freshness::of(meta);
         if new >= old {
             self.bytes.fetch_add(new - old, Ordering::Relaxed);
@@ -734,8 +693,10 @@ impl Storage for Store {
 
 mod fill;
 mod hit;
+mod meta;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use fill::Fill;
 use hit::Hit;
+use meta::StoredMeta;

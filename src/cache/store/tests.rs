@@ -79,10 +79,10 @@ async fn stored_body(store: &'static Store, key: &CacheKey) -> Option<String> {
     Some(body_of(hit).await)
 }
 
-/// What a complete object weighs: serialized meta, body, URL and the fixed overhead.
+/// What a complete object weighs: its meta (internal fields, header as written), body, URL and
+/// the fixed overhead.
 fn expected_size(meta: &CacheMeta, body_len: usize, url: &str) -> usize {
-    let (internal, header) = meta.serialize().unwrap();
-    internal.len() + header.len() + body_len + url.len() + OBJECT_OVERHEAD
+    StoredMeta::of(meta).unwrap().size() + body_len + url.len() + OBJECT_OVERHEAD
 }
 
 #[tokio::test]
