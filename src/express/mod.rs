@@ -59,13 +59,19 @@ use send::{send, COPY_BODY_MAX};
 pub struct EdgeApp {
     proxy: Arc<EdgeHttpProxy>,
     edge: Arc<Edge>,
+    /// A shutdown signal that never comes (its sender is gone): the first request of a new
+    /// connection is read with it, so a stop does not drop it unanswered (see
+    /// `process_new_http`).
+    never_stops: ShutdownWatch,
 }
 
 impl EdgeApp {
     pub fn new(proxy: EdgeHttpProxy, edge: Arc<Edge>) -> Self {
+        let (_gone, never_stops) = tokio::sync::watch::channel(false);
         EdgeApp {
             proxy: Arc::new(proxy),
             edge,
+            never_stops,
         }
     }
 }
@@ -76,29 +82,33 @@ impl HttpServerApp for EdgeApp {
     // body ahead, plan, answer or hand over); each step is a call.
     async fn process_new_http(
         self: &Arc<Self>,
-        session: ServerSession,
+        mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !lane_takes(&session, shutdown) {
+        // A new connection's first request is read even while the edge stops (an upgrade's
+        // handover, SIGTERM): its client connected while the listener was open and is sending
+        // it now, and dropping it unanswered fails a request no client retries (seen once in
+        // tests/reload.rs's upgrade test, 1 in 12,730). It is answered with `Connection:
+        // close`. An idle kept-alive connection is closed at the stop, as Pingora does: its
+        // client retries on a new one. The stop is bounded by `server.grace_period` anyway.
+        // Every request leaves the connection's context (its `ClientConnection`) to the next;
+        // a new connection has none.
+        let conn_ctx = session.take_connection_user_context();
+        let fresh = conn_ctx.is_none();
+        session.set_connection_user_context(conn_ctx);
+        if !lane_takes(&session, shutdown, fresh) {
             return self.proxy.process_new_http(session, shutdown).await;
         }
+        let stop = if fresh { &self.never_stops } else { shutdown };
         let (mut stream, carried, wait) = into_lane(session);
         let mut buf = BytesMut::with_capacity(4096);
-        if head::read_some(&mut stream, &mut buf, wait, shutdown).await != head::Read::Data {
+        if head::read_some(&mut stream, &mut buf, wait, stop).await != head::Read::Data {
             // Closed, idle too long, or shutting down: as the proxy would, close quietly.
             return None;
         }
         let started = Instant::now();
         let live = self.edge.snapshot();
-        match head::read_head(
-            &mut stream,
-            &mut buf,
-            &live.config.client,
-            started,
-            shutdown,
-        )
-        .await
-        {
+        match head::read_head(&mut stream, &mut buf, &live.config.client, started, stop).await {
             Head::Complete | Head::TooLarge => {}
             Head::Closed => return None,
             Head::TimedOut => return self.refuse(stream, guard::HEADER_TIMEOUT).await,
@@ -114,7 +124,7 @@ impl HttpServerApp for EdgeApp {
         if framing.body.is_some() {
             // Never the lane's to answer: read the body ahead (see `body`), then hand over.
             let limits = &live.limits;
-            return match body::read_ahead(&mut stream, &mut buf, &framing, limits, shutdown).await {
+            return match body::read_ahead(&mut stream, &mut buf, &framing, limits, stop).await {
                 Ahead::Ready { pipelined } => {
                     self.hand_over(stream, buf, carried, None, pipelined, shutdown)
                         .await
@@ -331,11 +341,13 @@ fn record(
     served.record(&edge.metrics, &edge.access_log, &live.config.log);
 }
 
-/// Whether the lane reads this session's request. Not h2, not while the server shuts down,
-/// and not a session with pipelining on: it may hold a queued request in Pingora's buffer
-/// (private to the session) that the lane must not read past.
-fn lane_takes(session: &ServerSession, shutdown: &ShutdownWatch) -> bool {
-    matches!(session, ServerSession::H1(h1) if !h1.pipelining_enabled()) && !*shutdown.borrow()
+/// Whether the lane reads this session's request. Not h2; not a kept-alive session while the
+/// server shuts down (a `fresh` one, a new connection's first request, it does read); and not
+/// a session with pipelining on: it may hold a queued request in Pingora's buffer (private to
+/// the session) that the lane must not read past.
+fn lane_takes(session: &ServerSession, shutdown: &ShutdownWatch, fresh: bool) -> bool {
+    matches!(session, ServerSession::H1(h1) if !h1.pipelining_enabled())
+        && (fresh || !*shutdown.borrow())
 }
 
 /// Takes an HTTP/1 session's connection for the lane (see [`lane_takes`]), with what it
