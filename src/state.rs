@@ -85,15 +85,20 @@ impl Live {
 impl Live {
     /// The scheme of a request's client, which the cache key carries: the connection's (`tls`),
     /// or on a listener marked `from_edges` the front's `X-Forwarded-Proto` (see
-    /// `cluster::client_scheme`). `local`: the connection's local address. The express lane
-    /// and the proxy both decide it here, so they look up the same key.
-    pub fn client_scheme(
+    /// `cluster::client_scheme`). `local` (the connection's local address) and `forwarded` are
+    /// asked for only when some listener is marked, so an edge without one pays nothing per
+    /// request. The express lane and the proxy both decide it here, so they look up the same
+    /// key.
+    pub fn client_scheme<'h>(
         &self,
         tls: bool,
-        local: Option<SocketAddr>,
-        forwarded_proto: Option<&[u8]>,
+        local: impl FnOnce() -> Option<SocketAddr>,
+        forwarded: impl FnOnce() -> Option<&'h [u8]>,
     ) -> crate::cache::key::Scheme {
-        crate::cluster::client_scheme(tls, self.listener_for_edges(local), forwarded_proto)
+        let from_edges =
+            self.config.listen.iter().any(|l| l.from_edges) && self.listener_for_edges(local());
+        let forwarded = if from_edges { forwarded() } else { None };
+        crate::cluster::client_scheme(tls, from_edges, forwarded)
     }
 
     /// Whether the listener a connection arrived on (`local`: its local address) is marked

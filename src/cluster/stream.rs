@@ -46,6 +46,17 @@ pub async fn open(
         .await
         .map_err(|e| e.to_string())?;
     let info = stream.cached_info();
+    // A stream of that name made for something else (another subject) would take no purge:
+    // every publish would fail and queue. Said plainly, once per outage, by the caller.
+    if !info.config.subjects.iter().any(|p| covers(p, &subject(s))) {
+        return Err(format!(
+            "stream {} exists without the subject {} (subjects {:?}); name another \
+             cluster.nats.stream or add the subject",
+            s.stream,
+            subject(s),
+            info.config.subjects
+        ));
+    }
     let state = StreamState {
         first_sequence: info.state.first_sequence,
         last_sequence: info.state.last_sequence,
@@ -65,6 +76,21 @@ pub async fn open(
 /// The subject purges are published on: `<stream>.purge`.
 pub fn subject(s: &NatsSettings) -> String {
     format!("{}.purge", s.stream)
+}
+
+/// Whether a stream subject pattern takes `subject` (NATS wildcards: `*` one token, `>` the
+/// rest).
+fn covers(pattern: &str, subject: &str) -> bool {
+    let mut want = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, want.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    want.next().is_none()
 }
 
 /// Publishes one purge and waits for JetStream to store it; its stream sequence.
@@ -129,4 +155,31 @@ async fn finish(
         out.push(Err(e));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn subject_patterns_cover_as_nats_matches_them() {
+        for p in [
+            "EDGE_PURGE.purge",
+            "EDGE_PURGE.*",
+            "EDGE_PURGE.>",
+            ">",
+            "*.purge",
+        ] {
+            assert!(covers(p, "EDGE_PURGE.purge"), "{p}");
+        }
+        for p in [
+            "EDGE_PURGE",
+            "EDGE_PURGE.other",
+            "OTHER.>",
+            "EDGE_PURGE.purge.x",
+            "*",
+        ] {
+            assert!(!covers(p, "EDGE_PURGE.purge"), "{p}");
+        }
+    }
 }

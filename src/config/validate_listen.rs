@@ -42,6 +42,15 @@ pub(super) fn check_listen(ck: &mut Checker, listen: &[ListenSpec]) -> Vec<Liste
         if let Some(t) = &tls {
             check_certificates(ck, i, t);
         }
+        if from_edges && addr.ip().is_unspecified() {
+            // Allowed (a shield may bind every address behind a firewall), but said: a client
+            // that reaches it could fill the `https://` keys with what an `http://` request got.
+            eprintln!(
+                "edge: warning: {}: listen[{i}]: from_edges on {addr}, every address: \
+                 X-Forwarded-Proto is trusted there; make sure only your front edges reach it",
+                ck.file
+            );
+        }
         out.push(Listener {
             addr,
             http2: http2.unwrap_or(tls.is_some()),

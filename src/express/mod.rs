@@ -76,6 +76,32 @@ impl EdgeApp {
     }
 }
 
+impl EdgeApp {
+    /// The shutdown signal this session's reads give up on; None: the lane does not take it
+    /// (see `lane_takes`). A new connection's first request is read even while the edge stops
+    /// (an upgrade's handover, SIGTERM): its client connected while the listener was open and
+    /// is sending it now, and dropping it unanswered fails a request no client retries (seen
+    /// once in tests/reload.rs's upgrade test, 1 in 12,730); it is answered with `Connection:
+    /// close`, and the stop is bounded by `server.grace_period` anyway. An idle kept-alive
+    /// connection is closed at the stop, as Pingora does: its client retries on a new one.
+    fn stop_signal<'a>(
+        &'a self,
+        session: &mut ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> Option<&'a ShutdownWatch> {
+        // Every request leaves the connection's context (its `ClientConnection`) to the next;
+        // a new connection has none.
+        let conn_ctx = session.take_connection_user_context();
+        let fresh = conn_ctx.is_none();
+        session.set_connection_user_context(conn_ctx);
+        lane_takes(session, shutdown, fresh).then_some(if fresh {
+            &self.never_stops
+        } else {
+            shutdown
+        })
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for EdgeApp {
     // The lane's whole decision for one request, in the order it happens (read, refuse, read a
@@ -85,21 +111,9 @@ impl HttpServerApp for EdgeApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // A new connection's first request is read even while the edge stops (an upgrade's
-        // handover, SIGTERM): its client connected while the listener was open and is sending
-        // it now, and dropping it unanswered fails a request no client retries (seen once in
-        // tests/reload.rs's upgrade test, 1 in 12,730). It is answered with `Connection:
-        // close`. An idle kept-alive connection is closed at the stop, as Pingora does: its
-        // client retries on a new one. The stop is bounded by `server.grace_period` anyway.
-        // Every request leaves the connection's context (its `ClientConnection`) to the next;
-        // a new connection has none.
-        let conn_ctx = session.take_connection_user_context();
-        let fresh = conn_ctx.is_none();
-        session.set_connection_user_context(conn_ctx);
-        if !lane_takes(&session, shutdown, fresh) {
+        let Some(stop) = self.stop_signal(&mut session, shutdown) else {
             return self.proxy.process_new_http(session, shutdown).await;
-        }
-        let stop = if fresh { &self.never_stops } else { shutdown };
+        };
         let (mut stream, carried, wait) = into_lane(session);
         let mut buf = BytesMut::with_capacity(4096);
         if head::read_some(&mut stream, &mut buf, wait, stop).await != head::Read::Data {
@@ -134,17 +148,19 @@ impl HttpServerApp for EdgeApp {
             };
         }
         // As the proxy decides it (`Live::client_scheme`), so both look up the same key.
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let forwarded = parsed.as_ref().and_then(|p| {
-            p.req
-                .headers
-                .iter()
-                .find(|f| f.name.eq_ignore_ascii_case("x-forwarded-proto"))
-                .map(|f| f.value)
-        });
-        let scheme = live.client_scheme(stream.get_ssl_digest().is_some(), local, forwarded);
+        let scheme = live.client_scheme(
+            stream.get_ssl_digest().is_some(),
+            || {
+                let digest = stream.get_socket_digest()?;
+                digest.local_addr().and_then(|a| a.as_inet()).copied()
+            },
+            || {
+                let mut fields = parsed.as_ref()?.req.headers.iter();
+                fields
+                    .find(|f| f.name.eq_ignore_ascii_case("x-forwarded-proto"))
+                    .map(|f| f.value)
+            },
+        );
         let planned = parsed
             .as_ref()
             .ok_or(None)

@@ -56,7 +56,6 @@ use crate::cache::store::FillStart;
 use crate::cache::{invalidate, policy, vary};
 use crate::client::{self, ClientConnection};
 use crate::cluster::loops;
-use crate::config::Balance;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
 use crate::origin::reuse::{close_reason, CloseReason};
@@ -67,7 +66,8 @@ pub use ctx::RequestCtx;
 use ctx::{client_tls, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{
-    count_connection, next_server_may_answer, replayable, strip_hop_by_hop, ttfb_cache_kind,
+    choose_server, count_connection, next_server_may_answer, replayable, strip_hop_by_hop,
+    ttfb_cache_kind,
 };
 
 /// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
@@ -112,11 +112,14 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-        let forwarded = session.req_header().headers.get("x-forwarded-proto");
-        ctx.scheme =
-            ctx.live
-                .client_scheme(client_tls(session), local, forwarded.map(|v| v.as_bytes()));
+        ctx.scheme = ctx.live.client_scheme(
+            client_tls(session),
+            || session.server_addr().and_then(|a| a.as_inet()).copied(),
+            || {
+                let v = session.req_header().headers.get("x-forwarded-proto");
+                v.map(|v| v.as_bytes())
+            },
+        );
         // A client that stops reading the response is dropped after this long without progress;
         // one that stops sending its body, after this long without a byte (HTTP/1; h2 streams
         // are read by Pingora's h2 server).
@@ -297,51 +300,10 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let mut origin = ctx
-            .origin()
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no origin"))?;
         // After a pooled connection turned out closed (or too old for this request), the same
         // server is asked again, on a new connection: the server is fine, the connection was not.
         let fresh = std::mem::take(&mut ctx.fresh_connection);
-        let idx = loop {
-            if let (true, Some(&last)) = (fresh, ctx.tried.last()) {
-                break last;
-            }
-            // Consistent hashing keys on what the cache keys on (its URL), so an object has one
-            // home server, the same on every edge. Other modes need no key.
-            let key = match origin.config.balance {
-                Balance::ConsistentHash => ctx.key_url(session.req_header()),
-                _ => String::new(),
-            };
-            if let Some(idx) = ctx
-                .retry_budget_left(&origin)
-                .then(|| origin.pick(key.as_bytes(), &ctx.tried))
-                .flatten()
-            {
-                ctx.tried.push(idx);
-                break idx;
-            }
-            // A shield tier with no server up, or as many tried as `retries` allows: its
-            // fallback origin, once (a fallback is never a shield itself: `edge -t` sees to it).
-            let fallback = origin
-                .fallback()
-                .and_then(|f| ctx.live.origins.get(f))
-                .cloned();
-            match fallback {
-                Some(f) => {
-                    origin.metrics.fallbacks.inc();
-                    ctx.switch_origin(f.clone());
-                    origin = f;
-                }
-                None => {
-                    return Error::e_explain(
-                        ErrorType::ConnectRefused,
-                        format!("origin {}: every server was tried", origin.name),
-                    )
-                }
-            }
-        };
+        let (origin, idx) = choose_server(ctx, session.req_header(), fresh)?;
         ctx.attempt = Some(Attempt::new(idx));
         let server = &origin.servers[idx];
         if origin.config.keepalive.warm > 0 {

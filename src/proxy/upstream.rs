@@ -1,12 +1,14 @@
-//! The proxy's side of an upstream connection beyond the phases themselves: how it was got
-//! and what that cost, when it is too idle for a request nobody may retry, when it goes idle,
+//! The proxy's side of an upstream connection beyond the phases themselves: which server an
+//! attempt goes to (and a shield tier's fallback), how the connection was got and what that
+//! cost, when it is too idle for a request nobody may retry, when it goes idle,
 //! what a connection found closed teaches, which requests may be sent again, and which
 //! response fields belong to it.
 
 use std::os::unix::io::RawFd;
+use std::sync::Arc;
 
 use pingora::cache::CachePhase;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::{ErrorSource, ErrorType};
@@ -14,6 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 use super::ctx::{Attempt, Connection};
 use super::errors::STALE_POOLED_CONNECTION;
 use super::{EdgeProxy, RequestCtx};
+use crate::config::Balance;
 use crate::origin::reuse::{self, UpstreamConn};
 use crate::origin::{Origin, Server};
 
@@ -87,6 +90,54 @@ impl EdgeProxy {
         );
         e.set_retry(true);
         Err(e)
+    }
+}
+
+/// The origin and server of the next attempt (`upstream_peer`). `fresh`: the last server
+/// again, on a new connection. Otherwise the origin's balancer picks among the untried servers,
+/// within the origin's `retries`; when a shield tier has none left (none up, or as many tried as
+/// `retries` allows), the request moves to its fallback origin, once (a fallback is never a
+/// shield itself: `edge -t` sees to it).
+pub(super) fn choose_server(
+    ctx: &mut RequestCtx,
+    req: &RequestHeader,
+    fresh: bool,
+) -> Result<(Arc<Origin>, usize)> {
+    let mut origin = ctx
+        .origin()
+        .cloned()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no origin"))?;
+    if let (true, Some(&last)) = (fresh, ctx.tried.last()) {
+        return Ok((origin, last));
+    }
+    loop {
+        // Consistent hashing keys on what the cache keys on (its URL), so an object has one
+        // home server, the same on every edge. Other modes need no key.
+        let key = match origin.config.balance {
+            Balance::ConsistentHash => ctx.key_url(req),
+            _ => String::new(),
+        };
+        let picked = ctx
+            .retry_budget_left(&origin)
+            .then(|| origin.pick(key.as_bytes(), &ctx.tried))
+            .flatten();
+        if let Some(idx) = picked {
+            ctx.tried.push(idx);
+            return Ok((origin, idx));
+        }
+        let Some(fallback) = origin
+            .fallback()
+            .and_then(|f| ctx.live.origins.get(f))
+            .cloned()
+        else {
+            return Error::e_explain(
+                ErrorType::ConnectRefused,
+                format!("origin {}: every server was tried", origin.name),
+            );
+        };
+        origin.metrics.fallbacks.inc();
+        ctx.switch_origin(fallback.clone());
+        origin = fallback;
     }
 }
 

@@ -3,6 +3,7 @@
 //! Over 600 lines of tests in one file: they share the store's set-up and fill helpers below,
 //! and read in the store's own order (writes and reads, eviction, memory, purges).
 
+use super::purge::PURGES_KEPT;
 use super::*;
 use crate::cache::eviction::TinyUfoEviction;
 use pingora::cache::trace::Span;
