@@ -109,12 +109,12 @@ panels = [
        "bodies kept in memory files for sendfile (RAM that RSS does not show), objects, "
        "and evictions per second. "
        "Steady evictions with a falling hit ratio mean max_size is too small for the working set.",
-       [('edge_cache_size_bytes', "bytes"),
+       [('edge_cache_size_bytes{tier="memory"}', "bytes"),
         ('edge_memory_resident_bytes', "process memory (resident)"),
         ('edge_memory_allocated_bytes', "heap in use"),
         ('edge_cache_file_bytes', "bodies in memory files (outside RSS)"),
-        ('edge_cache_objects', "objects"),
-        (f'rate(edge_cache_evictions_total{R})', "evictions/s"),
+        ('edge_cache_objects{tier="memory"}', "objects"),
+        (f'rate(edge_cache_evictions_total{{tier="memory"}}{R})', "evictions/s"),
         (f'sum by (kind) (rate(edge_cache_purged_total{R}))', "purged/s {{kind}}")],
        x=12, y=56),
     ts("Requests per second by cache outcome",
@@ -197,6 +197,17 @@ panels = [
         ('max by (instance) (edge_cluster_purges_queued)', "queued {{instance}}"),
         ('min by (instance) (edge_cluster_nats_connected)', "connected {{instance}}")],
        unit="short", x=12, y=112),
+    ts("Disk tier: size, hits by tier, errors",
+       "With cache.disk: bytes and objects on disk (bounded by cache.disk.max_size), lookups "
+       "answered by each tier, disk evictions, and failures (write: disk full or I/O error; read; "
+       "corrupt: a file that failed its checks, dropped). Failures never fail a request: the edge "
+       "serves from memory and the origin. Steady write errors: the disk is full or failing.",
+       [('sum by (instance) (edge_cache_size_bytes{tier="disk"})', "bytes on disk {{instance}}"),
+        ('sum by (instance) (edge_cache_objects{tier="disk"})', "objects on disk {{instance}}"),
+        (f'sum by (tier) (rate(edge_cache_hits_total{R}))', "hits/s {{tier}}"),
+        (f'sum by (tier) (rate(edge_cache_evictions_total{R}))', "evictions/s {{tier}}"),
+        (f'sum by (reason) (rate(edge_cache_disk_errors_total{R}))', "errors/s {{reason}}")],
+       unit="short", x=0, y=120),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1

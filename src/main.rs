@@ -29,6 +29,13 @@ usage: edge -c FILE [-t] [-u] [-d]
   -V, --version     the version";
 
 fn main() -> ExitCode {
+    // A write past the file size limit (RLIMIT_FSIZE) then fails with EFBIG, which the disk
+    // tier handles as it handles a full disk, instead of killing the process (nginx does the
+    // same).
+    // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let mut conf: Option<PathBuf> = None;
     let (mut test, mut start) = (false, StartOptions::default());
     let mut args = std::env::args().skip(1);

@@ -68,6 +68,9 @@ pub fn needs_restart(boot: &Config, new: &Config) -> Vec<String> {
     if boot.cache.max_size != new.cache.max_size {
         out.push("cache.max_size".to_string());
     }
+    if boot.cache.disk != new.cache.disk {
+        out.push("cache.disk".to_string());
+    }
     // HTTP/2 settings are the proxy's, built once (see server::h2_settings).
     let (bc, nc) = (&boot.client, &new.client);
     for (field, changed) in [

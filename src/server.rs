@@ -118,6 +118,19 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
         }
     };
 
+    if let Some(disk) = edge.cache.store.disk().filter(|d| d.busy()) {
+        // A graceful upgrade takes the tier over once the old process lets go (see
+        // `cache::store::disk`); anything else would have two edges writing one directory.
+        if !start.upgrade {
+            eprintln!(
+                "edge: cache.disk.path {} is in use by another edge (process {}); stop it, or \
+                 take over from it with -u; nothing was started",
+                disk.root().display(),
+                disk.holder()
+            );
+            std::process::exit(1);
+        }
+    }
     warn_if_descriptors_short(&edge);
 
     let proxy = proxy_service(&server.configuration, &edge, &listen);
@@ -239,6 +252,19 @@ fn proxy_service(
     service
 }
 
+/// Starts the disk tier's worker thread, if there is a tier: in a service, because services
+/// start after daemonizing and a thread started before would not survive the fork.
+struct DiskTierStart {
+    edge: Arc<Edge>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DiskTierStart {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        self.edge.cache.start_disk();
+    }
+}
+
 /// The services without listeners: health checks and idle-timeout probes, reload on SIGHUP,
 /// and the access log's writer.
 fn add_background_services(server: &mut Server, edge: &Arc<Edge>) {
@@ -255,6 +281,10 @@ fn add_background_services(server: &mut Server, edge: &Arc<Edge>) {
         AccessLogService {
             log: edge.access_log.clone(),
         },
+    ));
+    server.add_service(background_service(
+        "cache disk tier",
+        DiskTierStart { edge: edge.clone() },
     ));
     if edge.cluster.shares_purges() {
         server.add_service(background_service(

@@ -179,7 +179,7 @@ impl Edge {
         let to = Destination::of(&config.log);
         let access_log = AccessLog::open(&to, metrics.process.access_log_dropped.clone())
             .map_err(|e| format!("log.access_file: cannot open {to}: {e}"))?;
-        let cache = Cache::new(&config.cache);
+        let cache = Cache::new(&config.cache)?;
         let cluster = Cluster::new(&config.cluster);
         let ca_bundle = crate::tls::upstream::ca_files(&config);
         let live = Live::build(config.clone(), source, None, &metrics, &ca_bundle);

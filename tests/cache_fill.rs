@@ -127,23 +127,23 @@ fn memory_stays_bounded_with_a_working_set_ten_times_max_size() {
             if i % 40 == 0 {
                 // Evictions complete just after the fill that caused them: at most one object
                 // per concurrent fill above max_size (here one client, so one object).
-                let size = edge.metric("edge_cache_size_bytes");
+                let size = edge.metric("edge_cache_size_bytes{tier=\"memory\"}");
                 let bound = 2.0 * 1024.0 * 1024.0 + 70.0 * 1024.0;
                 assert!(size <= bound, "cache holds {size} bytes in round {round}");
             }
         }
     }
     let m = edge.metrics();
-    let size = metric_value(&m, "edge_cache_size_bytes");
+    let size = metric_value(&m, "edge_cache_size_bytes{tier=\"memory\"}");
     assert!(
         size <= 2.0 * 1024.0 * 1024.0 + 70.0 * 1024.0 && size > 1024.0 * 1024.0,
         "{size}"
     );
     assert!(
-        metric_value(&m, "edge_cache_evictions_total") >= 280.0,
+        metric_value(&m, "edge_cache_evictions_total{tier=\"memory\"}") >= 280.0,
         "{m}"
     );
-    let objects = metric_value(&m, "edge_cache_objects");
+    let objects = metric_value(&m, "edge_cache_objects{tier=\"memory\"}");
     assert!(
         (20.0..=32.0).contains(&objects),
         "{objects} objects of 64 KiB in 2 MiB"
@@ -225,7 +225,7 @@ fn purge_by_url_prefix_and_tag() {
     }
     edge.request("GET", "/v", &["Accept-Language: fr"]);
     edge.request("GET", "/v", &["Accept-Language: de"]);
-    assert_eq!(edge.metric("edge_cache_objects"), 8.0);
+    assert_eq!(edge.metric("edge_cache_objects{tier=\"memory\"}"), 8.0);
 
     let purge = |q: &str| edge.admin_post(&format!("/purge?{q}"));
     assert_eq!(
@@ -243,7 +243,7 @@ fn purge_by_url_prefix_and_tag() {
     assert_eq!(purge("bogus=1").status, 400);
     assert_eq!(purge("url=/relative").status, 400);
     assert_eq!(
-        edge.metric("edge_cache_objects"),
+        edge.metric("edge_cache_objects{tier=\"memory\"}"),
         1.0,
         "only /js/app.js is left"
     );

@@ -31,7 +31,7 @@ fn a_fresh_object_is_served_from_cache_with_age_and_cache_status() {
     );
     assert!(r.header("age").is_some(), "a hit carries Age");
     assert_eq!(o.count("/a"), 1);
-    assert_eq!(edge.metric("edge_cache_objects"), 1.0);
+    assert_eq!(edge.metric("edge_cache_objects{tier=\"memory\"}"), 1.0);
     // Counted when the request is logged, just after the client has its response.
     let hits =
         "edge_requests_total{cache=\"hit\",origin=\"web\",route=\"routes[0]\",status=\"2xx\"}";

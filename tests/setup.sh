@@ -7,6 +7,7 @@
 #   ca-certificates         : the system roots HTTPS origins are verified against by default
 #   nginx                   : tests/keepalive_margin.rs needs an origin with a precise idle timer
 #   nats-server             : tests/cluster.rs runs a fleet of edges on a real NATS JetStream
+#   e2fsprogs (chattr)      : tests/observability.rs makes the disk tier's directory immutable
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ command -v curl >/dev/null || need+=(curl)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null || need+=(nginx)
 { command -v nats-server || [[ -x /usr/sbin/nats-server ]]; } >/dev/null || need+=(nats-server)
+command -v chattr >/dev/null || need+=(e2fsprogs)
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}" >&2
   sudo=""

@@ -66,8 +66,8 @@ fn two_fronts_and_two_shields_fetch_each_object_from_the_origin_once() {
         "200 client misses, 100 origin requests"
     );
     let (on_s1, on_s2) = (
-        s1.metric("edge_cache_objects"),
-        s2.metric("edge_cache_objects"),
+        s1.metric("edge_cache_objects{tier=\"memory\"}"),
+        s2.metric("edge_cache_objects{tier=\"memory\"}"),
     );
     assert_eq!(on_s1 + on_s2, 100.0, "each object has one home");
     assert!(on_s1 >= 25.0 && on_s2 >= 25.0, "spread: {on_s1} / {on_s2}");
@@ -216,7 +216,7 @@ fn a_shield_killed_under_load_fails_no_request_and_only_its_share_moves() {
 
     // The keys at home on s2 stay there; s1's move to s2 (the next in their hash order), and
     // none goes to the fallback while s2 answers.
-    let s2_before = s2.metric("edge_cache_objects");
+    let s2_before = s2.metric("edge_cache_objects{tier=\"memory\"}");
     for (i, h) in before.iter().enumerate() {
         let r = f1.get("example.com", &format!("/k/{i}"));
         assert_eq!(r.status, 200);
@@ -238,7 +238,7 @@ fn a_shield_killed_under_load_fails_no_request_and_only_its_share_moves() {
         HashSet::from(["s2".to_string()]),
         "every new miss goes to s2 now"
     );
-    assert!(s2.metric("edge_cache_objects") > s2_before);
+    assert!(s2.metric("edge_cache_objects{tier=\"memory\"}") > s2_before);
     assert_eq!(
         f1.metric("edge_upstream_fallbacks_total{origin=\"shield\"}"),
         0.0

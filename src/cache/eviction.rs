@@ -7,8 +7,9 @@
 //! +3 to +8 points (e.g. 0.28 vs 0.20 at a cache of 1% of objects, 0.52 vs 0.47 at 10%), and
 //! the gap widens with one-hit wonders, which plain LRU lets flush popular objects out.
 //!
-//! Weights are counted in KiB (TinyUFO weights are 16-bit), so objects up to 64 MiB weigh
-//! exactly; byte totals for metrics are kept here.
+//! Weights are counted in units (TinyUFO weights are 16-bit): KiB for memory, so objects up to
+//! 64 MiB weigh exactly; 4 KiB blocks for the disk tier (up to 256 MiB). Byte totals for
+//! metrics are kept here.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -18,11 +19,8 @@ use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager}
 use pingora::Result;
 use tinyufo::TinyUfo;
 
+/// Memory's unit.
 const UNIT: usize = 1024;
-
-fn units(size: usize) -> u16 {
-    size.div_ceil(UNIT).clamp(1, u16::MAX as usize) as u16
-}
 
 /// TinyUFO's key for an object: XXH3-64 of its primary hash, its variance hash if any, its tag
 /// and its entry id if any (see `crate::hash`).
@@ -38,6 +36,8 @@ fn hash_of(item: CacheEntryKeyRef<'_>) -> u64 {
 
 pub struct TinyUfoEviction {
     ufo: TinyUfo<u64, (CacheEntryKey, usize)>,
+    /// Bytes per weight unit.
+    unit: usize,
     bytes: AtomicUsize,
     items: AtomicUsize,
     evicted_bytes: AtomicUsize,
@@ -47,13 +47,23 @@ pub struct TinyUfoEviction {
 impl TinyUfoEviction {
     /// `limit` in bytes; `estimated_items` sizes TinyUFO's frequency sketch.
     pub fn new(limit: usize, estimated_items: usize) -> Self {
+        Self::with_unit(limit, estimated_items, UNIT)
+    }
+
+    /// Weighs objects in units of `unit` bytes.
+    pub fn with_unit(limit: usize, estimated_items: usize, unit: usize) -> Self {
         TinyUfoEviction {
-            ufo: TinyUfo::new(limit / UNIT, estimated_items.max(1024)),
+            ufo: TinyUfo::new(limit / unit, estimated_items.max(1024)),
+            unit,
             bytes: AtomicUsize::new(0),
             items: AtomicUsize::new(0),
             evicted_bytes: AtomicUsize::new(0),
             evicted_items: AtomicUsize::new(0),
         }
+    }
+
+    fn units(&self, size: usize) -> u16 {
+        size.div_ceil(self.unit).clamp(1, u16::MAX as usize) as u16
     }
 
     fn forget(&self, size: usize) {
@@ -69,7 +79,7 @@ impl TinyUfoEviction {
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.items.fetch_add(1, Ordering::Relaxed);
         self.ufo
-            .put(k, (item, size), units(size))
+            .put(k, (item, size), self.units(size))
             .into_iter()
             .map(|kv| {
                 let (key, size) = kv.data;

@@ -1,8 +1,9 @@
 //! The HTTP cache (RFC 9111) in front of the origins: one bounded in-memory store shared by all
-//! routes, with pingora-cache driving lookups, fills, revalidation, stale serving, request
-//! coalescing (its cache lock) and ranges.
+//! routes, optionally over a disk tier, with pingora-cache driving lookups, fills,
+//! revalidation, stale serving, request coalescing (its cache lock) and ranges.
 //!
-//! - `store`: the storage (bounded, streaming, purge indexes);
+//! - `store`: the storage (bounded, streaming, purge indexes), and its disk tier
+//!   (`store::disk`);
 //! - `eviction`: which objects stay when it is full (TinyUFO);
 //! - `hit`: fresh hits answered from the store without pingora-cache's machinery (the rule and
 //!   the response head both the express lane and the proxy use);
@@ -36,6 +37,7 @@ use pingora::cache::predictor::Predictor;
 
 use crate::config::CacheSettings;
 use eviction::TinyUfoEviction;
+use store::disk::Disk;
 use store::Store;
 
 /// Response fields that tag objects for purge by tag: `Surrogate-Key` (tags separated by
@@ -45,7 +47,7 @@ pub const CACHE_TAG: &str = "cache-tag";
 
 /// The process's cache, built once at start by [`crate::state::Edge`] and handed to whoever
 /// needs it. Pingora wants `'static` parts, so they are leaked: they live as long as the
-/// process. A reload keeps every object (a new `max_size` needs a restart).
+/// process. A reload keeps every object (a new `max_size` or `disk` needs a restart).
 pub struct Cache {
     pub store: &'static Store,
     pub eviction: &'static TinyUfoEviction,
@@ -59,25 +61,38 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Builds the cache with `settings.max_size`; called once per process.
-    pub fn new(settings: &CacheSettings) -> Self {
+    /// Builds the cache with `settings.max_size`, and opens the disk tier if there is one (its
+    /// worker starts with [`Cache::start_disk`]); called once per process.
+    pub fn new(settings: &CacheSettings) -> Result<Self, String> {
         let limit = settings.max_size.0 as usize;
         // Sized for objects of 16 KiB on average; only the frequency sketch depends on it.
         let eviction: &'static TinyUfoEviction =
             Box::leak(Box::new(TinyUfoEviction::new(limit, limit / (16 << 10))));
-        let store: &'static Store = Box::leak(Box::new(Store::new(eviction)));
+        let disk = match &settings.disk {
+            Some(d) => Some(&*Box::leak(Box::new(Disk::open(&d.path, d.max_size.0)?))),
+            None => None,
+        };
+        let store: &'static Store = Box::leak(Box::new(Store::with_disk(eviction, disk)));
         let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(
             // Age after which a lock is considered abandoned by its writer.
             Duration::from_secs(60),
         )));
         let predictor: &'static Predictor<16> =
             Box::leak(Box::new(Predictor::new(4096, Some(per_request_reason))));
-        Cache {
+        Ok(Cache {
             predictor,
             store,
             eviction,
             lock,
             max_object_size: (settings.max_object_size.0 as usize).into(),
+        })
+    }
+
+    /// Starts the disk tier's worker, if there is a tier: after daemonizing, since a thread
+    /// does not survive the fork.
+    pub fn start_disk(&self) {
+        if let Some(d) = self.store.disk() {
+            d.start();
         }
     }
 

@@ -27,9 +27,9 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use locate::Seg;
 pub use schema::{
     AdminSettings, Balance, CacheBypass, CacheKeySettings, CacheSettings, ClientSettings,
-    ClusterSettings, Config, HealthCheck, KeepaliveSettings, LogLevel, LogSettings, NatsSettings,
-    OriginConfig, PassiveHealth, QueryKey, RouteCache, RouteConfig, ServerSettings, ServerSpec,
-    TcpKeepalive, Timeouts,
+    ClusterSettings, Config, DiskSettings, HealthCheck, KeepaliveSettings, LogLevel, LogSettings,
+    NatsSettings, OriginConfig, PassiveHealth, QueryKey, RouteCache, RouteConfig, ServerSettings,
+    ServerSpec, TcpKeepalive, Timeouts,
 };
 pub use tls::{CertificateFiles, ListenFields, ListenSpec, Listener, ListenerTls, OriginTls};
 pub use units::{Dur, Size};

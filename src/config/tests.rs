@@ -130,6 +130,47 @@ fn cache_object_size_is_bounded_by_the_eviction_weights() {
 }
 
 #[test]
+fn a_disk_tier_lifts_the_object_size_bound_to_its_own_size() {
+    let tmp = std::env::temp_dir().join("edge-config-disk");
+    let with = |cache: &str| errors(&format!("{GOOD}cache: {cache}\n"));
+    let ok = format!(
+        "{GOOD}cache: {{max_object_size: 1GiB, disk: {{path: \"{}\", max_size: 2GiB}}}}\n",
+        tmp.display()
+    );
+    assert!(parse(&ok, "edge.yaml").is_ok());
+    let errs = with(&format!(
+        "{{max_object_size: 4GiB, disk: {{path: \"{}\", max_size: 2GiB}}}}",
+        tmp.display()
+    ));
+    assert!(
+        errs[0]
+            .contains("cache.max_object_size: must be more than 0 and at most cache.disk.max_size"),
+        "{errs:?}"
+    );
+    let errs = with("{disk: {path: relative/dir, max_size: 1MiB}}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("cache.disk.max_size: expected at least 16MiB")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("cache.disk.path: must be an absolute path")),
+        "{errs:?}"
+    );
+    let errs = with("{disk: {path: /etc/hostname/cache, max_size: 1GiB}}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("is not a directory the edge can write in")),
+        "{errs:?}"
+    );
+    assert!(
+        !with("{disk: {max_size: 1GiB}}").is_empty(),
+        "path is required"
+    );
+}
+
+#[test]
 fn access_file_must_be_absolute_and_writable() {
     let with = |path: &str| format!("{GOOD}log: {{access_file: \"{path}\"}}\n");
     let dir = std::env::temp_dir();

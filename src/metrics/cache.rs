@@ -1,19 +1,26 @@
-//! The cache's size and turnover. Sizes are gauges read from the store at scrape time;
-//! evictions are counters brought up to the eviction manager's running totals then.
+//! The cache's size and turnover, per tier (`tier="memory"`, and `"disk"` with a disk tier).
+//! Sizes are gauges read from the store at scrape time; evictions and hits are counters brought
+//! up to the store's running totals then.
 
 use pingora::cache::eviction::EvictionManager;
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
+use std::sync::atomic::Ordering;
 
 use super::{counter_to, Reg};
 
 pub struct CacheMetrics {
-    pub bytes: IntGauge,
-    pub objects: IntGauge,
-    pub evictions: IntCounter,
-    pub evicted_bytes: IntCounter,
+    pub bytes: IntGaugeVec,
+    pub objects: IntGaugeVec,
+    pub evictions: IntCounterVec,
+    pub evicted_bytes: IntCounterVec,
+    pub hits: IntCounterVec,
     pub purged: IntCounterVec,
     pub file_bytes: IntGauge,
     pub files: IntGauge,
+    /// Disk tier failures by reason; the request is served from memory or the origin.
+    pub disk_errors: IntCounterVec,
+    pub disk_skipped: prometheus::IntCounter,
+    pub disk_ready: IntGaugeVec,
 }
 
 impl CacheMetrics {
@@ -25,43 +32,123 @@ impl CacheMetrics {
             "kind",
             &["url", "prefix", "tag", "invalidation"],
         );
-        CacheMetrics {
-            bytes: r.gauge(
+        let disk_errors = r.counters_from_zero(
+            "edge_cache_disk_errors_total",
+            "Disk tier failures: write (disk full included), read, corrupt (a file that failed \
+             its checks, dropped). Requests are still served, from memory or the origin.",
+            "reason",
+            &["write", "read", "corrupt"],
+        );
+        let m = CacheMetrics {
+            bytes: r.gauges(
                 "edge_cache_size_bytes",
-                "Memory held by cached objects (bodies, headers, bookkeeping); bounded by \
-                 cache.max_size.",
+                "What cached objects take: memory (bodies, headers, bookkeeping; bounded by \
+                 cache.max_size), disk (files in 4 KiB blocks; bounded by cache.disk.max_size).",
+                &["tier"],
             ),
-            objects: r.gauge("edge_cache_objects", "Objects in the cache."),
-            evictions: r.counter(
+            objects: r.gauges("edge_cache_objects", "Objects in each tier.", &["tier"]),
+            evictions: r.counters(
                 "edge_cache_evictions_total",
-                "Objects evicted to stay within cache.max_size, since start.",
+                "Objects evicted to stay within each tier's max_size, since start (evicted from \
+                 memory, an object stays on disk).",
+                &["tier"],
             ),
-            evicted_bytes: r.counter(
+            evicted_bytes: r.counters(
                 "edge_cache_evicted_bytes_total",
-                "Bytes evicted to stay within cache.max_size, since start.",
+                "Bytes evicted to stay within each tier's max_size, since start.",
+                &["tier"],
+            ),
+            hits: r.counters(
+                "edge_cache_hits_total",
+                "Stored objects found, by the tier they were found in (fresh or stale: a stale \
+                 one may then be revalidated). A disk hit is promoted to memory if small.",
+                &["tier"],
             ),
             purged,
             file_bytes: r.gauge(
                 "edge_cache_file_bytes",
                 "Cached bodies held in memory files for sendfile (64 KiB and up): RAM the \
-                 process's RSS does not show. Part of edge_cache_size_bytes.",
+                 process's RSS does not show. Part of edge_cache_size_bytes{tier=\"memory\"}.",
             ),
             files: r.gauge(
                 "edge_cache_files",
                 "Memory files holding cached bodies (one file descriptor each; at most a quarter \
                  of the descriptor limit).",
             ),
+            disk_errors,
+            disk_skipped: r.counter(
+                "edge_cache_disk_skipped_total",
+                "Small objects not written to the disk tier because its writer was too far \
+                 behind (a slow disk); they are still stored in memory.",
+            ),
+            disk_ready: r.gauges(
+                "edge_cache_disk_ready",
+                "1 once the disk tier at `path` has rebuilt its index from its files (0 while it \
+                 scans, or waits for the process it takes over from; absent without a disk tier).",
+                &["path"],
+            ),
+        };
+        // The memory tier's series exist from the start, at 0.
+        for v in [&m.evictions, &m.evicted_bytes, &m.hits] {
+            v.with_label_values(&["memory"]);
         }
+        m
     }
 
     /// Reads the store's figures; at scrape time.
     pub fn refresh(&self, c: &crate::cache::Cache) {
-        self.bytes.set(c.store.bytes() as i64);
-        self.objects.set(c.store.objects() as i64);
-        counter_to(&self.evictions, c.eviction.evicted_items() as u64);
-        counter_to(&self.evicted_bytes, c.eviction.evicted_size() as u64);
+        let m = "memory";
+        self.bytes
+            .with_label_values(&[m])
+            .set(c.store.bytes() as i64);
+        self.objects
+            .with_label_values(&[m])
+            .set(c.store.objects() as i64);
+        counter_to(
+            &self.evictions.with_label_values(&[m]),
+            c.eviction.evicted_items() as u64,
+        );
+        counter_to(
+            &self.evicted_bytes.with_label_values(&[m]),
+            c.eviction.evicted_size() as u64,
+        );
+        counter_to(&self.hits.with_label_values(&[m]), c.store.memory_hits());
         self.file_bytes
             .set(crate::cache::body_file::bytes_in_files() as i64);
         self.files.set(crate::cache::body_file::files_open() as i64);
+        let Some(disk) = c.store.disk() else {
+            return;
+        };
+        let d = "disk";
+        let (bytes, objects) = disk.usage();
+        self.bytes.with_label_values(&[d]).set(bytes as i64);
+        self.objects.with_label_values(&[d]).set(objects as i64);
+        let s = &disk.stats;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter_to(
+            &self.evictions.with_label_values(&[d]),
+            get(&s.evicted_items),
+        );
+        counter_to(
+            &self.evicted_bytes.with_label_values(&[d]),
+            get(&s.evicted_bytes),
+        );
+        counter_to(&self.hits.with_label_values(&[d]), get(&s.hits));
+        counter_to(
+            &self.disk_errors.with_label_values(&["write"]),
+            get(&s.write_errors),
+        );
+        counter_to(
+            &self.disk_errors.with_label_values(&["read"]),
+            get(&s.read_errors),
+        );
+        counter_to(
+            &self.disk_errors.with_label_values(&["corrupt"]),
+            get(&s.corrupt),
+        );
+        counter_to(&self.disk_skipped, get(&s.skipped));
+        self.disk_ready
+            .with_label_values(&[&disk.root().display().to_string()])
+            .set(disk.ready() as i64);
     }
 }

@@ -50,6 +50,17 @@ impl Edge {
 
     /// As `start_listening`, with more `admin` keys (e.g. `token_file: "..."`).
     pub fn start_with(listen: &str, admin_extra: &str, body: &str) -> Edge {
+        Self::start_limited(listen, admin_extra, body, None)
+    }
+
+    /// As `start_with`, the process limited to files of `file_size_limit` bytes (RLIMIT_FSIZE:
+    /// a write past it fails with EFBIG, as a full disk fails with ENOSPC).
+    pub fn start_limited(
+        listen: &str,
+        admin_extra: &str,
+        body: &str,
+        file_size_limit: Option<u64>,
+    ) -> Edge {
         // A port found free may be taken (by another test's outgoing connection) before the
         // edge binds it; the edge then refuses to start, and we try other ports.
         for _attempt in 0..5 {
@@ -75,6 +86,7 @@ impl Edge {
                 config_path,
                 header,
                 false,
+                file_size_limit,
             );
             edge.addr2 = port2.map(|p| format!("127.0.0.1:{p}").parse().unwrap());
             let mut exited = false;
@@ -99,6 +111,7 @@ impl Edge {
         config_path: PathBuf,
         header: String,
         upgrade: bool,
+        file_size_limit: Option<u64>,
     ) -> Edge {
         let log_path = temp_path("edge.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -106,6 +119,22 @@ impl Edge {
         cmd.arg("-c").arg(&config_path);
         if upgrade {
             cmd.arg("-u");
+        }
+        if let Some(limit) = file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .env("RUST_LOG", "info")
@@ -134,6 +163,7 @@ impl Edge {
             self.config_path.clone(),
             self.header.clone(),
             true,
+            None,
         )
     }
 

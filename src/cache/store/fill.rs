@@ -1,7 +1,21 @@
 //! Writing an object as it arrives from the origin: the miss handler pingora-cache drives.
 //! Readers follow the fill; a fill that does not finish leaves nothing behind.
+//!
+//! With a disk tier every chunk also goes to the disk worker as it arrives. A large fill
+//! (beyond `TRIM_AT`) keeps in memory only what is not on disk yet, so an object of any size
+//! streams through a bounded amount of memory: its readers read what memory dropped from the
+//! file being written. Such an object lives on disk only.
 
 use super::*;
+
+/// Beyond this many body bytes, a fill with a disk copy drops from memory the chunks the disk
+/// has (and the object is not kept in memory), keeping the newest `KEEP` bytes for the readers
+/// that follow closely.
+const TRIM_AT: usize = COALESCE_MAX;
+const KEEP: usize = 1 << 20;
+
+/// The largest body the memory tier keeps (the eviction policy weighs in KiB with 16 bits).
+const MEMORY_OBJECT_MAX: usize = 64 << 20;
 
 /// Writes one object; readers follow it as it fills.
 pub(super) struct Fill {
@@ -11,12 +25,66 @@ pub(super) struct Fill {
     pub(super) id: u64,
     pub(super) id_bytes: [u8; 8],
     pub(super) meta: StoredMeta,
-    pub(super) chunks: Arc<RwLock<Vec<Bytes>>>,
+    pub(super) chunks: Arc<RwLock<Chunks>>,
     pub(super) progress: Arc<watch::Sender<bool>>,
     pub(super) written: usize,
     pub(super) url: Arc<str>,
     pub(super) tags: Vec<Arc<str>>,
     pub(super) compact: CompactCacheKey,
+    /// The disk tier and this object's file as it is written; `None` once given up.
+    pub(super) disk: Option<(&'static Disk, Arc<Spill>)>,
+    /// The disk worker was told how this fill ended (finished or aborted).
+    pub(super) disk_done: bool,
+}
+
+impl Fill {
+    /// Sends a chunk to the disk copy, or gives the copy up (a small object when the worker is
+    /// behind, or the worker failed). A large fill waits for room instead: its memory copy is
+    /// being trimmed to what is on disk.
+    async fn copy_to_disk(&mut self, data: &Bytes, trimming: bool) {
+        let Some((disk, spill)) = &self.disk else {
+            return;
+        };
+        if spill.failed.load(Ordering::Acquire) {
+            return self.give_up_disk(false);
+        }
+        if trimming {
+            disk.room().await;
+        } else if !disk.has_room(data.len()) {
+            return self.give_up_disk(true);
+        }
+        disk.chunk(self.id, data.clone());
+    }
+
+    fn give_up_disk(&mut self, skipped: bool) {
+        if let Some((disk, _)) = self.disk.take() {
+            if skipped {
+                disk.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            disk.abort(self.id);
+            self.disk_done = true;
+        }
+    }
+
+    /// Drops from memory the chunks that are on disk, keeping the newest `KEEP` bytes.
+    fn trim(&self) {
+        let Some((_, spill)) = &self.disk else {
+            return;
+        };
+        let durable = spill.durable.load(Ordering::Acquire);
+        let mut c = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        while c.held > KEEP {
+            let Some(front) = c.list.front() else { break };
+            let end = c.base + front.len() as u64;
+            if end > durable {
+                break;
+            }
+            c.held -= front.len();
+            c.base = end;
+            c.first += 1;
+            c.list.pop_front();
+        }
+    }
 }
 
 #[async_trait]
@@ -24,29 +92,36 @@ impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         self.written += data.len();
         if !data.is_empty() {
+            let trimming = self.written > TRIM_AT;
             // A copy sized to the data: the chunk Pingora hands over may be a slice of a much
-            // larger read buffer, which a stored slice would keep alive (seen: 1 KiB objects
-            // holding ~6 KiB each), and the size accounting would be wrong.
+            // larger read buffer, which a stored slice (or one queued for the disk) would keep
+            // alive (seen: 1 KiB objects holding ~6 KiB each), and the size accounting would be
+            // wrong.
             let owned = Bytes::copy_from_slice(&data);
-            self.chunks
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(owned);
+            self.copy_to_disk(&owned, trimming).await;
+            {
+                let mut c = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+                c.held += owned.len();
+                c.list.push_back(owned);
+            }
+            if trimming {
+                self.trim();
+            }
         }
         // Wake readers even when not complete: they have new chunks to read.
         self.progress.send_replace(eof);
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        // Chunks are reference-counted; streaming readers keep reading the shared list.
-        let mut body = self
-            .chunks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut file = None;
-        if self.written <= COALESCE_MAX {
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let (in_memory, trimmed) = {
+            let c = self.chunks.read().unwrap_or_else(|e| e.into_inner());
+            (c.list.iter().cloned().collect::<Vec<_>>(), c.base > 0)
+        };
+        // In memory unless trimmed (then on disk only) or too large for memory's policy.
+        let keep_in_memory = !trimmed && self.written <= MEMORY_OBJECT_MAX;
+        let (mut body, mut file) = (in_memory, None);
+        if keep_in_memory && self.written <= COALESCE_MAX {
             if let Some((f, mapped)) = BodyFile::store(&body, self.written) {
                 // Large: in a memory file the express lane sends with sendfile.
                 body = vec![mapped];
@@ -58,7 +133,8 @@ impl HandleMiss for Fill {
             }
         }
         let size = size_of(&self.meta, self.written, &self.url);
-        let mut maps = self.store.write();
+        let store = self.store;
+        let mut maps = store.write();
         let still_wanted = maps
             .partial
             .get_mut(&self.key)
@@ -71,18 +147,34 @@ impl HandleMiss for Fill {
         if !still_wanted {
             // Purged while it was being written, or since its request went to the origin
             // (`Purges`): do not resurrect it.
+            drop(maps);
+            self.give_up_disk(false);
             return Ok(MissFinishType::Created(0));
         }
         // A previous version is replaced: its size leaves the store (the eviction manager
         // re-admits the key with the new size).
-        self.store.remove_locked(&mut maps, &self.key, false);
-        for t in &self.tags {
-            maps.by_tag.entry(t.clone()).or_default().insert(self.key);
+        store.remove_locked(&mut maps, &self.key, false);
+        if let Some((disk, spill)) = self.disk.take() {
+            if spill.failed.load(Ordering::Acquire) {
+                disk.abort(self.id);
+            } else {
+                // Listed under the store's lock: a purge after this point finds it.
+                disk.finish(
+                    self.id,
+                    self.key,
+                    self.url.clone(),
+                    self.tags.clone(),
+                    self.compact.clone(),
+                    self.freshness.fresh_until,
+                );
+            }
+            self.disk_done = true;
         }
-        maps.by_url
-            .entry(self.url.clone())
-            .or_default()
-            .insert(self.key);
+        if !keep_in_memory {
+            // On disk only: memory's policy gets the smallest weight for its entry.
+            return Ok(MissFinishType::Created(0));
+        }
+        maps.names.add(self.key, &self.url, &self.tags);
         maps.variants
             .entry(self.compact.primary)
             .or_default()
@@ -100,7 +192,7 @@ impl HandleMiss for Fill {
                 compact: self.compact.clone(),
             },
         );
-        self.store.bytes.fetch_add(size, Ordering::Relaxed);
+        store.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(MissFinishType::Created(size))
     }
 
@@ -111,8 +203,11 @@ impl HandleMiss for Fill {
 
 impl Drop for Fill {
     fn drop(&mut self) {
-        // An unfinished write (origin failed, object too large): readers see it end, and the
-        // partial entry goes.
+        // An unfinished write (origin failed, object too large): readers see it end, the
+        // partial entry goes, and so does its disk copy.
+        if !self.disk_done {
+            self.give_up_disk(false);
+        }
         let mut maps = self.store.write();
         if let Some(m) = maps.partial.get_mut(&self.key) {
             m.remove(&self.id);

@@ -1,7 +1,12 @@
-//! Reading a stored object: the hit handler pingora-cache drives, for complete objects and for
-//! objects still being filled (readers follow the writer chunk by chunk).
+//! Reading a stored object: the hit handler pingora-cache drives, for complete objects in
+//! memory, for large ones on disk, and for objects still being filled (readers follow the
+//! writer chunk by chunk, and read from its disk copy what memory already dropped).
 
+use super::disk::read::DiskHit;
 use super::*;
+
+/// The most a reader of a fill reads from its disk copy at once.
+const SPILL_READ: u64 = 256 << 10;
 
 pub(super) enum Hit {
     Complete {
@@ -12,10 +17,33 @@ pub(super) enum Hit {
         weight: usize,
     },
     Streaming {
-        chunks: Arc<RwLock<Vec<Bytes>>>,
+        chunks: Arc<RwLock<Chunks>>,
         progress: watch::Receiver<bool>,
-        next_chunk: usize,
+        spill: Option<Arc<Spill>>,
+        /// Body bytes read so far.
+        pos: u64,
+        /// The index (since the fill began) of the next chunk, once `pos` has reached memory.
+        next: usize,
     },
+    /// A large object on disk only, read as the client takes it.
+    Disk(DiskHit),
+}
+
+/// Reads `[pos, upto)` (at most `SPILL_READ` of it) from a fill's disk copy.
+async fn read_spill(spill: &Spill, pos: u64, upto: u64) -> Result<Bytes> {
+    let Some((file, offset)) = spill.file.get().cloned() else {
+        return Error::e_explain(ErrorType::InternalError, "disk copy missing");
+    };
+    let len = (upto - pos).min(SPILL_READ) as usize;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut b = vec![0; len];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut b, offset + pos).map(|_| b)
+    })
+    .await;
+    match read {
+        Ok(Ok(b)) => Ok(Bytes::from(b)),
+        _ => Error::e_explain(ErrorType::InternalError, "cannot read a fill's disk copy"),
+    }
 }
 
 #[async_trait]
@@ -58,16 +86,37 @@ impl HandleHit for Hit {
                     Ok(None)
                 }
             },
+            Hit::Disk(d) => d.read().await,
             Hit::Streaming {
                 chunks,
                 progress,
-                next_chunk,
+                spill,
+                pos,
+                next,
             } => loop {
                 let complete = *progress.borrow_and_update();
-                let available = chunks.read().unwrap_or_else(|e| e.into_inner()).len();
-                if *next_chunk < available {
-                    let c = chunks.read().unwrap_or_else(|e| e.into_inner())[*next_chunk].clone();
-                    *next_chunk += 1;
+                let (base, first, chunk) = {
+                    let c = chunks.read().unwrap_or_else(|e| e.into_inner());
+                    let chunk = (*pos >= c.base)
+                        .then(|| c.list.get(*next - c.first).cloned())
+                        .flatten();
+                    (c.base, c.first, chunk)
+                };
+                if *pos < base {
+                    // Memory dropped these bytes: they are in the fill's disk copy.
+                    let Some(spill) = spill else {
+                        return Error::e_explain(ErrorType::InternalError, "no disk copy");
+                    };
+                    let b = read_spill(spill, *pos, base).await?;
+                    *pos += b.len() as u64;
+                    if *pos == base {
+                        *next = first;
+                    }
+                    return Ok(Some(b));
+                }
+                if let Some(c) = chunk {
+                    *next += 1;
+                    *pos += c.len() as u64;
                     return Ok(Some(c));
                 }
                 if complete {
@@ -91,7 +140,7 @@ impl HandleHit for Hit {
     }
 
     fn can_seek(&self) -> bool {
-        matches!(self, Hit::Complete { .. })
+        matches!(self, Hit::Complete { .. } | Hit::Disk(_))
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
@@ -107,6 +156,7 @@ impl HandleHit for Hit {
                 *range = Some((start, end.map_or(len, |e| e.min(len))));
                 Ok(())
             }
+            Hit::Disk(d) => d.seek(start as u64, end.map(|e| e as u64)),
             Hit::Streaming { .. } => Error::e_explain(
                 ErrorType::InternalError,
                 "seek on an object still being written",
@@ -121,7 +171,7 @@ impl HandleHit for Hit {
     fn get_eviction_weight(&self) -> usize {
         match self {
             Hit::Complete { weight, .. } => *weight,
-            Hit::Streaming { .. } => 0,
+            Hit::Streaming { .. } | Hit::Disk(_) => 0,
         }
     }
 

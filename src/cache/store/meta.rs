@@ -67,6 +67,21 @@ impl StoredMeta {
     }
 }
 
+/// When an object stored with these internal fields stops being fresh (the disk tier's index
+/// keeps it).
+pub fn fresh_until_of(internal: &[u8]) -> Option<SystemTime> {
+    CacheMeta::deserialize(internal, stub_header())
+        .ok()
+        .map(|m| m.fresh_until())
+}
+
+/// These internal fields marked stale as of `at` (a soft purge on disk).
+pub fn expire_internal(internal: &[u8], at: SystemTime) -> Option<Vec<u8>> {
+    let mut meta = CacheMeta::deserialize(internal, stub_header()).ok()?;
+    meta.expire_at(at);
+    internal_bytes(&meta).ok()
+}
+
 /// pingora-cache 0.9.1's `InternalMetaV2`, field for field, in its order: what it serializes.
 #[derive(Serialize)]
 struct InternalMetaV2 {

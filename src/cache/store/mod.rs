@@ -18,7 +18,7 @@
 //! `purge`, how metadata is kept in `meta`; each works on `Maps` under that lock.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -105,12 +105,28 @@ struct Object {
     compact: CompactCacheKey,
 }
 
+/// The body of an object being written, as far as memory holds it. A large fill with a disk
+/// copy drops chunks from the front once they are on disk (`base` counts what it dropped):
+/// readers behind it read those bytes from the file.
+#[derive(Default)]
+struct Chunks {
+    list: VecDeque<Bytes>,
+    /// Body bytes before `list[0]`.
+    base: u64,
+    /// The index (since the fill began) of `list[0]`.
+    first: usize,
+    /// Bytes in `list`.
+    held: usize,
+}
+
 /// An object being written; readers subscribe to its progress (the value turns true when the
-/// body is complete; every change means new chunks or completion).
+/// body is complete; every change means new chunks, new bytes on disk, or completion).
 struct Partial {
     meta: StoredMeta,
-    chunks: Arc<RwLock<Vec<Bytes>>>,
+    chunks: Arc<RwLock<Chunks>>,
     progress: Arc<watch::Sender<bool>>,
+    /// Its disk copy as it is written, for readers of what memory dropped.
+    spill: Option<Arc<Spill>>,
     /// What a purge matches it by, as it will be stored.
     url: Arc<str>,
     tags: Vec<Arc<str>>,
@@ -125,9 +141,8 @@ struct Maps {
     objects: HashMap<HashBinary, Object>,
     /// In-progress writes per key, by write id (several may race; the last to finish wins).
     partial: HashMap<HashBinary, HashMap<u64, Partial>>,
-    /// URL (primary key) -> the combined keys of its stored variants.
-    by_url: HashMap<Arc<str>, HashSet<HashBinary>>,
-    by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
+    /// URLs and tags of stored objects, for purges.
+    names: Names,
     /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
     variants: HashMap<HashBinary, HashSet<HashBinary>>,
     purges: Purges,
@@ -141,6 +156,10 @@ pub struct Store {
     bytes: AtomicUsize,
     /// Told about purges so its accounting matches what is stored.
     eviction: &'static (dyn EvictionManager + Sync),
+    /// The disk tier, when `cache.disk` is set.
+    disk: Option<&'static Disk>,
+    /// Lookups answered from memory (fresh or not), for `edge_cache_hits_total{tier}`.
+    memory_hits: AtomicU64,
 }
 
 /// The URL part of our primary key (see `cache::key`): everything before the first newline.
@@ -153,8 +172,9 @@ fn size_of(meta: &StoredMeta, body_len: usize, url: &str) -> usize {
     meta.size() + body_len + url.len() + OBJECT_OVERHEAD
 }
 
-fn tags_of(meta: &CacheMeta) -> Vec<Arc<str>> {
-    let h = &meta.response_header().headers;
+/// The purge tags an origin gave a response (see `SURROGATE_KEY`, `CACHE_TAG`).
+pub(crate) fn tags_in(header: &ResponseHeader) -> Vec<Arc<str>> {
+    let h = &header.headers;
     let mut tags: Vec<Arc<str>> = Vec::new();
     for v in h
         .get_all(super::SURROGATE_KEY)
@@ -182,13 +202,31 @@ fn tags_of(meta: &CacheMeta) -> Vec<Arc<str>> {
 
 impl Store {
     pub fn new(eviction: &'static (dyn EvictionManager + Sync)) -> Self {
+        Self::with_disk(eviction, None)
+    }
+
+    pub fn with_disk(
+        eviction: &'static (dyn EvictionManager + Sync),
+        disk: Option<&'static Disk>,
+    ) -> Self {
         Store {
             maps: RwLock::new(Maps::default()),
             next_write: AtomicU64::new(1),
             purge_epoch: AtomicU64::new(0),
             bytes: AtomicUsize::new(0),
             eviction,
+            disk,
+            memory_hits: AtomicU64::new(0),
         }
+    }
+
+    pub fn disk(&self) -> Option<&'static Disk> {
+        self.disk
+    }
+
+    /// Lookups answered from memory since start.
+    pub fn memory_hits(&self) -> u64 {
+        self.memory_hits.load(Ordering::Relaxed)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Maps> {
@@ -223,20 +261,7 @@ impl Store {
                 maps.variants.remove(&primary);
             }
         }
-        if let Some(set) = maps.by_url.get_mut(&obj.url) {
-            set.remove(key);
-            if set.is_empty() {
-                maps.by_url.remove(&obj.url);
-            }
-        }
-        for t in &obj.tags {
-            if let Some(set) = maps.by_tag.get_mut(t) {
-                set.remove(key);
-                if set.is_empty() {
-                    maps.by_tag.remove(t);
-                }
-            }
-        }
+        maps.names.remove(key, &obj.url, &obj.tags);
         if tell_eviction {
             self.eviction
                 .remove(CacheEntryKeyRef::KeyOnly(&obj.compact));
@@ -244,17 +269,20 @@ impl Store {
         true
     }
 
-    fn remove_many(&self, keys: Vec<HashBinary>) -> usize {
+    /// Removes these objects from memory; returns those that were there.
+    fn remove_many(&self, keys: Vec<HashBinary>) -> HashSet<HashBinary> {
         let mut maps = self.write();
-        let mut n = 0;
+        let mut removed = HashSet::new();
         for k in keys {
             // Also refills of what is removed, whatever they are tagged with now, so a purge is
             // not undone by a fill that started before (`purge_fills` marked those that the
             // purge itself matches).
             Self::purge_writes(&mut maps, &k);
-            n += self.remove_locked(&mut maps, &k, true) as usize;
+            if self.remove_locked(&mut maps, &k, true) {
+                removed.insert(k);
+            }
         }
-        n
+        removed
     }
 
     /// Marks the writes in flight for this key purged (see `Partial::purged`).
@@ -290,6 +318,7 @@ impl Store {
         let weight = size_of(&obj.meta, obj.body_len, &obj.url);
         let entry = CacheEntryKey::key_only(obj.compact.clone());
         drop(maps);
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
         self.eviction.access(&entry, weight, f.fresh_until);
         Some(hit)
     }
@@ -303,12 +332,39 @@ impl Store {
             .is_some_and(|set| set.iter().any(|k| *k != own))
     }
 
+    /// The object (or the fill in progress) memory holds under this key, if any.
+    fn lookup_memory(&self, k: &HashBinary) -> Option<Result<Option<(CacheMeta, HitHandler)>>> {
+        let maps = self.read();
+        if let Some(p) = maps
+            .partial
+            .get(k)
+            .and_then(|m| m.values().find(|p| !p.purged))
+        {
+            return Some(Self::hit_from_partial(p));
+        }
+        let obj = maps.objects.get(k)?;
+        let meta = match obj.meta.to_cache_meta() {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let hit = Hit::Complete {
+            body: obj.body.clone(),
+            next_chunk: 0,
+            range: None,
+            weight: size_of(&obj.meta, obj.body_len, &obj.url),
+        };
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(Ok(Some((meta, Box::new(hit)))))
+    }
+
     fn hit_from_partial(p: &Partial) -> Result<Option<(CacheMeta, HitHandler)>> {
         let meta = p.meta.to_cache_meta()?;
         let hit = Hit::Streaming {
             chunks: p.chunks.clone(),
             progress: p.progress.subscribe(),
-            next_chunk: 0,
+            spill: p.spill.clone(),
+            pos: 0,
+            next: 0,
         };
         Ok(Some((meta, Box::new(hit))))
     }
@@ -321,26 +377,10 @@ impl Storage for Store {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let k = key.combined_bin();
-        let maps = self.read();
-        if let Some(p) = maps
-            .partial
-            .get(&k)
-            .and_then(|m| m.values().find(|p| !p.purged))
-        {
-            return Self::hit_from_partial(p);
+        if let Some(found) = self.lookup_memory(&key.combined_bin()) {
+            return found;
         }
-        let Some(obj) = maps.objects.get(&k) else {
-            return Ok(None);
-        };
-        let meta = obj.meta.to_cache_meta()?;
-        let hit = Hit::Complete {
-            body: obj.body.clone(),
-            next_chunk: 0,
-            range: None,
-            weight: size_of(&obj.meta, obj.body_len, &obj.url),
-        };
-        Ok(Some((meta, Box::new(hit))))
+        self.lookup_disk(key).await
     }
 
     async fn lookup_streaming_write(
@@ -374,11 +414,22 @@ impl Storage for Store {
         let id = self.next_write.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(false);
         let url: Arc<str> = Arc::from(url_of_primary(key.primary_key()));
-        let tags = tags_of(meta);
+        let tags = tags_in(meta.response_header());
+        let progress = Arc::new(tx);
+        let spill = self.disk.filter(|d| d.writable()).map(|d| {
+            let head = Head {
+                key: key.to_compact(),
+                url: url.to_string(),
+                internal: stored.internal.clone(),
+                header: record::header_wire(&stored.header),
+            };
+            d.begin(id, head, progress.clone())
+        });
         let mut partial = Partial {
             meta: stored.clone(),
-            chunks: Arc::new(RwLock::new(Vec::new())),
-            progress: Arc::new(tx),
+            chunks: Arc::new(RwLock::new(Chunks::default())),
+            progress,
+            spill: spill.clone(),
             url: url.clone(),
             tags: tags.clone(),
             purged: false,
@@ -396,6 +447,8 @@ impl Storage for Store {
             url,
             tags,
             compact: key.to_compact(),
+            disk: self.disk.zip(spill),
+            disk_done: false,
         };
         let mut maps = self.write();
         // A purge since the request went to the origin covers this response: it goes to its
@@ -416,14 +469,20 @@ impl Storage for Store {
     ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
         let mut maps = self.write();
-        // On eviction the manager already forgot the entry; on invalidation, tell it.
+        // On eviction the manager already forgot the entry; on invalidation, tell it. Eviction
+        // from memory leaves the disk copy (that is the demotion); invalidation removes both.
         let tell = matches!(purge_type, PurgeType::Invalidation);
         if tell {
             self.purge_fills(&mut maps, Purged::Key(k));
         } else {
             Self::purge_writes(&mut maps, &k);
         }
-        Ok(if self.remove_locked(&mut maps, &k, tell) {
+        let mut found = self.remove_locked(&mut maps, &k, tell);
+        drop(maps);
+        if let Some(d) = self.disk.filter(|_| tell) {
+            found |= !d.purge(&Purged::Key(k)).is_empty();
+        }
+        Ok(if found {
             PurgeOutcome::Purged(None)
         } else {
             PurgeOutcome::NotFound
@@ -438,9 +497,18 @@ impl Storage for Store {
     ) -> Result<bool> {
         let k = key.combined_bin();
         let stored = StoredMeta::of(meta)?;
+        let on_disk = self.disk.is_some_and(|d| {
+            let head = Head {
+                key: key.to_compact(),
+                url: url_of_primary(key.primary_key()).to_string(),
+                internal: stored.internal.clone(),
+                header: record::header_wire(&stored.header),
+            };
+            d.update(k, head, meta.fresh_until())
+        });
         let mut maps = self.write();
         let Some(obj) = maps.objects.get_mut(&k) else {
-            return Ok(false);
+            return Ok(on_disk);
         };
         let (old, new) = (obj.meta.size(), stored.size());
         obj.meta = stored;
@@ -462,15 +530,21 @@ impl Storage for Store {
     }
 }
 
+pub mod disk;
 mod fill;
 mod hit;
 mod meta;
+mod names;
+mod promote;
 mod purge;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use disk::record::{self, Head};
+use disk::{Disk, Spill};
 use fill::Fill;
 use hit::Hit;
-use meta::StoredMeta;
+pub(crate) use meta::StoredMeta;
+use names::Names;
 pub use purge::{FillStart, Named, PurgeMode};
 use purge::{Purged, Purges};

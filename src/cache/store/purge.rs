@@ -3,7 +3,7 @@
 //! fill begun before a purge from storing what the purge was about. Part of `store` (it works on
 //! the store's maps under its lock); split out so each file reads in one sitting.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -38,6 +38,7 @@ pub enum PurgeMode {
 }
 
 /// What a purge named, as recorded for fills in flight.
+#[derive(Clone)]
 pub(super) enum Purged {
     Key(HashBinary),
     Url(Arc<str>),
@@ -128,20 +129,21 @@ impl Store {
     }
 
     /// Purges `what`: first the fills in flight (a fill then either finished before, and
-    /// `find` sees its object, or does not store it), then the stored objects `find` lists
-    /// (looked up under the read lock: a prefix scans every URL).
-    fn purge_matching(&self, what: Purged, find: impl FnOnce(&Maps) -> Vec<HashBinary>) -> usize {
-        self.purge_fills(&mut self.write(), what);
-        let keys = find(&self.read());
-        self.remove_many(keys)
+    /// `names` lists its object, or does not store it), then the stored objects in both tiers.
+    /// Returns how many objects it removed.
+    fn purge_matching(&self, what: Purged) -> usize {
+        self.purge_fills(&mut self.write(), what.clone());
+        self.remove_named(&what)
     }
 
-    /// The keys an index lists under `name` (a URL, a tag).
-    fn indexed(index: &HashMap<Arc<str>, HashSet<HashBinary>>, name: &str) -> Vec<HashBinary> {
-        index
-            .get(name)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+    /// Removes what `what` names from memory and disk; returns how many objects were in either.
+    fn remove_named(&self, what: &Purged) -> usize {
+        let keys = self.read().names.find(what);
+        let mut removed = self.remove_many(keys);
+        if let Some(d) = self.disk {
+            removed.extend(d.purge(what));
+        }
+        removed.len()
     }
 
     /// Removes every variant stored for this URL, and refills of them in flight: the
@@ -149,44 +151,40 @@ impl Store {
     /// it follows every successful POST, PUT or DELETE, which would soon flush out the
     /// operator's purges (and with them slow fills: see `PURGES_KEPT`).
     pub fn invalidate_url(&self, url: &str) -> usize {
-        let keys = Self::indexed(&self.read().by_url, url);
-        self.remove_many(keys)
+        self.remove_named(&Purged::Url(Arc::from(url)))
     }
 
     /// Purges what `what` names: removes it (`Hard`), or marks it stale as of now (`Soft`, as
     /// Fastly's soft purge) so that its next use revalidates with the origin (a `304` refreshes
     /// it without a body) and its stale-while-revalidate and stale-if-error windows, counted
     /// from now, still serve it. Either way fills in flight that it covers are not stored: they
-    /// may carry what the purge is about. Returns how many stored objects it removed or marked.
+    /// may carry what the purge is about. Returns how many stored objects it removed or marked,
+    /// in either tier.
     pub fn purge_named(&self, what: Named, mode: PurgeMode) -> usize {
-        match (what, mode) {
-            (Named::Url(u), PurgeMode::Hard) => self.purge_url(u),
-            (Named::Prefix(p), PurgeMode::Hard) => self.purge_prefix(p),
-            (Named::Tag(t), PurgeMode::Hard) => self.purge_tag(t),
-            (what, PurgeMode::Soft) => {
-                let record = match what {
-                    Named::Url(u) => Purged::Url(Arc::from(u)),
-                    Named::Prefix(p) => Purged::Prefix(Box::from(p)),
-                    Named::Tag(t) => Purged::Tag(Box::from(t)),
-                };
-                self.purge_fills(&mut self.write(), record);
-                let keys = {
-                    let m = self.read();
-                    match what {
-                        Named::Url(u) => Self::indexed(&m.by_url, u),
-                        Named::Tag(t) => Self::indexed(&m.by_tag, t),
-                        Named::Prefix(p) => Self::prefixed(&m, p),
-                    }
-                };
-                self.expire_many(keys, SystemTime::now())
+        let record = match what {
+            Named::Url(u) => Purged::Url(Arc::from(u)),
+            Named::Prefix(p) => Purged::Prefix(Box::from(p)),
+            Named::Tag(t) => Purged::Tag(Box::from(t)),
+        };
+        match mode {
+            PurgeMode::Hard => self.purge_matching(record),
+            PurgeMode::Soft => {
+                self.purge_fills(&mut self.write(), record.clone());
+                let now = SystemTime::now();
+                let keys = self.read().names.find(&record);
+                let mut expired = self.expire_many(keys, now);
+                if let Some(d) = self.disk {
+                    expired.extend(d.expire(&record, now));
+                }
+                expired.len()
             }
         }
     }
 
-    /// Marks these objects stale as of `now` (see `purge_named`); returns how many were fresh.
-    fn expire_many(&self, keys: Vec<HashBinary>, now: SystemTime) -> usize {
+    /// Marks these objects stale as of `now` (see `purge_named`); returns those that were fresh.
+    fn expire_many(&self, keys: Vec<HashBinary>, now: SystemTime) -> HashSet<HashBinary> {
         let mut maps = self.write();
-        let mut n = 0;
+        let mut expired = HashSet::new();
         for k in keys {
             Self::purge_writes(&mut maps, &k);
             let Some(obj) = maps.objects.get_mut(&k) else {
@@ -207,38 +205,23 @@ impl Store {
             } else {
                 self.bytes.fetch_sub(old - new, Ordering::Relaxed);
             }
-            n += 1;
+            expired.insert(k);
         }
-        n
-    }
-
-    /// The keys of every object whose URL starts with `prefix` (a scan of the URL index).
-    fn prefixed(m: &Maps, prefix: &str) -> Vec<HashBinary> {
-        m.by_url
-            .iter()
-            .filter(|(u, _)| u.starts_with(prefix))
-            .flat_map(|(_, s)| s.iter().copied())
-            .collect()
+        expired
     }
 
     /// Removes every variant stored for this URL.
     pub fn purge_url(&self, url: &str) -> usize {
-        self.purge_matching(Purged::Url(Arc::from(url)), |m| {
-            Self::indexed(&m.by_url, url)
-        })
+        self.purge_matching(Purged::Url(Arc::from(url)))
     }
 
     /// Removes every object tagged `tag` by its origin.
     pub fn purge_tag(&self, tag: &str) -> usize {
-        self.purge_matching(Purged::Tag(Box::from(tag)), |m| {
-            Self::indexed(&m.by_tag, tag)
-        })
+        self.purge_matching(Purged::Tag(Box::from(tag)))
     }
 
     /// Removes every object whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.purge_matching(Purged::Prefix(Box::from(prefix)), |m| {
-            Self::prefixed(m, prefix)
-        })
+        self.purge_matching(Purged::Prefix(Box::from(prefix)))
     }
 }

@@ -240,8 +240,9 @@ pub struct CacheSettings {
     /// Memory for cached objects: bodies, headers and per-object bookkeeping; at least 1MiB.
     /// Default: `256MiB`.
     pub max_size: Size,
-    /// Larger responses are passed through, not stored. More than 0, at most `max_size` and at
-    /// most 64MiB (the eviction policy's weight range). Default: `8MiB`.
+    /// Larger responses are passed through, not stored. More than 0; without a disk tier at
+    /// most `max_size` and at most 64MiB (the eviction policy's weight range); with one, at
+    /// most `disk.max_size` (objects beyond 4MiB then live on disk only). Default: `8MiB`.
     pub max_object_size: Size,
     /// How long concurrent misses for one object wait for the first one's response before
     /// going to the origin themselves. Default: `5s`.
@@ -260,6 +261,20 @@ pub struct CacheSettings {
     /// it on only for origins that set the same, non-identifying cookie for everyone.
     /// Default: `false`.
     pub store_set_cookie: bool,
+    /// A disk tier under memory (`cache.disk`); none by default. Changes need a restart.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `cache.disk`: where the disk tier keeps its files and how much it may take.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSettings {
+    /// A directory of its own (created if missing), used by one edge at a time (it holds
+    /// `PATH/lock`). Required.
+    pub path: std::path::PathBuf,
+    /// Bytes on disk the tier may take, files' metadata and block rounding included; at least
+    /// 16MiB. Required.
+    pub max_size: Size,
 }
 
 impl Default for CacheSettings {
@@ -271,6 +286,7 @@ impl Default for CacheSettings {
             targeted_field: "edge-cache-control".into(),
             express_lane: true,
             store_set_cookie: false,
+            disk: None,
         }
     }
 }

@@ -1,0 +1,366 @@
+//! The disk tier's file format: one file per object, self-describing and checksummed, so that a
+//! restart can rebuild the index from the files alone and a torn or corrupt file is recognised
+//! and dropped instead of served.
+//!
+//! ```text
+//! prefix   32 B   "EDGEDSK1" | head_len u32 | head_cap u32 | head xxh3 u64 | 0 u64
+//! head     head_cap B (head_len used, zero padded): the key, the URL, pingora-cache's internal
+//!                 meta and the response header in HTTP/1 form (see `Head`)
+//! body     body_len B, at offset 32 + head_cap
+//! trailer  one xxh3 u64 per BLOCK of body | body_len u64 | BLOCK u32 | blocks u32
+//!          | trailer xxh3 u64 (of the trailer's bytes before it) | "EDGEEND1"
+//! ```
+//! All integers little-endian. The head is written before the body's length is known and has
+//! room to spare (`head_cap`), so a revalidation rewrites it in place. The body is checked
+//! block by block: a range read verifies only the blocks it touches.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora::cache::key::{CompactCacheKey, HashBinary};
+use pingora::http::ResponseHeader;
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const MAGIC: &[u8; 8] = b"EDGEDSK1";
+pub const END: &[u8; 8] = b"EDGEEND1";
+pub const PREFIX: usize = 32;
+/// The trailer's fixed part after the block checksums.
+pub const TRAILER_FIXED: usize = 32;
+/// Body bytes per checksum: a read verifies whole blocks, so a range costs at most two extra.
+pub const BLOCK: usize = 1 << 20;
+
+/// What a file says about its object beyond the body.
+#[derive(Clone)]
+pub struct Head {
+    pub key: CompactCacheKey,
+    /// The URL part of the primary key (purges match it).
+    pub url: String,
+    /// pingora-cache's internal meta, as `StoredMeta::internal`.
+    pub internal: Vec<u8>,
+    /// The response header as stored, in HTTP/1 form.
+    pub header: Bytes,
+}
+
+/// Where a body lives in its file and how long it is, read from prefix and trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub head_cap: usize,
+    pub body_len: u64,
+    pub blocks: u32,
+}
+
+impl Layout {
+    pub fn body_offset(&self) -> u64 {
+        (PREFIX + self.head_cap) as u64
+    }
+    pub fn trailer_offset(&self) -> u64 {
+        self.body_offset() + self.body_len
+    }
+    pub fn file_len(&self) -> u64 {
+        self.trailer_offset() + 8 * self.blocks as u64 + TRAILER_FIXED as u64
+    }
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_u32_le(v.len() as u32);
+    b.put_slice(v);
+}
+
+/// The response header in HTTP/1 form, names in their case.
+pub fn header_wire(h: &ResponseHeader) -> Bytes {
+    let mut b = BytesMut::with_capacity(256);
+    b.put_slice(b"HTTP/1.1 ");
+    b.put_slice(h.status.as_str().as_bytes());
+    b.put_u8(b' ');
+    b.put_slice(
+        h.get_reason_phrase()
+            .or(h.status.canonical_reason())
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    b.put_slice(b"\r\n");
+    let mut field = |n: &[u8], v: &[u8]| {
+        b.put_slice(n);
+        b.put_slice(b": ");
+        b.put_slice(v);
+        b.put_slice(b"\r\n");
+    };
+    if h.has_case() {
+        h.case_header_iter()
+            .for_each(|(n, v)| field(n.as_slice(), v.as_bytes()));
+    } else {
+        h.headers
+            .iter()
+            .for_each(|(n, v)| field(n.as_str().as_bytes(), v.as_bytes()));
+    }
+    b.put_slice(b"\r\n");
+    b.freeze()
+}
+
+/// Parses what `header_wire` wrote; the header's names and values are slices of `wire`.
+pub fn parse_header(wire: &Bytes) -> Option<ResponseHeader> {
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut fields);
+    if !matches!(resp.parse(wire), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let mut out = ResponseHeader::build(resp.code?, Some(resp.headers.len())).ok()?;
+    if let Some(reason) = resp.reason.filter(|r| !r.is_empty()) {
+        out.set_reason_phrase(Some(reason)).ok()?;
+    }
+    for f in resp.headers.iter() {
+        let name = wire.slice_ref(f.name.as_bytes());
+        let value = http::HeaderValue::from_maybe_shared(wire.slice_ref(f.value)).ok()?;
+        out.append_header(name, value).ok()?;
+    }
+    Some(out)
+}
+
+impl Head {
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64 + self.url.len() + self.header.len());
+        b.put_slice(&self.key.primary);
+        match &self.key.variance {
+            Some(v) => {
+                b.put_u8(1);
+                b.put_slice(&v[..]);
+            }
+            None => b.put_u8(0),
+        }
+        put_bytes(&mut b, self.key.user_tag.as_bytes());
+        put_bytes(&mut b, self.url.as_bytes());
+        put_bytes(&mut b, &self.internal);
+        put_bytes(&mut b, &self.header);
+        b.freeze()
+    }
+
+    pub fn decode(b: &Bytes) -> Option<Head> {
+        let mut at = 0;
+        let mut take = |n: usize| -> Option<Bytes> {
+            let s = b.get(at..at + n)?;
+            at += n;
+            Some(b.slice_ref(s))
+        };
+        let primary: HashBinary = take(16)?[..].try_into().ok()?;
+        let variance = match take(1)?[0] {
+            0 => None,
+            1 => Some(Box::new(<HashBinary>::try_from(&take(16)?[..]).ok()?)),
+            _ => return None,
+        };
+        let mut field = || -> Option<Bytes> {
+            let n = u32::from_le_bytes(take(4)?[..].try_into().ok()?) as usize;
+            take(n)
+        };
+        let user_tag = String::from_utf8(field()?.to_vec()).ok()?;
+        let url = String::from_utf8(field()?.to_vec()).ok()?;
+        let internal = field()?.to_vec();
+        let header = field()?;
+        Some(Head {
+            key: CompactCacheKey {
+                primary,
+                variance,
+                user_tag: user_tag.into(),
+            },
+            url,
+            internal,
+            header,
+        })
+    }
+}
+
+/// Room for a head of `len` bytes: enough to spare for a revalidated header that grew a little.
+pub fn head_capacity(len: usize) -> usize {
+    (len + 256).div_ceil(512) * 512
+}
+
+/// The prefix and the head, padded to `cap`: the first bytes of a file.
+pub fn head_block(head: &[u8], cap: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(PREFIX + cap);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(cap as u32).to_le_bytes());
+    b.extend_from_slice(&xxh3_64(head).to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(head);
+    b.resize(PREFIX + cap, 0);
+    b
+}
+
+/// The trailer for a body of `body_len` bytes with these block checksums.
+pub fn trailer(sums: &[u64], body_len: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(sums.len() * 8 + TRAILER_FIXED);
+    for s in sums {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    b.extend_from_slice(&body_len.to_le_bytes());
+    b.extend_from_slice(&(BLOCK as u32).to_le_bytes());
+    b.extend_from_slice(&(sums.len() as u32).to_le_bytes());
+    let sum = xxh3_64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    b.extend_from_slice(END);
+    b
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Why a file is not served.
+#[derive(Debug)]
+pub enum Bad {
+    Io(std::io::Error),
+    /// Wrong magic, lengths that do not add up, a checksum that does not match.
+    Corrupt(&'static str),
+}
+
+impl From<std::io::Error> for Bad {
+    fn from(e: std::io::Error) -> Self {
+        Bad::Io(e)
+    }
+}
+
+fn read_exact_at(f: &File, len: usize, at: u64) -> Result<Vec<u8>, Bad> {
+    let mut b = vec![0; len];
+    f.read_exact_at(&mut b, at)?;
+    Ok(b)
+}
+
+/// A file's head and layout, with the head's and the trailer's checksums checked and the
+/// file's length matching what they say. The body is checked as it is read (`Body`).
+pub fn open(f: &File) -> Result<(Head, Layout, Vec<u64>), Bad> {
+    let len = f.metadata()?.len();
+    if len < (PREFIX + TRAILER_FIXED) as u64 {
+        return Err(Bad::Corrupt("shorter than a prefix and a trailer"));
+    }
+    let prefix = read_exact_at(f, PREFIX, 0)?;
+    if &prefix[..8] != MAGIC {
+        return Err(Bad::Corrupt("not an object file"));
+    }
+    let (head_len, head_cap) = (u32_at(&prefix, 8) as usize, u32_at(&prefix, 12) as usize);
+    if head_len > head_cap || (PREFIX + head_cap) as u64 > len {
+        return Err(Bad::Corrupt("head lengths"));
+    }
+    let head = Bytes::from(read_exact_at(f, head_len, PREFIX as u64)?);
+    if xxh3_64(&head) != u64_at(&prefix, 16) {
+        return Err(Bad::Corrupt("head checksum"));
+    }
+    let fixed = read_exact_at(f, TRAILER_FIXED, len - TRAILER_FIXED as u64)?;
+    if &fixed[24..] != END {
+        return Err(Bad::Corrupt("no trailer (not completely written)"));
+    }
+    let layout = Layout {
+        head_cap,
+        body_len: u64_at(&fixed, 0),
+        blocks: u32_at(&fixed, 12),
+    };
+    if u32_at(&fixed, 8) as usize != BLOCK
+        || layout.file_len() != len
+        || layout.blocks as u64 != layout.body_len.div_ceil(BLOCK as u64)
+    {
+        return Err(Bad::Corrupt("trailer lengths"));
+    }
+    let sums_len = 8 * layout.blocks as usize;
+    let mut trailer = read_exact_at(f, sums_len, layout.trailer_offset())?;
+    trailer.extend_from_slice(&fixed[..16]);
+    if xxh3_64(&trailer) != u64_at(&fixed, 16) {
+        return Err(Bad::Corrupt("trailer checksum"));
+    }
+    let sums = (0..layout.blocks as usize)
+        .map(|i| u64_at(&trailer, 8 * i))
+        .collect();
+    let head = Head::decode(&head).ok_or(Bad::Corrupt("head fields"))?;
+    Ok((head, layout, sums))
+}
+
+/// Reads body block `i`, checked against its checksum.
+pub fn read_block(f: &File, layout: &Layout, sums: &[u64], i: usize) -> Result<Bytes, Bad> {
+    let start = (i * BLOCK) as u64;
+    let len = (layout.body_len - start).min(BLOCK as u64) as usize;
+    let b = read_exact_at(f, len, layout.body_offset() + start)?;
+    if sums.get(i) != Some(&xxh3_64(&b)) {
+        return Err(Bad::Corrupt("body checksum"));
+    }
+    Ok(Bytes::from(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::CacheKey;
+    use std::io::Write;
+
+    fn sample_head() -> Head {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.append_header("Content-Type", "text/plain").unwrap();
+        h.append_header("X-Odd-Case", "a, b").unwrap();
+        Head {
+            key: CacheKey::new("https://h/p", "").to_compact(),
+            url: "https://h/p".into(),
+            internal: vec![1, 2, 3],
+            header: header_wire(&h),
+        }
+    }
+
+    fn write_file(body: &[u8]) -> (File, std::path::PathBuf) {
+        let head = sample_head().encode();
+        let cap = head_capacity(head.len());
+        let sums: Vec<u64> = body.chunks(BLOCK).map(xxh3_64).collect();
+        let path =
+            std::env::temp_dir().join(format!("edge-record-{}-{}", std::process::id(), body.len()));
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&head_block(&head, cap)).unwrap();
+        f.write_all(body).unwrap();
+        f.write_all(&trailer(&sums, body.len() as u64)).unwrap();
+        (File::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn a_file_reads_back_as_written() {
+        let body: Vec<u8> = (0..BLOCK + 1000).map(|i| i as u8).collect();
+        let (f, path) = write_file(&body);
+        let (head, layout, sums) = open(&f).unwrap();
+        assert_eq!(head.url, "https://h/p");
+        assert_eq!(head.internal, [1, 2, 3]);
+        let h = parse_header(&head.header).unwrap();
+        let names: Vec<_> = h.case_header_iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(names, [&b"Content-Type"[..], b"X-Odd-Case"]);
+        assert_eq!(h.headers["x-odd-case"], "a, b");
+        assert_eq!((layout.body_len, layout.blocks), (body.len() as u64, 2));
+        let mut back = read_block(&f, &layout, &sums, 0).unwrap().to_vec();
+        back.extend_from_slice(&read_block(&f, &layout, &sums, 1).unwrap());
+        assert_eq!(back, body);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_or_a_cut_file_is_caught() {
+        let body = vec![7u8; 5000];
+        let (_, path) = write_file(&body);
+        // A byte of the body changed: the head opens, the block does not.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - TRAILER_FIXED - 8 - 10;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let (_, layout, sums) = open(&f).unwrap();
+        assert!(matches!(
+            read_block(&f, &layout, &sums, 0),
+            Err(Bad::Corrupt("body checksum"))
+        ));
+        // Cut short (a write that never finished): no trailer.
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        assert!(open(&File::open(&path).unwrap()).is_err());
+        // A byte of the head changed.
+        bytes[PREFIX + 3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            open(&File::open(&path).unwrap()),
+            Err(Bad::Corrupt("head checksum"))
+        ));
+        std::fs::remove_file(path).unwrap();
+    }
+}

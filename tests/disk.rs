@@ -1,0 +1,350 @@
+//! The disk tier (`cache.disk`) against real origins on loopback and a real file system: what
+//! survives a restart, what a corrupt file becomes, the size bound, an object larger than
+//! memory streamed to two clients at once, purges on both tiers, a full disk, the directory's
+//! lock and its handover in a graceful upgrade.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cache::*;
+use common::*;
+
+/// A disk tier's directory for one test.
+fn disk_dir() -> PathBuf {
+    temp_path("disk")
+}
+
+/// One origin, a memory tier of `memory`, the disk tier at `dir` of `disk`.
+fn config(o: &Origin, dir: &Path, memory: &str, disk: &str) -> String {
+    edge_config(
+        o,
+        "",
+        &format!(
+            "cache:\n  max_size: {memory}\n  max_object_size: {disk}\n  disk: {{path: \"{}\", \
+             max_size: {disk}}}\n",
+            dir.display()
+        ),
+    )
+}
+
+fn disk_objects(edge: &Edge) -> f64 {
+    edge.metric("edge_cache_objects{tier=\"disk\"}")
+}
+
+/// Starts an edge and waits until its disk tier has indexed its files.
+fn start(config: &str, dir: &Path) -> Edge {
+    let edge = Edge::start(config);
+    let ready = format!("edge_cache_disk_ready{{path=\"{}\"}}", dir.display());
+    assert!(
+        wait_until(Duration::from_secs(20), || edge.metric(&ready) == 1.0),
+        "the disk tier did not get ready; log:\n{}",
+        edge.log()
+    );
+    edge
+}
+
+/// The object files under the tier's directory.
+fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("objects")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// An ASCII body in which every offset has a telling byte (a wrong offset shows).
+fn patterned(len: usize) -> String {
+    (0..len)
+        .map(|i| (b'a' + ((i * 7 + i / 4096) % 26) as u8) as char)
+        .collect()
+}
+
+#[test]
+fn a_restarted_edge_answers_from_its_disk_tier_without_asking_the_origin() {
+    let o = Origin::start("o");
+    o.set("/a", cc("max-age=600", "alpha"));
+    o.set("/b", cc("max-age=600", &patterned(300_000)));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "8MiB", "64MiB");
+    {
+        let edge = start(&conf, &dir);
+        for p in ["/a", "/b"] {
+            assert_eq!(edge.get("example.com", p).status, 200);
+        }
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 2.0));
+    }
+    let edge = start(&conf, &dir);
+    let a = edge.get("example.com", "/a");
+    assert_eq!((a.status, a.body.as_str()), (200, "alpha"));
+    assert!(status_of(&a).contains("hit"), "{}", status_of(&a));
+    let b = edge.get("example.com", "/b");
+    assert_eq!(b.body, patterned(300_000));
+    assert_eq!(
+        (o.count("/a"), o.count("/b")),
+        (1, 1),
+        "the origin was asked again"
+    );
+    assert_eq!(edge.metric("edge_cache_hits_total{tier=\"disk\"}"), 2.0);
+    // Promoted: the next hits come from memory.
+    assert_eq!(edge.get("example.com", "/a").body, "alpha");
+    assert_eq!(edge.metric("edge_cache_hits_total{tier=\"disk\"}"), 2.0);
+    assert_eq!(edge.metric("edge_cache_objects{tier=\"memory\"}"), 2.0);
+}
+
+#[test]
+fn a_corrupt_file_is_a_miss_not_garbage() {
+    let o = Origin::start("o");
+    o.set("/c", cc("max-age=600", &patterned(5000)));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "8MiB", "64MiB");
+    {
+        let edge = start(&conf, &dir);
+        edge.get("example.com", "/c");
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 1.0));
+    }
+    // One byte of the body flipped, as a bad sector or a stray write would.
+    let file = object_files(&dir).pop().expect("one object file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 200;
+    bytes[at] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let edge = start(&conf, &dir);
+    let r = edge.get("example.com", "/c");
+    assert_eq!(r.body, patterned(5000), "served the corrupt body");
+    assert_eq!(o.count("/c"), 2, "not a miss");
+    assert_eq!(
+        edge.metric("edge_cache_disk_errors_total{reason=\"corrupt\"}"),
+        1.0
+    );
+    // Stored again, whole.
+    assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 1.0));
+    drop(edge);
+    let edge = start(&conf, &dir);
+    assert_eq!(edge.get("example.com", "/c").body, patterned(5000));
+    assert_eq!(o.count("/c"), 2);
+}
+
+#[test]
+fn the_disk_tier_stays_within_its_size_under_a_working_set_three_times_larger() {
+    let o = Origin::start("o");
+    let body = patterned(64 * 1024);
+    // 48 MiB of objects through a 16 MiB tier (and a 1 MiB memory tier).
+    let n = 768;
+    for i in 0..n {
+        o.set(&format!("/o{i}"), cc("max-age=600", &body));
+    }
+    let dir = disk_dir();
+    let edge = start(&config(&o, &dir, "1MiB", "16MiB"), &dir);
+    let mut c = edge.client();
+    for i in 0..n {
+        assert_eq!(c.get("example.com", &format!("/o{i}")).status, 200);
+    }
+    // The writer has caught up when the files and the index agree.
+    assert!(wait_until(Duration::from_secs(20), || {
+        object_files(&dir).len() as f64 == disk_objects(&edge)
+    }));
+    let limit = 16u64 << 20;
+    let counted = edge.metric("edge_cache_size_bytes{tier=\"disk\"}") as u64;
+    let on_disk: u64 = object_files(&dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len().div_ceil(4096) * 4096)
+        .sum();
+    assert!(counted <= limit, "counted {counted} > {limit}");
+    assert_eq!(on_disk, counted, "the count does not match the files");
+    assert!(edge.metric("edge_cache_evictions_total{tier=\"disk\"}") > 0.0);
+    // Still useful: it holds most of what fits.
+    assert!(disk_objects(&edge) >= 150.0, "{}", disk_objects(&edge));
+}
+
+#[test]
+fn a_200_mib_object_streams_to_two_clients_with_one_origin_fetch_in_little_memory() {
+    const LEN: usize = 200 << 20;
+    let o = Origin::start("o");
+    let body = patterned(LEN);
+    let mut c = cc("max-age=600", "");
+    c.body = body.clone().into_bytes();
+    c.chunks = 40;
+    c.chunk_pause = Duration::from_millis(25);
+    o.set("/huge", c);
+    let dir = disk_dir();
+    let edge = start(&config(&o, &dir, "64MiB", "1GiB"), &dir);
+    // Warm up the process (threads, buffers) before the baseline.
+    o.set("/small", cc("max-age=600", "s"));
+    edge.get("example.com", "/small");
+    let rss_before = edge.peak_rss();
+
+    let addr = edge.addr;
+    let first = thread::spawn(move || Client::connect(addr).get("example.com", "/huge"));
+    assert!(wait_until(Duration::from_secs(10), || o.count("/huge") == 1));
+    let second = thread::spawn(move || Client::connect(addr).get("example.com", "/huge"));
+    let (a, b) = (first.join().unwrap(), second.join().unwrap());
+    assert_eq!(a.body.len(), LEN);
+    assert!(a.body == body && b.body == body, "a body differs");
+    assert_eq!(o.count("/huge"), 1, "the second client fetched again");
+    let growth = edge.peak_rss().saturating_sub(rss_before);
+    eprintln!(
+        "peak RSS growth streaming 200 MiB to two clients: {} KiB",
+        growth >> 10
+    );
+    assert!(
+        growth < 32 << 20,
+        "peak RSS grew {} MiB streaming 200 MiB",
+        growth >> 20
+    );
+
+    // Ranges from the stored object, read from their offset on disk.
+    assert!(wait_until(Duration::from_secs(20), || disk_objects(&edge) >= 2.0));
+    for (start, end) in [
+        (0usize, 99usize),
+        (150_000_000, 150_000_099),
+        (LEN - 10, LEN - 1),
+    ] {
+        let r = edge.request("GET", "/huge", &[&format!("Range: bytes={start}-{end}")]);
+        assert_eq!(r.status, 206, "{start}-{end}");
+        assert_eq!(r.body, body[start..=end], "{start}-{end}");
+    }
+    assert_eq!(o.count("/huge"), 1);
+    assert_eq!(
+        edge.metric("edge_cache_objects{tier=\"memory\"}"),
+        1.0,
+        "only /small is in memory"
+    );
+    let growth = edge.peak_rss().saturating_sub(rss_before);
+    assert!(growth < 32 << 20, "peak RSS grew {} MiB", growth >> 20);
+}
+
+#[test]
+fn purges_remove_from_both_tiers_and_soft_purges_revalidate_from_disk() {
+    let o = Origin::start("o");
+    let tagged = |body: &str, tag: &str| {
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("Surrogate-Key", tag),
+                ("ETag", "\"v1\""),
+            ],
+            body,
+        )
+    };
+    o.set("/t1", tagged("one", "red"));
+    o.set("/t2", tagged("two", "red"));
+    o.set("/t3", tagged("three", "blue"));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "8MiB", "64MiB");
+    {
+        let edge = start(&conf, &dir);
+        for p in ["/t1", "/t2", "/t3"] {
+            edge.get("example.com", p);
+        }
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 3.0));
+        let r = edge.admin_post("/purge?tag=red");
+        assert!(r.body.contains("purged 2"), "{}", r.body);
+        assert!(wait_until(Duration::from_secs(10), || object_files(&dir)
+            .len()
+            == 1));
+    }
+    let edge = start(&conf, &dir);
+    assert_eq!(disk_objects(&edge), 1.0);
+    assert_eq!(edge.get("example.com", "/t1").body, "one");
+    assert_eq!(o.count("/t1"), 2, "a purged object came back from disk");
+    // /t3 is on disk only now: a soft purge marks it stale there, and the next request
+    // revalidates it (a 304) instead of fetching it whole.
+    let r = edge.admin_post("/purge?tag=blue&soft=1");
+    assert!(r.body.contains("purged 1"), "{}", r.body);
+    let r = edge.get("example.com", "/t3");
+    assert_eq!(r.body, "three");
+    let seen = o.requests();
+    let last = seen.iter().rev().find(|s| s.path == "/t3").unwrap();
+    assert_eq!(
+        last.header("if-none-match"),
+        Some("\"v1\""),
+        "not a revalidation"
+    );
+}
+
+#[test]
+fn a_full_disk_leaves_the_edge_serving_from_memory_and_the_origin() {
+    let o = Origin::start("o");
+    o.set("/big", cc("max-age=600", &patterned(300_000)));
+    o.set("/small", cc("max-age=600", "small"));
+    let dir = disk_dir();
+    // Files may not grow past 128 KiB: writing /big fails as on a full disk.
+    let edge = Edge::start_limited(
+        "\"127.0.0.1:{PORT}\"",
+        "",
+        &config(&o, &dir, "8MiB", "64MiB"),
+        Some(128 << 10),
+    );
+    let ready = format!("edge_cache_disk_ready{{path=\"{}\"}}", dir.display());
+    assert!(wait_until(Duration::from_secs(20), || edge.metric(&ready) == 1.0));
+    let r = edge.get("example.com", "/big");
+    assert_eq!((r.status, r.body.len()), (200, 300_000));
+    assert!(wait_until(Duration::from_secs(10), || {
+        edge.metric("edge_cache_disk_errors_total{reason=\"write\"}") >= 1.0
+    }));
+    let r = edge.get("example.com", "/big");
+    assert_eq!(r.body, patterned(300_000));
+    assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    assert_eq!(edge.get("example.com", "/small").body, "small");
+    assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 1.0));
+    assert_eq!(o.count("/big"), 1);
+    assert!(
+        object_files(&dir).len() == 1,
+        "a half-written file was kept"
+    );
+    assert!(edge.log().contains("disk"), "{}", edge.log());
+}
+
+#[test]
+fn one_edge_per_directory_and_an_upgrade_takes_it_over() {
+    let o = Origin::start("o");
+    o.set("/u", cc("max-age=600", "kept"));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "8MiB", "64MiB");
+    let mut old = start(&conf, &dir);
+    old.get("example.com", "/u");
+    assert!(wait_until(Duration::from_secs(10), || disk_objects(&old) == 1.0));
+
+    // A second edge on the same directory refuses to start.
+    let other = temp_path("other.yaml");
+    std::fs::write(
+        &other,
+        format!("listen: [\"127.0.0.1:{}\"]\n{conf}", free_port()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(edge_bin())
+        .arg("-c")
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another edge"), "{err}");
+
+    // An upgrade waits for the old process to let go, then serves from the tier.
+    let new = old.start_upgrade();
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_secs(20), || new
+        .log()
+        .contains("waiting for process")));
+    old.signal(3); // SIGQUIT: hand the sockets over, finish, exit
+    assert!(old.wait_exit(Duration::from_secs(30)));
+    let ready = format!("edge_cache_disk_ready{{path=\"{}\"}}", dir.display());
+    assert!(wait_until(Duration::from_secs(20), || new.metric(&ready) == 1.0));
+    let r = new.get("example.com", "/u");
+    assert_eq!(r.body, "kept");
+    assert_eq!(o.count("/u"), 1, "the upgraded edge asked the origin");
+    assert!(t.elapsed() < Duration::from_secs(60));
+}
