@@ -181,6 +181,11 @@ impl Edge {
             .map_err(|e| format!("log.access_file: cannot open {to}: {e}"))?;
         let cache = Cache::new(&config.cache)?;
         let cluster = Cluster::new(&config.cluster);
+        if let Some(disk) = cache.store.disk().filter(|_| cluster.shares_purges()) {
+            // Purges sent while this edge was down apply to its disk tier before it serves
+            // from it (see `cluster::service`).
+            disk.hold();
+        }
         let ca_bundle = crate::tls::upstream::ca_files(&config);
         let live = Live::build(config.clone(), source, None, &metrics, &ca_bundle);
         metrics.process.set_config_version(&live.version);

@@ -231,3 +231,68 @@ fn an_edge_cut_off_from_nats_serves_on_and_applies_what_it_missed() {
     assert_eq!(a.metric("edge_cluster_purges_published_total"), 3.0);
     assert!(!hit(&c, "/z"));
 }
+
+#[test]
+fn a_restarted_edge_applies_the_purges_it_missed_before_serving_from_its_disk_tier() {
+    let nats = Nats::start();
+    let o = Origin::start("o");
+    for p in ["/gone1", "/gone2"] {
+        o.set(p, cc("max-age=600", "old"));
+    }
+    o.set("/kept", cc("max-age=600", "kept"));
+    let dir = temp_path("disk");
+    let top = format!(
+        "cluster: {{node: c, nats: {{url: \"{}\"}}}}\ncache:\n  disk: {{path: \"{}\", \
+         max_size: 64MiB}}\n",
+        nats.url(),
+        dir.display()
+    );
+    let conf = edge_config(&o, "", &top);
+    let a = fleet_edge(&o, "a", &nats.url());
+    let disk_objects = |e: &Edge| e.metric("edge_cache_objects{tier=\"disk\"}");
+    {
+        let c = Edge::start(&conf);
+        // Its position in the stream is saved once it has the stream open.
+        assert!(wait_until(Duration::from_secs(10), || c
+            .metric("edge_cluster_nats_connected{stream=\"EDGE_PURGE\"}")
+            == 1.0));
+        for p in ["/gone1", "/gone2", "/kept"] {
+            c.get("example.com", p);
+        }
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&c) == 3.0));
+        // C stops; while it is down, A purges two objects and the origin changes them.
+    }
+    for (p, seq) in [("/gone1", 1), ("/gone2", 2)] {
+        let r = a.admin_post(&format!("/purge?url=http://example.com{p}"));
+        assert!(r.body.contains(&format!("sequence {seq}")), "{}", r.body);
+        o.set(p, cc("max-age=600", "new"));
+    }
+
+    // C's very first requests after its restart must not get the purged copies from its disk.
+    let c = Edge::start(&conf);
+    for p in ["/gone1", "/gone2"] {
+        let r = c.get("example.com", p);
+        assert_eq!(r.body, "new", "{p}: served what the fleet had purged");
+    }
+    // Once the purges are replayed, the disk tier serves what was not purged.
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .metric("edge_cluster_purge_applied_sequence")
+            == 2.0),
+        "{}",
+        c.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || hit(&c, "/kept")));
+    assert_eq!(o.count("/kept"), 1, "/kept should come from the disk tier");
+    assert!(
+        c.log().contains("purges replayed up to sequence 2"),
+        "{}",
+        c.log()
+    );
+    // It resumed where it had stopped (its position kept beside the tier), not from its start.
+    assert!(
+        c.log().contains("after sequence 0"),
+        "no saved position: {}",
+        c.log()
+    );
+}

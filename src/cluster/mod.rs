@@ -23,6 +23,7 @@
 
 pub mod loops;
 pub mod message;
+mod position;
 mod service;
 mod stream;
 

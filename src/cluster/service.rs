@@ -20,6 +20,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use super::message::Envelope;
+use super::position::{self, Replay};
 use super::stream::{self, Messages, StreamState};
 use super::{apply_here, Bus, Handled, Request};
 use crate::cache::purge::Purge;
@@ -64,6 +65,9 @@ impl BackgroundService for PurgeService {
             return;
         };
         let mut task = Task::new(self.edge.clone());
+        if let Some(disk) = self.edge.cache.store.disk().filter(|d| d.held()) {
+            tokio::spawn(position::give_up_waiting(disk, self.edge.cache.store));
+        }
         tokio::select! {
             _ = task.run(bus, &mut inbox) => {}
             _ = shutdown.changed() => {}
@@ -97,12 +101,32 @@ struct Task {
     started: SystemTime,
     /// `edge_cluster_nats_connected{stream}`.
     connected: prometheus::IntGauge,
+    /// With a disk tier: the position kept beside it, and the hold on its hits.
+    replay: Option<Replay>,
+    /// A position was loaded: the stream is read from `applied_seq + 1`, even from 1.
+    resumed: bool,
 }
 
 impl Task {
     fn new(edge: Arc<Edge>) -> Task {
         let bus = edge.cluster.bus.as_ref().expect("started with a bus");
+        let replay = edge
+            .cache
+            .store
+            .disk()
+            .map(|d| Replay::new(d, &bus.settings.stream));
+        // Resume where the disk tier's objects last had purges applied.
+        let saved = replay.as_ref().and_then(Replay::load);
+        if let Some(p) = &saved {
+            info!(
+                "cluster: resuming purge stream {} after sequence {} (the position kept beside \
+                 the disk tier)",
+                p.stream, p.applied
+            );
+        }
         Task {
+            replay,
+            resumed: saved.is_some(),
             node: edge.cluster.node.clone(),
             subject: stream::subject(&bus.settings),
             purge_again_after: bus.settings.purge_again_after.get(),
@@ -110,9 +134,9 @@ impl Task {
             unpublished: VecDeque::new(),
             applied_here: HashSet::new(),
             again: VecDeque::new(),
-            applied_seq: 0,
+            applied_seq: saved.as_ref().map_or(0, |p| p.applied),
             seen_seq: 0,
-            stream_created: None,
+            stream_created: saved.map(|p| p.created),
             next_id: 0,
             started: SystemTime::now(),
             connected: edge
@@ -246,6 +270,10 @@ impl Task {
         self.check_history(&state);
         self.seen_seq = self.seen_seq.max(state.last_sequence);
         self.update_lag();
+        if let Some(r) = &mut self.replay {
+            r.opened(state.last_sequence, self.applied_seq);
+            r.save(self.applied_seq, self.stream_created, false);
+        }
         self.set_open(bus, true);
         let (opened, opened_at) = (Instant::now(), SystemTime::now());
         self.flush(js).await;
@@ -264,6 +292,10 @@ impl Task {
                 Some(req) = inbox.recv() => self.take(js, req).await,
                 _ = tick.tick() => {
                     self.repeat_due();
+                    if let Some(r) = &mut self.replay {
+                        // What the last save (throttled) left out.
+                        r.save(self.applied_seq, self.stream_created, false);
+                    }
                     if js.client().connection_state() != async_nats::connection::State::Connected {
                         // Disconnected: the ordered consumer would wait for its heartbeat;
                         // reopen from the last sequence applied once NATS is back.
@@ -301,6 +333,9 @@ impl Task {
     /// At shutdown: one last, short try to publish what is queued; what is left is logged and
     /// counted, since no other edge will see it.
     async fn stop(&mut self) {
+        if let Some(r) = &mut self.replay {
+            r.save(self.applied_seq, self.stream_created, true);
+        }
         if self.unpublished.is_empty() {
             return;
         }
@@ -328,7 +363,7 @@ impl Task {
     /// Where a new read of the stream starts: after the last message applied, or (first read,
     /// nothing applied yet) at this process's start (see `CLOCK_SLACK`).
     fn start_at(&self) -> consumer::DeliverPolicy {
-        if self.applied_seq > 0 {
+        if self.applied_seq > 0 || self.resumed {
             consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: self.applied_seq + 1,
             }
@@ -354,7 +389,7 @@ impl Task {
             .stream_created
             .replace(state.created)
             .is_some_and(|before| before != state.created);
-        if self.applied_seq == 0 && !made_anew {
+        if self.applied_seq == 0 && !self.resumed && !made_anew {
             return;
         }
         let lost = made_anew
@@ -527,6 +562,10 @@ impl Task {
         self.applied_seq = sequence;
         m.applied_sequence.set(sequence as i64);
         self.update_lag();
+        if let Some(r) = &mut self.replay {
+            r.check(sequence);
+            r.save(sequence, self.stream_created, false);
+        }
     }
 
     /// Remembers a purge to apply once more after `purge_again_after`: a front that refilled
