@@ -20,7 +20,7 @@ use pingora::cache::key::HashBinary;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::record::{self, Head, BLOCK};
+use super::record::{self, Head, Wait, BLOCK};
 use super::{combined, hex, lock_now, Disk, Entry, Index, Spill, DISK_BLOCK, READY, SCANNING};
 use crate::cache::store::meta::{expire_internal, fresh_until_of};
 use crate::cache::store::purge::PurgeMode;
@@ -165,7 +165,7 @@ fn scan(disk: &'static Disk) -> usize {
 
 fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String> {
     let f = File::open(path).map_err(|e| e.to_string())?;
-    let (head, layout, _) = record::open(&f).map_err(|e| format!("{e:?}"))?;
+    let (head, layout, _) = record::open(&f, Wait::Disk).map_err(|e| format!("{e:?}"))?;
     let key = combined(&head.key);
     if path.file_name().and_then(|n| n.to_str()) != Some(hex(&key).as_str()) {
         return Err("its name is not its key".into());
@@ -461,7 +461,7 @@ fn rewrite(disk: &Disk, key: HashBinary, new_head: impl FnOnce(Head) -> Option<H
     let path = disk.path_of(&key);
     let done = (|| {
         let f = OpenOptions::new().read(true).write(true).open(&path).ok()?;
-        let (old, layout, _) = record::open(&f).ok()?;
+        let (old, layout, _) = record::open(&f, Wait::Disk).ok()?;
         let head = new_head(old)?.encode();
         if head.len() > layout.head_cap {
             return None;
