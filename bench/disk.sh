@@ -61,22 +61,7 @@ launch origin $PORT_ORIGIN nginx -e "$RUN/origin/error.log" -p "$RUN/origin" -c 
 start_proxy() {  # name
   local name=$1 port=${PORT[$1]} d="$RUN/$1"; rm -rf "$d" "$DISK_DIR/$1"; mkdir -p "$d" "$DISK_DIR/$1"
   case $name in
-  nginx)
-    cat >"$d/nginx.conf" <<CONF
-worker_processes $WORKERS; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off; sendfile on; tcp_nodelay on; keepalive_requests 100000;
-  proxy_cache_path $DISK_DIR/nginx levels=1:2 keys_zone=edge:16m max_size=1g inactive=1h use_temp_path=off;
-  upstream origin { server 127.0.0.1:$PORT_ORIGIN; keepalive 64; }
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_cache edge; }
-  }
-}
-CONF
-    launch "$name" "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" ;;
+  nginx) nginx_cache_proxy "$d" "$port" "$PORT_ORIGIN" "$DISK_DIR/nginx" 1g 1h ;;
   edge)
     cat >"$d/edge.yaml" <<CONF
 server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}

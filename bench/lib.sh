@@ -1,6 +1,6 @@
-# bench/lib.sh: helpers shared by bench/run.sh, bench/tls.sh and bench/keepalive.sh (sourced):
+# bench/lib.sh: helpers shared by the bench scripts (sourced):
 # logging, starting and stopping processes by PID, waiting for a port, CPU and memory of a
-# process tree, building the bare Pingora anchor.
+# process tree, building the bare Pingora anchor, nginx as the caching proxy to compare with.
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -50,4 +50,26 @@ build_bare() {
       && BARE_BIN=$RUN/bare-target/release/bare-pingora
   fi
   [[ -n $BARE_BIN ]] || { PROXIES=${PROXIES//pingora/}; log "no bare-pingora: skipped"; }
+}
+
+# nginx_cache_proxy DIR PORT UPSTREAM_PORT CACHE_DIR MAX_SIZE INACTIVE: starts nginx as the
+# classic caching reverse proxy the benches compare with ($WORKERS workers, proxy_cache in
+# CACHE_DIR, keep-alive to the upstream), its config and logs in DIR; named "nginx" in PID.
+nginx_cache_proxy() {
+  local d=$1 port=$2 up=$3 cache=$4 max=$5 inactive=$6
+  cat >"$d/nginx.conf" <<CONF
+worker_processes $WORKERS; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off; sendfile on; tcp_nopush off; tcp_nodelay on; keepalive_requests 100000;
+  proxy_cache_path $cache levels=1:2 keys_zone=edge:16m max_size=$max inactive=$inactive use_temp_path=off;
+  upstream origin { server 127.0.0.1:$up; keepalive 64; }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_cache edge; }
+  }
+}
+CONF
+  launch nginx "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf"
 }

@@ -75,22 +75,7 @@ launch slow $PORT_SLOW "$SLOW" 127.0.0.1:$PORT_SLOW "$MISS_DELAY_MS"
 start_proxy() {  # name upstream_port
   local name=$1 up=$2 port=${PORT[$1]} d="$RUN/$1"; rm -rf "$d" "$SHM/cache-$1"; mkdir -p "$d"
   case $name in
-  nginx)
-    cat >"$d/nginx.conf" <<CONF
-worker_processes $WORKERS; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off; sendfile on; tcp_nopush off; tcp_nodelay on; keepalive_requests 100000;
-  proxy_cache_path $SHM/cache-nginx levels=1:2 keys_zone=edge:10m max_size=512m inactive=10m use_temp_path=off;
-  upstream origin { server 127.0.0.1:$up; keepalive 64; }
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_cache edge; }
-  }
-}
-CONF
-    launch "$name" "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" ;;
+  nginx) nginx_cache_proxy "$d" "$port" "$up" "$SHM/cache-nginx" 512m 10m ;;
   pingora)
     local mode=nocache; [[ $SCENARIO == hit* ]] && mode=cache
     BP_THREADS=$WORKERS launch "$name" "$port" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$up" "$mode" ;;
