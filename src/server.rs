@@ -146,6 +146,7 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
     // every request has logged; SIGINT: at once), and the access log writes what it holds.
     server.run(RunArgs::default());
     edge.access_log.close();
+    edge.cache.settle_disk();
     std::process::exit(0)
 }
 

@@ -95,6 +95,8 @@ fn a_restarted_edge_answers_from_its_disk_tier_without_asking_the_origin() {
         "the origin was asked again"
     );
     assert_eq!(edge.metric("edge_cache_hits_total{tier=\"disk\"}"), 2.0);
+    // The files were in the page cache: the express lane answered from them.
+    assert_eq!(edge.metric("edge_express_hits_total"), 2.0);
     // Promoted: the next hits come from memory.
     assert_eq!(edge.get("example.com", "/a").body, "alpha");
     assert_eq!(edge.metric("edge_cache_hits_total{tier=\"disk\"}"), 2.0);

@@ -88,6 +88,24 @@ impl Cache {
         })
     }
 
+    /// At stop: waits until the disk tier's writer has done what it was given (purges'
+    /// removals, fills that completed), so what the edge answered is what a restart finds.
+    pub fn settle_disk(&self) {
+        // Not while it waits for the lock (nothing was written) or is given up; at most 10 s.
+        let Some(d) = self.store.disk().filter(|d| d.writable()) else {
+            return;
+        };
+        let mut done = d.settled();
+        for _ in 0..1000 {
+            match done.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// Starts the disk tier's worker, if there is a tier: after daemonizing, since a thread
     /// does not survive the fork.
     pub fn start_disk(&self) {

@@ -102,13 +102,22 @@ impl Replay {
         }
     }
 
-    /// Saves the position if it moved and the last save is `SAVE_EVERY` old (`now`: at stop).
-    pub fn save(&mut self, applied: u64, created: Option<SystemTime>, now: bool) {
-        let Some(created) = created else { return };
+    /// Saves the position if it moved and the last save is `SAVE_EVERY` old (`now`: at stop),
+    /// once the disk tier has carried out every purge applied so far (its removals and
+    /// rewrites are queued for its writer): a position saved ahead of the files would, after a
+    /// crash, skip purges the files still show.
+    pub async fn save(&mut self, applied: u64, created: Option<SystemTime>, now: bool) {
+        let Some(created) = created.filter(|_| self.disk.writable()) else {
+            return;
+        };
         let first = self.saved.0.is_none();
         if self.saved.0 == Some(applied) || (!now && !first && self.saved.1.elapsed() < SAVE_EVERY)
         {
             return;
+        }
+        let settled = tokio::time::timeout(Duration::from_secs(5), self.disk.settled()).await;
+        if !matches!(settled, Ok(Ok(()))) {
+            return; // the tier is gone or stuck: keep the older position (purges replay again)
         }
         let p = Position {
             stream: self.stream.clone(),

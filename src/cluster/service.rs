@@ -272,7 +272,7 @@ impl Task {
         self.update_lag();
         if let Some(r) = &mut self.replay {
             r.opened(state.last_sequence, self.applied_seq);
-            r.save(self.applied_seq, self.stream_created, false);
+            r.save(self.applied_seq, self.stream_created, false).await;
         }
         self.set_open(bus, true);
         let (opened, opened_at) = (Instant::now(), SystemTime::now());
@@ -293,8 +293,7 @@ impl Task {
                 _ = tick.tick() => {
                     self.repeat_due();
                     if let Some(r) = &mut self.replay {
-                        // What the last save (throttled) left out.
-                        r.save(self.applied_seq, self.stream_created, false);
+                        r.save(self.applied_seq, self.stream_created, false).await;
                     }
                     if js.client().connection_state() != async_nats::connection::State::Connected {
                         // Disconnected: the ordered consumer would wait for its heartbeat;
@@ -334,7 +333,7 @@ impl Task {
     /// counted, since no other edge will see it.
     async fn stop(&mut self) {
         if let Some(r) = &mut self.replay {
-            r.save(self.applied_seq, self.stream_created, true);
+            r.save(self.applied_seq, self.stream_created, true).await;
         }
         if self.unpublished.is_empty() {
             return;
@@ -563,8 +562,8 @@ impl Task {
         m.applied_sequence.set(sequence as i64);
         self.update_lag();
         if let Some(r) = &mut self.replay {
+            // Saved at the next tick (see `Replay::save`).
             r.check(sequence);
-            r.save(sequence, self.stream_created, false);
         }
     }
 

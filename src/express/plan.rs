@@ -140,10 +140,12 @@ fn lookup<'b>(
 ) -> Result<Express<'b>, Option<CacheKey>> {
     let key =
         key::for_url_only(req.scheme, &req.normalized, req.target, &route.cache.key).ok_or(None)?;
-    let Some(hit) = edge
-        .cache
-        .store
-        .fresh_hit(&key.primary_bin(), SystemTime::now())
+    let (store, now) = (edge.cache.store, SystemTime::now());
+    let primary = key.primary_bin();
+    // Memory first; then the disk tier, if the file is in the page cache.
+    let Some(hit) = store
+        .fresh_hit(&primary, now)
+        .or_else(|| store.fresh_disk_hit(&primary, now))
     else {
         return Err(Some(key));
     };

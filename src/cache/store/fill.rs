@@ -48,12 +48,17 @@ impl Fill {
         if spill.failed.load(Ordering::Acquire) {
             return self.give_up_disk(false);
         }
-        if trimming {
-            disk.room().await;
-        } else if !disk.has_room(data.len()) {
-            return self.give_up_disk(true);
+        let room = if trimming {
+            disk.room().await
+        } else {
+            disk.has_room(data.len())
+        };
+        if !room {
+            return self.give_up_disk(!trimming && disk.writable());
         }
-        disk.chunk(self.id, data.clone());
+        if !disk.chunk(self.id, data.clone()) {
+            self.give_up_disk(false);
+        }
     }
 
     fn give_up_disk(&mut self, skipped: bool) {

@@ -160,6 +160,9 @@ pub struct Store {
     disk: Option<&'static Disk>,
     /// Lookups answered from memory (fresh or not), for `edge_cache_hits_total{tier}`.
     memory_hits: AtomicU64,
+    /// Counts invalidations (which `Purges` does not record): a disk lookup that saw one
+    /// happen while it read does not promote what it read.
+    invalidations: AtomicU64,
 }
 
 /// The URL part of our primary key (see `cache::key`): everything before the first newline.
@@ -217,6 +220,7 @@ impl Store {
             eviction,
             disk,
             memory_hits: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
         }
     }
 

@@ -16,7 +16,7 @@ impl Store {
         };
         let k = key.combined_bin();
         // Read before the file: a purge after this point keeps the promoted copy out.
-        let start = self.purge_epoch();
+        let start = self.read_start();
         let Some(found) = disk.lookup(&k).await else {
             return Ok(None);
         };
@@ -62,12 +62,59 @@ impl Store {
         Ok(Some((meta, Box::new(hit))))
     }
 
+    /// The express lane's disk hit: an object that memory does not hold (see `fresh_hit`),
+    /// small, fresh, not varying, whose file is in the page cache, read on this thread and
+    /// promoted to memory. Anything else is `None`, and the proxy's cache path decides (it may
+    /// read the file again, on the blocking pool).
+    pub fn fresh_disk_hit(&self, primary: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let disk = self.disk?;
+        let start = self.read_start();
+        let found = disk.lookup_cached(primary)?;
+        let body = found.body?;
+        let header = record::parse_header(&found.head.header)?;
+        let stored = StoredMeta {
+            internal: found.head.internal,
+            header: Arc::new(header),
+        };
+        let meta = stored.to_cache_meta().ok()?;
+        let f = Freshness::of(&meta);
+        if f.varies || f.fresh_until < now {
+            return None;
+        }
+        disk.stats.hits.fetch_add(1, Ordering::Relaxed);
+        let url: Arc<str> = Arc::from(found.head.url.as_str());
+        self.promote(
+            *primary,
+            start,
+            (&stored, &meta),
+            body.clone(),
+            found.head.key,
+            url,
+        );
+        Some(FreshHit {
+            header: stored.header,
+            body: Arc::new(vec![body]),
+            file: None,
+            age: now.duration_since(f.epoch).unwrap_or_default(),
+            fresh_until: f.fresh_until,
+        })
+    }
+
+    /// Where purges and invalidations stand before a disk read (see `promote`).
+    fn read_start(&self) -> (u64, u64) {
+        (
+            self.purge_epoch(),
+            self.invalidations.load(Ordering::Acquire),
+        )
+    }
+
     /// Puts a body read from disk into memory, unless memory has the key (a fill finished
-    /// meanwhile) or a purge since `start` covers it; returns its eviction weight.
+    /// meanwhile), a purge since the read began covers it, or any invalidation happened since;
+    /// returns its eviction weight.
     fn promote(
         &self,
         key: HashBinary,
-        start: u64,
+        (start, invalidations): (u64, u64),
         (stored, meta): (&StoredMeta, &CacheMeta),
         body: Bytes,
         compact: CompactCacheKey,
@@ -78,7 +125,10 @@ impl Store {
         let body_len = body.len();
         let size = size_of(stored, body_len, &url);
         let mut maps = self.write();
-        if maps.objects.contains_key(&key) || maps.purges.cover(start, &key, &url, &tags) {
+        if maps.objects.contains_key(&key)
+            || maps.purges.cover(start, &key, &url, &tags)
+            || self.invalidations.load(Ordering::Acquire) != invalidations
+        {
             return size;
         }
         maps.names.add(key, &url, &tags);

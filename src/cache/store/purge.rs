@@ -151,6 +151,7 @@ impl Store {
     /// it follows every successful POST, PUT or DELETE, which would soon flush out the
     /// operator's purges (and with them slow fills: see `PURGES_KEPT`).
     pub fn invalidate_url(&self, url: &str) -> usize {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.remove_named(&Purged::Url(Arc::from(url)))
     }
 

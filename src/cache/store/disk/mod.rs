@@ -4,8 +4,9 @@
 //! survives restarts: the files describe themselves (`record`), and the index is rebuilt from
 //! them at start.
 //!
-//! - One worker thread (`worker`) does every write, rename and unlink, in the order the store
-//!   asked for them, so the files on disk follow the index without locks across threads.
+//! - One worker thread (`worker`) does every write (`write`), rename and unlink, in the order
+//!   the store asked for them, so the files on disk follow the index without locks across
+//!   threads.
 //! - Readers open files by key (`read`); every byte is checked against its checksum first.
 //! - Bounded by `disk.max_size` in bytes on disk (files rounded up to 4 KiB blocks), with the
 //!   same eviction policy as memory (TinyUFO) in its own instance.
@@ -18,6 +19,7 @@
 pub mod read;
 pub mod record;
 mod worker;
+mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -54,6 +56,8 @@ pub const DISK_BLOCK: u64 = 4096;
 const WAITING: u8 = 0;
 const SCANNING: u8 = 1;
 const READY: u8 = 2;
+/// The worker is gone (it could not start, or stopped): the tier is not used any more.
+const DEAD: u8 = 3;
 
 /// The file of an object being written, as the worker makes it, for readers that follow a
 /// large fill whose memory copy is trimmed to what is already written.
@@ -79,6 +83,9 @@ struct Entry {
     tags: Vec<Arc<str>>,
     compact: CompactCacheKey,
     fresh_until: SystemTime,
+    /// A soft purge marked it stale at this time; its file's head says so only once the worker
+    /// has rewritten it, so reads apply it themselves until a revalidation clears it.
+    expired_at: Option<SystemTime>,
 }
 
 #[derive(Default)]
@@ -211,7 +218,18 @@ impl Disk {
 
     /// Whether fills may be written: the lock is held and the index is being or was rebuilt.
     pub fn writable(&self) -> bool {
-        self.state.load(Ordering::Acquire) != WAITING
+        matches!(self.state.load(Ordering::Acquire), SCANNING | READY)
+    }
+
+    /// Gives the tier up: its worker is gone, so nothing would be written or removed.
+    fn die(&self, why: &str) {
+        if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
+            self.error(
+                &self.stats.write_errors,
+                format_args!("{why}; the disk tier is no longer used"),
+            );
+            self.drained.notify_waiters();
+        }
     }
 
     /// Whether the index is complete (the start-up scan is over).
@@ -229,7 +247,7 @@ impl Disk {
             .name("edge-disk".into())
             .spawn(move || worker::run(self, inbox));
         if let Err(e) = spawned {
-            warn!("cache disk tier: cannot start its worker thread: {e}; the tier is unused");
+            self.die(&format!("cannot start its worker thread: {e}"));
         }
     }
 
@@ -247,12 +265,27 @@ impl Disk {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, job: Job) {
-        let _ = self
+    /// Hands a job to the worker; false (and the tier given up) if it is gone.
+    fn send(&self, job: Job) -> bool {
+        let sent = self
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(job);
+            .send(job)
+            .is_ok();
+        if !sent {
+            self.die("its worker thread stopped");
+        }
+        sent
+    }
+
+    /// Resolves once the worker has done every job sent before (a purge's removals and
+    /// rewrites included): what the fleet's purge position waits for before it is saved, and
+    /// the last thing a stopping edge does with the tier.
+    pub fn settled(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Barrier(tx));
+        rx
     }
 
     /// Counts an error and logs it, at most once a minute (a full disk fails every write).
@@ -300,25 +333,36 @@ impl Disk {
         spill
     }
 
-    /// Whether `len` more bytes fit in the worker's queue now.
+    /// Whether `len` more bytes fit in the worker's queue now (never once the tier is given up).
     pub(super) fn has_room(&self, len: usize) -> bool {
-        self.queued.load(Ordering::Acquire) + len <= QUEUE_MAX
+        self.writable() && self.queued.load(Ordering::Acquire) + len <= QUEUE_MAX
     }
 
-    /// Waits until the worker's queue has room (a large fill: see `QUEUE_MAX`).
-    pub(super) async fn room(&self) {
+    /// Waits until the worker's queue has room (a large fill: see `QUEUE_MAX`); false if the
+    /// tier was given up meanwhile.
+    pub(super) async fn room(&self) -> bool {
         while !self.has_room(0) {
+            if !self.writable() {
+                return false;
+            }
             let notified = self.drained.notified();
-            if self.has_room(0) {
-                break;
+            if self.has_room(0) || !self.writable() {
+                continue;
             }
             notified.await;
         }
+        true
     }
 
-    pub(super) fn chunk(&self, id: u64, data: Bytes) {
-        self.queued.fetch_add(data.len(), Ordering::AcqRel);
-        self.send(Job::Chunk { id, data });
+    /// Queues a chunk for the worker; false if it is gone (the chunk is not counted then).
+    pub(super) fn chunk(&self, id: u64, data: Bytes) -> bool {
+        let len = data.len();
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        let sent = self.send(Job::Chunk { id, data });
+        if !sent {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+        }
+        sent
     }
 
     /// The fill completed: lists the object (not yet ready) and has the worker finish its file
@@ -349,6 +393,7 @@ impl Disk {
                 tags,
                 compact,
                 fresh_until,
+                expired_at: None,
             },
         );
         drop(index);
@@ -366,6 +411,9 @@ impl Disk {
         index.names.remove(key, &e.url, &e.tags);
         if e.ready {
             index.bytes -= e.size;
+        }
+        if e.size > u16::MAX as u64 * DISK_BLOCK {
+            index.giants.retain(|g| g != key);
         }
     }
 
@@ -425,6 +473,7 @@ impl Disk {
             };
             if e.fresh_until > now {
                 e.fresh_until = now;
+                e.expired_at = Some(now);
                 expired.push(k);
                 self.send(Job::Expire { key: k, at: now });
             }
@@ -439,6 +488,7 @@ impl Disk {
             return false;
         };
         e.fresh_until = fresh_until;
+        e.expired_at = None;
         self.send(Job::Rewrite { key, head });
         true
     }
@@ -483,17 +533,21 @@ impl Disk {
         match self.state.load(Ordering::Acquire) {
             READY => self.index().entries.get(key).is_some_and(|e| e.ready),
             SCANNING => true,
-            _ => false,
+            _ => false, // waiting for the lock, or given up
         }
     }
 
-    /// A read found it: counts the use for eviction.
-    pub(super) fn touch(&self, key: &HashBinary) {
-        let compact = self.index().entries.get(key).map(|e| e.compact.clone());
-        if let Some(c) = compact {
-            self.eviction
-                .access(&CacheEntryKey::key_only(c), 0, SystemTime::now());
-        }
+    /// A read found it: counts the use for eviction, and returns when a soft purge its file
+    /// does not show yet marked it stale (see `Entry::expired_at`).
+    pub(super) fn touch(&self, key: &HashBinary) -> Option<SystemTime> {
+        let (compact, expired_at) = {
+            let index = self.index();
+            let e = index.entries.get(key)?;
+            (e.compact.clone(), e.expired_at)
+        };
+        self.eviction
+            .access(&CacheEntryKey::key_only(compact), 0, SystemTime::now());
+        expired_at
     }
 }
 

@@ -14,6 +14,7 @@ use pingora::{Error, ErrorType, Result};
 
 use super::record::{self, Bad, Head, Layout, Wait, BLOCK};
 use super::{combined, Disk};
+use crate::cache::store::meta::expire_internal;
 
 /// Bodies up to this size are read whole at lookup and promoted to memory; larger ones are
 /// streamed from the file.
@@ -58,6 +59,20 @@ impl FileBody {
         let start = i as u64 * BLOCK as u64;
         let to = end.min(start + block.len() as u64);
         Ok(block.slice((at - start) as usize..(to - start) as usize))
+    }
+}
+
+/// `open_found`, once more if the file failed its checks: a head being rewritten in place (a
+/// revalidation, a soft purge) can be read half old, half new, and a good object must not be
+/// dropped for it.
+fn open_twice(
+    path: &std::path::Path,
+    key: &HashBinary,
+    wait: Wait,
+) -> std::result::Result<Found, Bad> {
+    match open_found(path, key, wait) {
+        Err(Bad::Corrupt(_)) => open_found(path, key, wait),
+        other => other,
     }
 }
 
@@ -113,30 +128,52 @@ impl Disk {
         }
         let path = self.path_of(key);
         let key = *key;
-        let opened = match open_found(&path, &key, Wait::CachedOnly) {
+        let opened = match open_twice(&path, &key, Wait::CachedOnly) {
             Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::task::spawn_blocking(move || open_found(&path, &key, Wait::Disk))
+                tokio::task::spawn_blocking(move || open_twice(&path, &key, Wait::Disk))
                     .await
                     .ok()?
             }
             other => other,
         };
+        self.settle(&key, opened)
+    }
+
+    /// As `lookup`, for a small object whose file is in the page cache: read on this thread,
+    /// without waiting for anything (the express lane asks; anything else is `None` and goes
+    /// the proxy's way).
+    pub fn lookup_cached(&self, key: &HashBinary) -> Option<Found> {
+        if !self.may_hold(key) {
+            return None;
+        }
+        match open_twice(&self.path_of(key), key, Wait::CachedOnly) {
+            Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            opened => self.settle(key, opened).filter(|f| f.body.is_some()),
+        }
+    }
+
+    /// What a read came to: the object, or `None` with errors counted and corrupt files
+    /// dropped.
+    fn settle(&self, key: &HashBinary, opened: std::result::Result<Found, Bad>) -> Option<Found> {
         match opened {
-            Ok(found) if !self.ready() && self.purged_while_scanning(&key, &found.head) => None,
-            Ok(found) => {
-                self.touch(&key);
+            Ok(found) if !self.ready() && self.purged_while_scanning(key, &found.head) => None,
+            Ok(mut found) => {
+                if let Some(at) = self.touch(key) {
+                    // Soft-purged, and the file not rewritten yet: stale as of the purge.
+                    found.head.internal = expire_internal(&found.head.internal, at)?;
+                }
                 Some(found)
             }
             Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(Bad::Io(e)) => {
                 self.error(
                     &self.stats.read_errors,
-                    format_args!("cannot read {}: {e}", self.path_of(&key).display()),
+                    format_args!("cannot read {}: {e}", self.path_of(key).display()),
                 );
                 None
             }
             Err(Bad::Corrupt(why)) => {
-                self.drop_corrupt(&key, why);
+                self.drop_corrupt(key, why);
                 None
             }
         }

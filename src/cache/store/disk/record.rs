@@ -357,6 +357,10 @@ fn parse(
         body_len: u64_at(&fixed, 0),
         blocks: u32_at(&fixed, 12),
     };
+    // Lengths first, so that adding them up cannot overflow.
+    if layout.body_len > len {
+        return Err(Bad::Corrupt("body length"));
+    }
     if u32_at(&fixed, 8) as usize != BLOCK
         || layout.file_len() != len
         || layout.blocks as u64 != layout.body_len.div_ceil(BLOCK as u64)

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
@@ -18,9 +16,9 @@ use log::info;
 use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora::cache::key::HashBinary;
 use tokio::sync::watch;
-use xxhash_rust::xxh3::Xxh3;
 
-use super::record::{self, Head, Wait, BLOCK};
+use super::record::{self, Head, Wait};
+use super::write::Writing;
 use super::{combined, hex, lock_now, Disk, Entry, Index, Spill, DISK_BLOCK, READY, SCANNING};
 use crate::cache::store::meta::{expire_internal, fresh_until_of};
 use crate::cache::store::purge::PurgeMode;
@@ -58,23 +56,8 @@ pub(super) enum Job {
     Remove {
         key: HashBinary,
     },
-}
-
-/// A file being written.
-struct Writing {
-    file: Arc<File>,
-    /// What the head says, and the room it has (see `with_length`).
-    head: Head,
-    cap: usize,
-    tmp: PathBuf,
-    written: u64,
-    block: Xxh3,
-    in_block: usize,
-    sums: Vec<u64>,
-    spill: Arc<Spill>,
-    progress: Arc<watch::Sender<bool>>,
-    /// A write failed: the rest is ignored and `Finish` stores nothing.
-    failed: bool,
+    /// Answered once every job before it is done (see `Disk::settled`).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 pub(super) fn run(disk: &'static Disk, inbox: mpsc::Receiver<Job>) {
@@ -178,7 +161,7 @@ fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String>
     }
     let url: Arc<str> = Arc::from(head.url.as_str());
     let tags = tags_in(&header);
-    let mut fresh_until = fresh_until;
+    let (mut fresh_until, mut expired_at) = (fresh_until, None);
     match disk.covered_during_scan(&key, &url, &tags) {
         Some(PurgeMode::Hard) => {
             drop(index);
@@ -188,6 +171,7 @@ fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String>
         Some(PurgeMode::Soft) => {
             let now = SystemTime::now();
             fresh_until = fresh_until.min(now);
+            expired_at = Some(now);
             disk.send(Job::Expire { key, at: now });
         }
         None => {}
@@ -203,6 +187,7 @@ fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String>
             tags,
             compact: head.key,
             fresh_until,
+            expired_at,
         },
     );
     admit(disk, &mut index, key, on_disk(layout.file_len()));
@@ -210,12 +195,12 @@ fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String>
 }
 
 /// Bytes a file of `len` takes on disk.
-fn on_disk(len: u64) -> u64 {
+pub(super) fn on_disk(len: u64) -> u64 {
     len.div_ceil(DISK_BLOCK) * DISK_BLOCK
 }
 
 /// Counts a ready entry's size and lets the eviction policy make room; evicted files go now.
-fn admit(disk: &Disk, index: &mut Index, key: HashBinary, size: u64) {
+pub(super) fn admit(disk: &Disk, index: &mut Index, key: HashBinary, size: u64) {
     let Some(e) = index.entries.get_mut(&key) else {
         return;
     };
@@ -225,36 +210,38 @@ fn admit(disk: &Disk, index: &mut Index, key: HashBinary, size: u64) {
     if size > u16::MAX as u64 * DISK_BLOCK {
         index.giants.push_back(key);
     }
-    let mut evicted: Vec<HashBinary> = disk
-        .eviction
-        .admit(entry, size as usize, SystemTime::now())
-        .iter()
-        .map(|k| combined(k.key()))
-        .collect();
-    // The policy weighs giants as 256 MiB: the byte count has the last word.
+    let evicted = disk.eviction.admit(entry, size as usize, SystemTime::now());
+    for k in evicted {
+        evict(disk, index, &combined(k.key()));
+    }
+    // The policy weighs giants as 256 MiB: the byte count has the last word, oldest giant first.
     while index.bytes > disk.limit {
-        let Some(g) = index.giants.pop_front() else {
+        let Some(g) = index.giants.front().copied() else {
             break;
         };
-        evicted.push(g);
-    }
-    for k in evicted {
-        let Some(e) = index.entries.remove(&k) else {
-            continue;
-        };
-        disk.eviction
-            .remove((&CacheEntryKey::key_only(e.compact.clone())).into());
-        index.names.remove(&k, &e.url, &e.tags);
-        if e.ready {
-            index.bytes -= e.size;
-            disk.stats.evicted_items.fetch_add(1, Ordering::Relaxed);
-            disk.stats
-                .evicted_bytes
-                .fetch_add(e.size, Ordering::Relaxed);
-            let _ = std::fs::remove_file(disk.path_of(&k));
+        if !evict(disk, index, &g) {
+            index.giants.pop_front(); // no longer stored
         }
-        index.giants.retain(|g| *g != k);
     }
+}
+
+/// Removes an object the eviction policy (or the size bound) gave up; returns whether it was
+/// listed.
+fn evict(disk: &Disk, index: &mut Index, key: &HashBinary) -> bool {
+    let Some(e) = index.entries.remove(key) else {
+        return false;
+    };
+    Disk::unlist(index, key, &e);
+    disk.eviction
+        .remove((&CacheEntryKey::key_only(e.compact.clone())).into());
+    if e.ready {
+        disk.stats.evicted_items.fetch_add(1, Ordering::Relaxed);
+        disk.stats
+            .evicted_bytes
+            .fetch_add(e.size, Ordering::Relaxed);
+        let _ = std::fs::remove_file(disk.path_of(key));
+    }
+    true
 }
 
 fn handle(disk: &'static Disk, writing: &mut HashMap<u64, Writing>, job: Job) {
@@ -264,24 +251,26 @@ fn handle(disk: &'static Disk, writing: &mut HashMap<u64, Writing>, job: Job) {
             head,
             spill,
             progress,
-        } => begin(disk, writing, id, head, spill, progress),
+        } => {
+            writing.insert(id, Writing::begin(disk, id, head, spill, progress));
+        }
         Job::Chunk { id, data } => {
             disk.queued.fetch_sub(data.len(), Ordering::AcqRel);
             if disk.has_room(0) {
                 disk.drained.notify_waiters();
             }
             if let Some(w) = writing.get_mut(&id) {
-                write_chunk(disk, w, &data);
+                w.chunk(disk, &data);
             }
         }
         Job::Finish { id, key } => {
             if let Some(w) = writing.remove(&id) {
-                finish(disk, w, id, key);
+                w.finish(disk, id, key);
             }
         }
         Job::Abort { id } => {
             if let Some(w) = writing.remove(&id) {
-                let _ = std::fs::remove_file(&w.tmp);
+                w.discard();
             }
         }
         Job::Rewrite { key, head } => rewrite(disk, key, |_| Some(head)),
@@ -289,6 +278,9 @@ fn handle(disk: &'static Disk, writing: &mut HashMap<u64, Writing>, job: Job) {
             let internal = expire_internal(&old.internal, at)?;
             Some(Head { internal, ..old })
         }),
+        Job::Barrier(done) => {
+            let _ = done.send(());
+        }
         Job::Remove { key } => {
             let in_place = disk.index().entries.get(&key).is_some_and(|e| e.ready);
             if !in_place {
@@ -296,163 +288,6 @@ fn handle(disk: &'static Disk, writing: &mut HashMap<u64, Writing>, job: Job) {
             }
         }
     }
-}
-
-fn begin(
-    disk: &Disk,
-    writing: &mut HashMap<u64, Writing>,
-    id: u64,
-    head: Head,
-    spill: Arc<Spill>,
-    progress: Arc<watch::Sender<bool>>,
-) {
-    let tmp = disk
-        .root
-        .join("tmp")
-        .join(format!("{}-{id}", std::process::id()));
-    let encoded = head.encode();
-    let cap = record::head_capacity(encoded.len());
-    // Readable too: readers of a trimmed fill read it through this descriptor.
-    let created = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&record::head_block(&encoded, cap))?;
-            Ok(f)
-        });
-    let file = match created {
-        Ok(f) => Arc::new(f),
-        Err(e) => {
-            disk.error(
-                &disk.stats.write_errors,
-                format_args!("cannot write {}: {e}", tmp.display()),
-            );
-            let _ = std::fs::remove_file(&tmp);
-            spill.failed.store(true, Ordering::Release);
-            progress.send_modify(|_| {});
-            return;
-        }
-    };
-    let _ = spill
-        .file
-        .set((file.clone(), (record::PREFIX + cap) as u64));
-    writing.insert(
-        id,
-        Writing {
-            file,
-            head,
-            cap,
-            tmp,
-            written: 0,
-            block: Xxh3::new(),
-            in_block: 0,
-            sums: Vec::new(),
-            spill,
-            progress,
-            failed: false,
-        },
-    );
-}
-
-fn write_chunk(disk: &Disk, w: &mut Writing, data: &[u8]) {
-    if w.failed {
-        return;
-    }
-    if let Err(e) = (&*w.file).write_all(data) {
-        disk.error(
-            &disk.stats.write_errors,
-            format_args!("cannot write {}: {e}", w.tmp.display()),
-        );
-        w.failed = true;
-        w.spill.failed.store(true, Ordering::Release);
-        w.progress.send_modify(|_| {});
-        return;
-    }
-    let mut rest = data;
-    while !rest.is_empty() {
-        let n = rest.len().min(BLOCK - w.in_block);
-        w.block.update(&rest[..n]);
-        w.in_block += n;
-        rest = &rest[n..];
-        if w.in_block == BLOCK {
-            w.sums.push(w.block.digest());
-            w.block.reset();
-            w.in_block = 0;
-        }
-    }
-    w.written += data.len() as u64;
-    w.spill.durable.store(w.written, Ordering::Release);
-    // Readers of a trimmed fill wait for this.
-    w.progress.send_modify(|_| {});
-}
-
-fn finish(disk: &Disk, mut w: Writing, id: u64, key: HashBinary) {
-    let keep = !w.failed && disk.index().entries.get(&key).is_some_and(|e| e.id == id);
-    if !keep {
-        let _ = std::fs::remove_file(&w.tmp);
-        return;
-    }
-    if w.in_block > 0 {
-        w.sums.push(w.block.digest());
-    }
-    let path = disk.path_of(&key);
-    let done = with_length(&w)
-        .and_then(|_| (&*w.file).write_all(&record::trailer(&w.sums, w.written)))
-        .and_then(|_| std::fs::create_dir_all(path.parent().expect("objects/ab/cd")))
-        .and_then(|_| std::fs::rename(&w.tmp, &path));
-    let len = w.file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut index = disk.index();
-    // Listed still? A purge may have come while the trailer was written.
-    let listed = index.entries.get(&key).is_some_and(|e| e.id == id);
-    match done {
-        Ok(()) if listed => {
-            if let Some(e) = index.entries.get_mut(&key) {
-                e.ready = true;
-            }
-            admit(disk, &mut index, key, on_disk(len));
-        }
-        Ok(()) => {
-            let _ = std::fs::remove_file(&path);
-        }
-        Err(e) => {
-            if let Some(old) = index.entries.remove(&key) {
-                index.names.remove(&key, &old.url, &old.tags);
-            }
-            drop(index);
-            // Neither the new version nor the one it replaces stays (that one is unlisted).
-            let _ = std::fs::remove_file(&w.tmp);
-            let _ = std::fs::remove_file(&path);
-            disk.error(
-                &disk.stats.write_errors,
-                format_args!("cannot complete {}: {e}", path.display()),
-            );
-        }
-    }
-}
-
-/// Gives a stored response that came without a Content-Length (chunked from the origin) the
-/// length of its body, now known, as nginx and Varnish do for a complete cached object: a hit
-/// on it is then sent with a length and can be served in ranges.
-fn with_length(w: &Writing) -> std::io::Result<()> {
-    let Some(mut header) = record::parse_header(&w.head.header) else {
-        return Ok(());
-    };
-    if header.headers.contains_key(http::header::CONTENT_LENGTH) || header.status != 200 {
-        return Ok(());
-    }
-    header.remove_header(&http::header::TRANSFER_ENCODING);
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, w.written.to_string());
-    let head = Head {
-        header: record::header_wire(&header),
-        ..w.head.clone()
-    }
-    .encode();
-    if head.len() > w.cap {
-        return Ok(()); // kept as it came
-    }
-    w.file.write_all_at(&record::head_block(&head, w.cap), 0)
 }
 
 /// Writes a new head over an object's old one, in place when it fits (a revalidated header
