@@ -63,12 +63,7 @@ start_proxy() {  # name
   case $name in
   nginx) nginx_cache_proxy "$d" "$port" "$PORT_ORIGIN" "$DISK_DIR/nginx" 1g 1h ;;
   edge)
-    cat >"$d/edge.yaml" <<CONF
-server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
-listen: ["127.0.0.1:$port"]
-admin: {listen: "127.0.0.1:$((port + 10))"}
-log: {level: warn, access: false}
-client: {keepalive_requests: 100000}
+    { edge_conf_head "$d" "$port"; cat <<CONF
 cache:
   max_size: $MEMORY
   disk: {path: $DISK_DIR/edge, max_size: 1GiB}
@@ -77,6 +72,7 @@ origins:
 routes:
   - {origin: o}
 CONF
+    } >"$d/edge.yaml"
     launch "$name" "$port" "$EDGE" -c "$d/edge.yaml" ;;
   esac
 }

@@ -73,3 +73,15 @@ http {
 CONF
   launch nginx "$port" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf"
 }
+
+# edge_conf_head DIR PORT: the first lines of an edge's bench config (threads, listener, admin on
+# PORT+10, warn-level log without access log, nginx's keepalive_requests).
+edge_conf_head() {
+  cat <<CONF
+server: {threads: $WORKERS, pid_file: $1/edge.pid, upgrade_sock: $1/edge.sock}
+listen: ["127.0.0.1:$2"]
+admin: {listen: "127.0.0.1:$(($2 + 10))"}
+log: {level: warn, access: false}
+client: {keepalive_requests: 100000}   # as nginx's keepalive_requests
+CONF
+}

@@ -80,12 +80,7 @@ start_proxy() {  # name upstream_port
     local mode=nocache; [[ $SCENARIO == hit* ]] && mode=cache
     BP_THREADS=$WORKERS launch "$name" "$port" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$up" "$mode" ;;
   edge)
-    cat >"$d/edge.yaml" <<CONF
-server: {threads: $WORKERS, pid_file: $d/edge.pid, upgrade_sock: $d/edge.sock}
-listen: ["127.0.0.1:$port"]
-admin: {listen: "127.0.0.1:$((port + 10))"}
-log: {level: warn, access: false}
-client: {keepalive_requests: 100000}   # as nginx's keepalive_requests above
+    { edge_conf_head "$d" "$port"; cat <<CONF
 cache: {max_size: $CACHE_SIZE}
 origins:
   o:
@@ -94,6 +89,7 @@ origins:
 routes:
   - {origin: o}
 CONF
+    } >"$d/edge.yaml"
     launch "$name" "$port" "$EDGE" -c "$d/edge.yaml" ;;
   esac
 }

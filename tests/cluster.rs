@@ -16,13 +16,18 @@ fn fleet_edge(o: &Origin, node: &str, nats_url: &str) -> Edge {
     let top = format!("cluster: {{node: {node}, nats: {{url: \"{nats_url}\"}}}}\n");
     let edge = edge_for(o, "", &top);
     assert!(
-        wait_until(Duration::from_secs(10), || edge
-            .metric("edge_cluster_nats_connected{stream=\"EDGE_PURGE\"}")
-            == 1.0),
+        opened_stream(&edge),
         "{node} did not open the purge stream:\n{}",
         edge.log()
     );
     edge
+}
+
+/// Waits (10 s at most) until the edge has the purge stream open.
+fn opened_stream(edge: &Edge) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        edge.metric("edge_cluster_nats_connected{stream=\"EDGE_PURGE\"}") == 1.0
+    })
 }
 
 fn hit(edge: &Edge, path: &str) -> bool {
@@ -253,9 +258,7 @@ fn a_restarted_edge_applies_the_purges_it_missed_before_serving_from_its_disk_ti
     {
         let c = Edge::start(&conf);
         // Its position in the stream is saved once it has the stream open.
-        assert!(wait_until(Duration::from_secs(10), || c
-            .metric("edge_cluster_nats_connected{stream=\"EDGE_PURGE\"}")
-            == 1.0));
+        assert!(opened_stream(&c), "{}", c.log());
         for p in ["/gone1", "/gone2", "/kept"] {
             c.get("example.com", p);
         }
