@@ -110,3 +110,18 @@ fn a_busy_listen_address_is_an_error_not_a_hang() {
         "{err}"
     );
 }
+
+#[test]
+fn a_disk_tier_larger_than_its_file_system_is_a_warning() {
+    let dir = std::env::temp_dir().join("edge-config-check-disk");
+    let text = format!(
+        "{GOOD}cache: {{max_object_size: 8MiB, disk: {{path: \"{}\", max_size: 1000000GiB}}}}\n",
+        dir.display()
+    );
+    let (code, err) = check_config(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cache.disk.max_size") && err.contains("more than the whole file system"),
+        "{err}"
+    );
+}

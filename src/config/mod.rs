@@ -17,6 +17,7 @@ mod schema;
 mod tls;
 pub mod units;
 mod validate;
+mod validate_cache;
 mod validate_cluster;
 mod validate_listen;
 

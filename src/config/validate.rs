@@ -17,10 +17,11 @@ use serde_yaml::{Mapping, Value};
 use super::errors::{ConfigError, ConfigErrors};
 use super::locate::{self, Seg};
 use super::schema::{
-    AdminSettings, CacheSettings, ClientSettings, ClusterSettings, Config, DiskSettings,
-    LogSettings, OriginConfig, RouteConfig, ServerSettings,
+    AdminSettings, CacheSettings, ClientSettings, ClusterSettings, Config, LogSettings,
+    OriginConfig, RouteConfig, ServerSettings,
 };
 use super::tls::ListenSpec;
+use super::validate_cache::{check_cache, writable};
 use super::validate_cluster::{check_cluster, check_shield};
 use super::validate_listen::{check_admin, check_listen, check_origin_tls};
 use crate::host::valid_host;
@@ -370,82 +371,6 @@ fn check_log(ck: &mut Checker, l: &LogSettings) {
     };
     if let Some(p) = problem {
         ck.error(&at, format!("{} {p}", path.display()));
-    }
-}
-
-/// Whether this process may create files in `dir` (access(2), as the kernel would judge it).
-fn writable(dir: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
-/// `cache`: sizes within the store's and the eviction policy's bounds, a valid header name.
-fn check_cache(ck: &mut Checker, c: &CacheSettings) {
-    if c.max_size.0 < 1 << 20 {
-        ck.error(
-            &[key("cache"), key("max_size")],
-            format!("expected at least 1MiB, got {} bytes", c.max_size.0),
-        );
-    }
-    let at = |field: &str| [key("cache"), key(field)];
-    match &c.disk {
-        None if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 => ck.error(
-            &at("max_object_size"),
-            "must be more than 0 and at most max_size",
-        ),
-        // The eviction policy weighs objects in KiB with 16 bits: larger ones would be
-        // under-counted, and max_size would no longer bound memory.
-        None if c.max_object_size.0 > 64 << 20 => ck.error(
-            &at("max_object_size"),
-            format!(
-                "at most 64MiB without a disk tier (cache.disk), got {} bytes",
-                c.max_object_size.0
-            ),
-        ),
-        None => {}
-        Some(d) => check_disk(ck, c, d),
-    }
-    if http::HeaderName::from_bytes(c.targeted_field.as_bytes()).is_err() {
-        ck.error(
-            &[key("cache"), key("targeted_field")],
-            format!("\"{}\" is not a header name", c.targeted_field),
-        );
-    }
-}
-
-/// `cache.disk`: an absolute directory that can be made and written, a size that holds the
-/// largest object.
-fn check_disk(ck: &mut Checker, c: &CacheSettings, d: &DiskSettings) {
-    let at = |field: &str| [key("cache"), key("disk"), key(field)];
-    if d.max_size.0 < 16 << 20 {
-        ck.error(
-            &at("max_size"),
-            format!("expected at least 16MiB, got {} bytes", d.max_size.0),
-        );
-    }
-    if c.max_object_size.0 == 0 || c.max_object_size.0 > d.max_size.0 {
-        ck.error(
-            &[key("cache"), key("max_object_size")],
-            "must be more than 0 and at most cache.disk.max_size",
-        );
-    }
-    if !d.path.is_absolute() {
-        ck.error(&at("path"), "must be an absolute path");
-        return;
-    }
-    // The nearest directory that exists must let the edge create the rest and write there.
-    let existing = d.path.ancestors().find(|p| p.exists());
-    match existing {
-        Some(p) if p.is_dir() && writable(p) => {}
-        Some(p) => ck.error(
-            &at("path"),
-            format!("{} is not a directory the edge can write in", p.display()),
-        ),
-        None => ck.error(&at("path"), "no part of it exists"),
     }
 }
 

@@ -17,10 +17,58 @@ pub struct CacheMetrics {
     pub purged: IntCounterVec,
     pub file_bytes: IntGauge,
     pub files: IntGauge,
-    /// Disk tier failures by reason; the request is served from memory or the origin.
-    pub disk_errors: IntCounterVec,
-    pub disk_skipped: prometheus::IntCounter,
-    pub disk_ready: IntGaugeVec,
+    /// What only the disk tier has: failures, skipped writes, readiness.
+    pub disk: DiskMetrics,
+}
+
+pub struct DiskMetrics {
+    /// Failures by reason; the request is served from memory or the origin.
+    pub errors: IntCounterVec,
+    pub skipped: prometheus::IntCounter,
+    pub ready: IntGaugeVec,
+}
+
+impl DiskMetrics {
+    fn new(r: &Reg) -> Self {
+        DiskMetrics {
+            errors: r.counters_from_zero(
+                "edge_cache_disk_errors_total",
+                "Disk tier failures: write (disk full included), read, corrupt (a file that \
+                 failed its checks, dropped). Requests are still served, from memory or the \
+                 origin.",
+                "reason",
+                &["write", "read", "corrupt"],
+            ),
+            skipped: r.counter(
+                "edge_cache_disk_skipped_total",
+                "Small objects not written to the disk tier because its writer was too far \
+                 behind (a slow disk); they are still stored in memory.",
+            ),
+            ready: r.gauges(
+                "edge_cache_disk_ready",
+                "1 once the disk tier at `path` has rebuilt its index from its files (0 while it \
+                 scans, or waits for the process it takes over from; absent without a disk tier).",
+                &["path"],
+            ),
+        }
+    }
+
+    /// Reads the tier's figures; at scrape time.
+    fn refresh(&self, disk: &crate::cache::store::disk::Disk) {
+        let s = &disk.stats;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for (reason, n) in [
+            ("write", &s.write_errors),
+            ("read", &s.read_errors),
+            ("corrupt", &s.corrupt),
+        ] {
+            counter_to(&self.errors.with_label_values(&[reason]), get(n));
+        }
+        counter_to(&self.skipped, get(&s.skipped));
+        self.ready
+            .with_label_values(&[&disk.root().display().to_string()])
+            .set(disk.ready() as i64);
+    }
 }
 
 impl CacheMetrics {
@@ -31,13 +79,6 @@ impl CacheMetrics {
              invalidated by unsafe requests.",
             "kind",
             &["url", "prefix", "tag", "invalidation"],
-        );
-        let disk_errors = r.counters_from_zero(
-            "edge_cache_disk_errors_total",
-            "Disk tier failures: write (disk full included), read, corrupt (a file that failed \
-             its checks, dropped). Requests are still served, from memory or the origin.",
-            "reason",
-            &["write", "read", "corrupt"],
         );
         let m = CacheMetrics {
             bytes: r.gauges(
@@ -75,18 +116,7 @@ impl CacheMetrics {
                 "Memory files holding cached bodies (one file descriptor each; at most a quarter \
                  of the descriptor limit).",
             ),
-            disk_errors,
-            disk_skipped: r.counter(
-                "edge_cache_disk_skipped_total",
-                "Small objects not written to the disk tier because its writer was too far \
-                 behind (a slow disk); they are still stored in memory.",
-            ),
-            disk_ready: r.gauges(
-                "edge_cache_disk_ready",
-                "1 once the disk tier at `path` has rebuilt its index from its files (0 while it \
-                 scans, or waits for the process it takes over from; absent without a disk tier).",
-                &["path"],
-            ),
+            disk: DiskMetrics::new(r),
         };
         // The memory tier's series exist from the start, at 0.
         for v in [&m.evictions, &m.evicted_bytes, &m.hits] {
@@ -134,21 +164,6 @@ impl CacheMetrics {
             get(&s.evicted_bytes),
         );
         counter_to(&self.hits.with_label_values(&[d]), get(&s.hits));
-        counter_to(
-            &self.disk_errors.with_label_values(&["write"]),
-            get(&s.write_errors),
-        );
-        counter_to(
-            &self.disk_errors.with_label_values(&["read"]),
-            get(&s.read_errors),
-        );
-        counter_to(
-            &self.disk_errors.with_label_values(&["corrupt"]),
-            get(&s.corrupt),
-        );
-        counter_to(&self.disk_skipped, get(&s.skipped));
-        self.disk_ready
-            .with_label_values(&[&disk.root().display().to_string()])
-            .set(disk.ready() as i64);
+        self.disk.refresh(disk);
     }
 }

@@ -177,10 +177,10 @@ mod tests {
     #[test]
     fn counter_follows_a_running_total() {
         let m = Metrics::new();
-        counter_to(&m.cache.disk_skipped, 5);
-        counter_to(&m.cache.disk_skipped, 3);
-        assert_eq!(m.cache.disk_skipped.get(), 5);
-        counter_to(&m.cache.disk_skipped, 9);
-        assert_eq!(m.cache.disk_skipped.get(), 9);
+        counter_to(&m.cache.disk.skipped, 5);
+        counter_to(&m.cache.disk.skipped, 3);
+        assert_eq!(m.cache.disk.skipped.get(), 5);
+        counter_to(&m.cache.disk.skipped, 9);
+        assert_eq!(m.cache.disk.skipped.get(), 9);
     }
 }

@@ -20,14 +20,7 @@ impl Store {
         let Some(found) = disk.lookup(&k).await else {
             return Ok(None);
         };
-        let Some(header) = record::parse_header(&found.head.header) else {
-            disk.drop_corrupt(&k, "unreadable header");
-            return Ok(None);
-        };
-        let stored = StoredMeta {
-            internal: found.head.internal,
-            header: Arc::new(header),
-        };
+        let stored = found.meta;
         let meta = stored.to_cache_meta()?;
         disk.stats.hits.fetch_add(1, Ordering::Relaxed);
         let hit = match found.body {
@@ -71,11 +64,7 @@ impl Store {
         let start = self.read_start();
         let found = disk.lookup_cached(primary)?;
         let body = found.body?;
-        let header = record::parse_header(&found.head.header)?;
-        let stored = StoredMeta {
-            internal: found.head.internal,
-            header: Arc::new(header),
-        };
+        let stored = found.meta;
         let meta = stored.to_cache_meta().ok()?;
         let f = Freshness::of(&meta);
         if f.varies || f.fresh_until < now {

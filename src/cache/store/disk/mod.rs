@@ -33,7 +33,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use log::warn;
 use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
-use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::key::{CompactCacheKey, HashBinary};
 use tokio::sync::{watch, Notify};
 
 use super::names::Names;
@@ -377,11 +377,7 @@ impl Disk {
         fresh_until: SystemTime,
     ) {
         let mut index = self.index();
-        if let Some(old) = index.entries.remove(&key) {
-            Self::unlist(&mut index, &key, &old);
-            self.eviction
-                .remove(CacheEntryKeyRef::KeyOnly(&old.compact));
-        }
+        self.forget(&mut index, &key);
         index.names.add(key, &url, &tags);
         index.entries.insert(
             key,
@@ -407,6 +403,15 @@ impl Disk {
 
     // --- Purges and revalidations -----------------------------------------------------------
 
+    /// Takes an object out of the index: its names, its bytes, and the eviction policy's entry.
+    /// The file stays (the caller removes it, or has the worker do so).
+    fn forget(&self, index: &mut Index, key: &HashBinary) -> Option<Entry> {
+        let e = index.entries.remove(key)?;
+        Self::unlist(index, key, &e);
+        self.eviction.remove(CacheEntryKeyRef::KeyOnly(&e.compact));
+        Some(e)
+    }
+
     fn unlist(index: &mut Index, key: &HashBinary, e: &Entry) {
         index.names.remove(key, &e.url, &e.tags);
         if e.ready {
@@ -419,13 +424,11 @@ impl Disk {
 
     /// Removes one object (the file goes in the worker's turn).
     fn remove_locked(&self, index: &mut Index, key: &HashBinary) -> bool {
-        let Some(e) = index.entries.remove(key) else {
-            return false;
-        };
-        Self::unlist(index, key, &e);
-        self.eviction.remove(CacheEntryKeyRef::KeyOnly(&e.compact));
-        self.send(Job::Remove { key: *key });
-        true
+        let found = self.forget(index, key).is_some();
+        if found {
+            self.send(Job::Remove { key: *key });
+        }
+        found
     }
 
     /// Records a purge for the files the start-up scan has not reached (if it is running).
@@ -554,9 +557,4 @@ impl Disk {
 /// A key in hexadecimal, as file names spell it.
 pub fn hex(key: &HashBinary) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The combined key a compact key stands for.
-pub fn combined(c: &CompactCacheKey) -> HashBinary {
-    c.combined_bin()
 }

@@ -13,8 +13,9 @@ use pingora::cache::key::HashBinary;
 use pingora::{Error, ErrorType, Result};
 
 use super::record::{self, Bad, Head, Layout, Wait, BLOCK};
-use super::{combined, Disk};
-use crate::cache::store::meta::expire_internal;
+use super::Disk;
+use crate::cache::store::meta::{expire_internal, StoredMeta};
+use pingora::cache::key::CacheHashKey;
 
 /// Bodies up to this size are read whole at lookup and promoted to memory; larger ones are
 /// streamed from the file.
@@ -23,6 +24,8 @@ pub const READ_WHOLE_MAX: u64 = 4 << 20;
 /// An object found on disk.
 pub struct Found {
     pub head: Head,
+    /// The head's meta as the store keeps it, its header parsed once, here.
+    pub meta: StoredMeta,
     /// The whole body, checked, when it is small (`READ_WHOLE_MAX`).
     pub body: Option<Bytes>,
     pub file: FileBody,
@@ -83,17 +86,23 @@ fn open_found(
     wait: Wait,
 ) -> std::result::Result<Found, Bad> {
     let f = File::open(path)?;
-    let (whole, complete) = record::open_checked(&f, wait)?;
-    if combined(&whole.head.key) != *key {
+    let whole = record::open_checked(&f, wait)?;
+    if whole.head.key.combined_bin() != *key {
         return Err(Bad::Corrupt("the file holds another key"));
     }
+    let header =
+        record::parse_header(&whole.head.header).ok_or(Bad::Corrupt("unreadable header"))?;
+    let meta = StoredMeta {
+        internal: whole.head.internal.clone(),
+        header: Arc::new(header),
+    };
     let file = FileBody {
         file: Arc::new(f),
         layout: whole.layout,
         sums: Arc::new(whole.sums),
     };
-    let body = if complete {
-        Some(whole.body)
+    let body = if whole.body.is_some() {
+        whole.body
     } else if file.layout.body_len <= READ_WHOLE_MAX {
         let mut body = Vec::with_capacity(file.layout.body_len as usize);
         for i in 0..file.layout.blocks as usize {
@@ -111,6 +120,7 @@ fn open_found(
     };
     Ok(Found {
         head: whole.head,
+        meta,
         body,
         file,
     })
@@ -156,11 +166,11 @@ impl Disk {
     /// dropped.
     fn settle(&self, key: &HashBinary, opened: std::result::Result<Found, Bad>) -> Option<Found> {
         match opened {
-            Ok(found) if !self.ready() && self.purged_while_scanning(key, &found.head) => None,
+            Ok(found) if !self.ready() && self.purged_while_scanning(key, &found) => None,
             Ok(mut found) => {
                 if let Some(at) = self.touch(key) {
                     // Soft-purged, and the file not rewritten yet: stale as of the purge.
-                    found.head.internal = expire_internal(&found.head.internal, at)?;
+                    found.meta.internal = expire_internal(&found.meta.internal, at)?;
                 }
                 Some(found)
             }
@@ -183,11 +193,10 @@ impl Disk {
 impl Disk {
     /// Whether a purge made during the start-up scan covers a file read before the scan
     /// reached it (conservatively: a soft purge makes it a miss too).
-    fn purged_while_scanning(&self, key: &HashBinary, head: &Head) -> bool {
-        let tags = record::parse_header(&head.header)
-            .map(|h| crate::cache::store::tags_in(&h))
-            .unwrap_or_default();
-        self.covered_during_scan(key, &head.url, &tags).is_some()
+    fn purged_while_scanning(&self, key: &HashBinary, found: &Found) -> bool {
+        let tags = crate::cache::store::tags_in(&found.meta.header);
+        self.covered_during_scan(key, &found.head.url, &tags)
+            .is_some()
     }
 }
 

@@ -275,29 +275,27 @@ fn read_exact_at(f: &File, len: usize, at: u64, wait: Wait) -> Result<Vec<u8>, B
 /// Files up to this size are read in one call (prefix, head, body and trailer together).
 const READ_ALL_MAX: u64 = 256 << 10;
 
-/// A whole small file: head, layout, checksums and its body, all checked.
+/// A file's head, layout and checksums, all checked, and its body when it came with them.
 pub struct Whole {
     pub head: Head,
     pub layout: Layout,
     pub sums: Vec<u64>,
-    pub body: Bytes,
+    /// Read and checked: the file was small (`READ_ALL_MAX`) and read in one call.
+    pub body: Option<Bytes>,
 }
 
-/// Opens a file, checks its head and trailer, and, when it is small (`READ_ALL_MAX`), reads
-/// and checks its body too, in one read. `body` is then set.
-pub fn open_checked(f: &File, wait: Wait) -> Result<(Whole, bool), Bad> {
+/// Opens a file and checks its head and trailer; when it is small (`READ_ALL_MAX`), reads and
+/// checks its body too, in the same read.
+pub fn open_checked(f: &File, wait: Wait) -> Result<Whole, Bad> {
     let len = f.metadata()?.len();
     if len > READ_ALL_MAX || len < (PREFIX + TRAILER_FIXED) as u64 {
         let (head, layout, sums) = open(f, wait)?;
-        return Ok((
-            Whole {
-                head,
-                layout,
-                sums,
-                body: Bytes::new(),
-            },
-            false,
-        ));
+        return Ok(Whole {
+            head,
+            layout,
+            sums,
+            body: None,
+        });
     }
     let all = Bytes::from(read_exact_at(f, len as usize, 0, wait)?);
     let at = |from: u64, n: usize| -> Result<Vec<u8>, Bad> {
@@ -310,15 +308,12 @@ pub fn open_checked(f: &File, wait: Wait) -> Result<(Whole, bool), Bad> {
             return Err(Bad::Corrupt("body checksum"));
         }
     }
-    Ok((
-        Whole {
-            head,
-            layout,
-            sums,
-            body,
-        },
-        true,
-    ))
+    Ok(Whole {
+        head,
+        layout,
+        sums,
+        body: Some(body),
+    })
 }
 
 /// A file's head and layout, with the head's and the trailer's checksums checked and the

@@ -14,12 +14,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use log::info;
 use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use tokio::sync::watch;
 
 use super::record::{self, Head, Wait};
 use super::write::Writing;
-use super::{combined, hex, lock_now, Disk, Entry, Index, Spill, DISK_BLOCK, READY, SCANNING};
+use super::{hex, lock_now, Disk, Entry, Index, Spill, DISK_BLOCK, READY, SCANNING};
 use crate::cache::store::meta::{expire_internal, fresh_until_of};
 use crate::cache::store::purge::PurgeMode;
 use crate::cache::store::tags_in;
@@ -107,14 +107,32 @@ pub(super) fn run(disk: &'static Disk, inbox: mpsc::Receiver<Job>) {
     }
 }
 
-/// Files left by a process that stopped mid-write.
+/// Files left by a process that stopped mid-write. Only names the tier gives them
+/// (`<pid>-<write id>`): a directory shared by mistake keeps what is not the tier's.
 fn clear_tmp(disk: &Disk) {
     let Ok(dir) = std::fs::read_dir(disk.root.join("tmp")) else {
         return;
     };
+    let ours = |name: &str| {
+        name.split_once('-').is_some_and(|(pid, id)| {
+            [pid, id]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
     for f in dir.flatten() {
-        let _ = std::fs::remove_file(f.path());
+        if f.file_name().to_str().is_some_and(ours) {
+            let _ = std::fs::remove_file(f.path());
+        }
     }
+}
+
+/// Whether a name is one the tier gives an object file or its directories (lowercase hex of
+/// `len` characters): the scan reads and may drop only those.
+fn hex_name(name: &std::ffi::OsStr, len: usize) -> bool {
+    name.to_str().is_some_and(|n| {
+        n.len() == len && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// Rebuilds the index from the files; returns how many it looked at. A file that fails its
@@ -126,10 +144,15 @@ fn scan(disk: &'static Disk) -> usize {
     };
     let dirs = level1
         .flatten()
+        .filter(|d| hex_name(&d.file_name(), 2))
         .filter_map(|d| std::fs::read_dir(d.path()).ok())
         .flat_map(|d| d.flatten())
+        .filter(|d| hex_name(&d.file_name(), 2))
         .filter_map(|d| std::fs::read_dir(d.path()).ok());
-    for file in dirs.flat_map(|d| d.flatten()) {
+    let files = dirs
+        .flat_map(|d| d.flatten())
+        .filter(|f| hex_name(&f.file_name(), 32));
+    for file in files {
         seen += 1;
         let path = file.path();
         match index_file(disk, &path) {
@@ -149,7 +172,7 @@ fn scan(disk: &'static Disk) -> usize {
 fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String> {
     let f = File::open(path).map_err(|e| e.to_string())?;
     let (head, layout, _) = record::open(&f, Wait::Disk).map_err(|e| format!("{e:?}"))?;
-    let key = combined(&head.key);
+    let key = head.key.combined_bin();
     if path.file_name().and_then(|n| n.to_str()) != Some(hex(&key).as_str()) {
         return Err("its name is not its key".into());
     }
@@ -212,7 +235,7 @@ pub(super) fn admit(disk: &Disk, index: &mut Index, key: HashBinary, size: u64) 
     }
     let evicted = disk.eviction.admit(entry, size as usize, SystemTime::now());
     for k in evicted {
-        evict(disk, index, &combined(k.key()));
+        evict(disk, index, &k.key().combined_bin());
     }
     // The policy weighs giants as 256 MiB: the byte count has the last word, oldest giant first.
     while index.bytes > disk.limit {
@@ -228,12 +251,9 @@ pub(super) fn admit(disk: &Disk, index: &mut Index, key: HashBinary, size: u64) 
 /// Removes an object the eviction policy (or the size bound) gave up; returns whether it was
 /// listed.
 fn evict(disk: &Disk, index: &mut Index, key: &HashBinary) -> bool {
-    let Some(e) = index.entries.remove(key) else {
+    let Some(e) = disk.forget(index, key) else {
         return false;
     };
-    Disk::unlist(index, key, &e);
-    disk.eviction
-        .remove((&CacheEntryKey::key_only(e.compact.clone())).into());
     if e.ready {
         disk.stats.evicted_items.fetch_add(1, Ordering::Relaxed);
         disk.stats
@@ -305,12 +325,7 @@ fn rewrite(disk: &Disk, key: HashBinary, new_head: impl FnOnce(Head) -> Option<H
             .ok()
     })();
     if done.is_none() && path.exists() {
-        let mut index = disk.index();
-        if let Some(e) = index.entries.remove(&key) {
-            Disk::unlist(&mut index, &key, &e);
-            disk.eviction
-                .remove((&CacheEntryKey::key_only(e.compact)).into());
-        }
+        disk.forget(&mut disk.index(), &key);
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pingora::cache::eviction::EvictionManager;
 use pingora::cache::key::HashBinary;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
@@ -212,11 +211,7 @@ impl Writing {
     fn abandon(self, disk: &Disk, id: u64, key: HashBinary) {
         let mut index = disk.index();
         if index.entries.get(&key).is_some_and(|e| e.id == id) {
-            if let Some(e) = index.entries.remove(&key) {
-                Disk::unlist(&mut index, &key, &e);
-                let entry = pingora::cache::eviction::CacheEntryKey::key_only(e.compact);
-                disk.eviction.remove((&entry).into());
-            }
+            disk.forget(&mut index, &key);
             let _ = std::fs::remove_file(disk.path_of(&key));
         }
         drop(index);
