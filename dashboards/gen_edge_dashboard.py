@@ -8,7 +8,8 @@ DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 O = 'origin=~"$origin"'
 R = "[$__rate_interval]"
 
-def ts(title, desc, targets, unit="short", x=0, y=0, w=12, h=8, thresholds=None, minv=None, maxv=None):
+def ts(title, desc, targets, unit="short", x=0, y=0, w=12, h=8, thresholds=None, minv=None, maxv=None,
+       right_axis=None):
     p = {
         "type": "timeseries", "title": title, "description": desc, "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
@@ -23,6 +24,13 @@ def ts(title, desc, targets, unit="short", x=0, y=0, w=12, h=8, thresholds=None,
     if thresholds:
         d["thresholds"] = {"mode": "absolute", "steps": thresholds}
         d["custom"]["thresholdsStyle"] = {"mode": "line"}
+    if right_axis:
+        # One series is a share (0..1) beside rates: on its own axis, on the right.
+        p["fieldConfig"]["overrides"].append({
+            "matcher": {"id": "byName", "options": right_axis},
+            "properties": [{"id": "custom.axisPlacement", "value": "right"},
+                           {"id": "unit", "value": "percentunit"}, {"id": "min", "value": 0},
+                           {"id": "max", "value": 1}]})
     return p
 
 panels = [
@@ -145,20 +153,27 @@ panels = [
        "One line per config version (hash of the file); a step shows when it changed.",
        [('max by (version) (edge_config_info)', "{{version}}")],
        x=12, y=80, minv=0, maxv=1),
-    ts("TLS handshakes with clients per second, by version",
-       "Completed handshakes on HTTPS listeners. Many handshakes per request mean clients do not "
-       "keep connections (check client.keepalive_timeout) or do not resume sessions.",
-       [(f'sum by (version) (rate(edge_client_tls_handshakes_total{R}))', "{{version}}")],
-       unit="ops", x=0, y=88),
+    ts("TLS handshakes with clients per second: by version, resumed share, failures",
+       "Completed handshakes on HTTPS listeners by version, the share that resumed a session "
+       "(right axis: no certificate sent and no signature made, so cheaper for the edge), and "
+       "failed handshakes by reason. Many handshakes per request mean clients do not keep "
+       "connections (check client.keepalive_timeout); a low resumed share, that they do not "
+       "resume. Failures: closed and not_tls are scanners and plain HTTP; certificate_rejected "
+       "means clients refuse the certificate the edge presents (a missing name or chain).",
+       [(f'sum by (version) (rate(edge_client_tls_handshakes_total{R}))', "{{version}}"),
+        (f'sum(rate(edge_client_tls_handshakes_total{{resumed="true"}}{R})) / sum(rate(edge_client_tls_handshakes_total{R}))', "resumed share"),
+        (f'sum by (reason) (rate(edge_client_tls_handshake_failures_total{R}))', "failed: {{reason}}")],
+       unit="ops", x=0, y=88, right_axis="resumed share"),
     ts("Requests per second by protocol and scheme (h2 share)",
        "HTTP/1.0, HTTP/1.1 and h2, over http and https. The h2 share is what HTTPS clients "
        "negotiated by ALPN (listen[].http2).",
        [(f'sum by (protocol, scheme) (rate(edge_requests_by_protocol_total{R}))', "{{protocol}} {{scheme}}")],
        unit="reqps", x=12, y=88),
-    ts("Upstream TLS handshake p95 (new connections to HTTPS origins)",
-       "What a miss on a new connection pays on top of TCP connect. Pooled connections pay none; "
-       "new ones resume the TLS session where the origin allows it, which makes this smaller.",
-       [(f'histogram_quantile(0.95, sum by (le, origin) (rate(edge_upstream_tls_handshake_seconds_bucket{{{O}}}{R})))', "{{origin}}")],
+    ts("Upstream TLS handshake p95 (new connections to HTTPS origins), full and resumed",
+       "What a miss on a new connection pays on top of TCP connect, by whether the origin "
+       "resumed the edge's session. Pooled connections pay none. Full handshakes where resumed "
+       "ones were expected: the origin does not keep sessions or tickets.",
+       [(f'histogram_quantile(0.95, sum by (le, origin, resumed) (rate(edge_upstream_tls_handshake_seconds_bucket{{{O}}}{R})))', "{{origin}} resumed={{resumed}}")],
        unit="s", x=0, y=96),
     ts("Listener certificates: days until expiry",
        "Each certificate in force on an HTTPS listener, by its first name. The red line is the "

@@ -40,6 +40,8 @@ fn https_origin(o: &TlsOrigin, ca: &TestCa, extra: &str) -> String {
 }
 
 const H1: &[&[u8]] = &[b"http/1.1"];
+const HANDSHAKES: &str = "edge_client_tls_handshakes_total";
+const TLS13: &str = "version=\"TLSv1.3\"";
 
 #[test]
 fn https_client_to_https_origin_with_sni_certificate_choice() {
@@ -90,8 +92,8 @@ fn https_client_to_https_origin_with_sni_certificate_choice() {
     assert_eq!(purged.body, "purged 1\n");
     assert_eq!(c.get("www.example.com", "/a").status, 200);
     assert_eq!(o.count("/a"), 2);
-    let tls13 = "edge_client_tls_handshakes_total{version=\"TLSv1.3\"}";
-    assert!(wait_until(Duration::from_secs(5), || edge.metric(tls13) >= 4.0));
+    let tls13 = || edge.metric_sum(HANDSHAKES, &[TLS13]);
+    assert!(wait_until(Duration::from_secs(5), || tls13() >= 4.0));
     assert!(
         edge.metric("edge_tls_certificate_expiry_timestamp_seconds{name=\"www.example.com\"}")
             > 0.0
@@ -113,10 +115,10 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
     assert_eq!(c.alpn().as_deref(), Some("h2"));
     // The server counts a TLS 1.3 handshake when the client's last flight arrives: wait for it
     // before taking the count the curl run is measured against.
-    let tls13 = "edge_client_tls_handshakes_total{version=\"TLSv1.3\"}";
-    assert!(wait_until(Duration::from_secs(5), || edge.metric(tls13) >= 1.0));
+    let tls13 = || edge.metric_sum(HANDSHAKES, &[TLS13]);
+    assert!(wait_until(Duration::from_secs(5), || tls13() >= 1.0));
     drop(c);
-    let handshakes_before = edge.metric(tls13);
+    let handshakes_before = tls13();
     let connections_before = edge.metric("edge_client_connections_total");
     // curl multiplexes parallel transfers to one host over one h2 connection.
     let port = edge.addr.port();
@@ -138,7 +140,7 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
         8.0
     );
     assert_eq!(
-        edge.metric(tls13) - handshakes_before,
+        tls13() - handshakes_before,
         1.0,
         "eight streams, one connection"
     );
@@ -202,7 +204,103 @@ fn https_origin_connections_are_pooled_and_new_ones_resume() {
         "{resumed} of {full} origin handshakes resumed; {:?}",
         o2.handshake_log()
     );
-    assert!(edge.metric("edge_upstream_tls_handshake_seconds_count{origin=\"web\"}") >= 20.0);
+    // The edge tells resumed handshakes apart too, and agrees with the origin.
+    let by_edge = |r| {
+        let sample =
+            format!("edge_upstream_tls_handshake_seconds_count{{origin=\"web\",resumed=\"{r}\"}}");
+        edge.metric(&sample) as usize
+    };
+    let (edge_full, edge_resumed) = (by_edge("false"), by_edge("true"));
+    assert!(
+        edge_full + edge_resumed >= 20,
+        "{edge_full} + {edge_resumed}"
+    );
+    assert!(
+        edge_resumed * 10 >= 19 * 9 && edge_resumed <= o2.resumed(),
+        "the edge counted {edge_resumed} resumed, {edge_full} full; the origin {resumed} of {full}"
+    );
+}
+
+#[test]
+fn client_handshakes_are_counted_by_resumption_and_failures_by_reason() {
+    let ca = TestCa::new("edge test CA");
+    let www = ca.issue(&["www.example.com"]);
+    let o = TlsOrigin::start("o", &ca.issue(&["origin.test"]));
+    o.set(
+        "/a",
+        Canned::new(200, &[("Cache-Control", "max-age=60")], "a"),
+    );
+    let edge = Edge::start_listening(&tls_listen(&[&www], ""), &https_origin(&o, &ca, ""));
+    let count = |version: &str, resumed: &str| {
+        let labels = format!("resumed=\"{resumed}\",version=\"{version}\"");
+        edge.metric(&format!("{HANDSHAKES}{{{labels}}}"))
+    };
+
+    // Three connections on one client config per version: the first is full, the next two
+    // resume the session it was given (read with the first response, as tickets come after
+    // the handshake in TLS 1.3).
+    for (version, config) in [
+        (
+            "TLSv1.3",
+            client_config_versions(ca.pem_path(), H1, &[&rustls::version::TLS13]),
+        ),
+        (
+            "TLSv1.2",
+            client_config_versions(ca.pem_path(), H1, &[&rustls::version::TLS12]),
+        ),
+    ] {
+        for i in 0..3 {
+            let mut c = TlsClient::connect_with(edge.addr, "www.example.com", config.clone());
+            assert_eq!(c.resumed(), i > 0, "{version} connection {i}");
+            assert_eq!(c.get("www.example.com", "/a").status, 200);
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || count(version, "true") >= 2.0),
+            "{version}: {} resumed, {} full",
+            count(version, "true"),
+            count(version, "false")
+        );
+        assert_eq!(count(version, "true"), 2.0, "{version}");
+        assert_eq!(count(version, "false"), 1.0, "{version}");
+    }
+
+    // Failed handshakes, one of each kind, counted by reason.
+    let failures = |reason: &str| {
+        edge.metric(&format!(
+            "edge_client_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    // Plain HTTP on the TLS port.
+    let mut plain = std::net::TcpStream::connect(edge.addr).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let shown = || {
+        let m = edge.metrics();
+        let lines = m
+            .lines()
+            .filter(|l| l.starts_with("edge_client_tls_handshake_failures"));
+        lines.collect::<Vec<_>>().join("\n")
+    };
+    let not_tls = wait_until(Duration::from_secs(5), || failures("not_tls") == 1.0);
+    assert!(not_tls, "{}", shown());
+    // A client that does not trust the certificate says so with an alert.
+    let other_ca = TestCa::new("another CA");
+    let refused = TlsClient::try_connect(edge.addr, "www.example.com", other_ca.pem_path(), H1);
+    assert!(refused.is_err());
+    assert!(wait_until(Duration::from_secs(5), || failures(
+        "certificate_rejected"
+    ) == 1.0));
+    // A client that asks for a protocol the listener does not speak.
+    let h3 = TlsClient::try_connect(edge.addr, "www.example.com", ca.pem_path(), &[b"h3"]);
+    assert!(h3.is_err());
+    assert!(wait_until(Duration::from_secs(5), || failures(
+        "incompatible"
+    ) == 1.0));
+    // A client that connects and leaves before finishing.
+    drop(std::net::TcpStream::connect(edge.addr).unwrap());
+    assert!(wait_until(Duration::from_secs(5), || failures("closed") >= 1.0));
+    assert_eq!(failures("other"), 0.0);
+    assert_eq!(failures("protocol"), 0.0);
+    drop(plain);
 }
 
 #[test]

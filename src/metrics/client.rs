@@ -16,8 +16,10 @@ pub struct ClientMetrics {
     /// Connections closed as soon as accepted because `client.max_connections` were open.
     pub connections_refused: IntCounter,
     pub requests_per_connection: Histogram,
-    /// Completed TLS handshakes by version (`TLSv1.2`, `TLSv1.3`).
+    /// Completed TLS handshakes by version (`TLSv1.2`, `TLSv1.3`) and `resumed`.
     pub tls_handshakes: IntCounterVec,
+    /// Failed TLS handshakes by reason (`tls::handshakes::FAILURE_REASONS`).
+    pub tls_handshake_failures: IntCounterVec,
     /// Requests by protocol and scheme, resolved once: `[protocol][scheme]` as
     /// [`PROTOCOLS`] and [`SCHEMES`] (every request counts in one, the lane's hits included).
     pub requests_by_protocol: [[IntCounter; 2]; 3],
@@ -38,12 +40,30 @@ impl ClientMetrics {
 impl ClientMetrics {
     pub(super) fn new(r: &Reg) -> Self {
         ClientMetrics {
-            tls_handshakes: r.counters_from_zero(
-                "edge_client_tls_handshakes_total",
-                "Completed TLS handshakes with clients, by version (rustls through Pingora does \
-                 not say whether a handshake resumed a session).",
-                "version",
-                &["TLSv1.2", "TLSv1.3"],
+            tls_handshakes: {
+                let v = r.counters(
+                    "edge_client_tls_handshakes_total",
+                    "Completed TLS handshakes with clients, by version and whether the client \
+                     resumed an earlier session (resumed=\"true\": no certificate sent, no \
+                     signature made).",
+                    &["version", "resumed"],
+                );
+                for version in ["TLSv1.2", "TLSv1.3"] {
+                    for resumed in ["true", "false"] {
+                        v.with_label_values(&[version, resumed]);
+                    }
+                }
+                v
+            },
+            tls_handshake_failures: r.counters_from_zero(
+                "edge_client_tls_handshake_failures_total",
+                "TLS handshakes with clients that failed, by reason: closed (the client went \
+                 away), not_tls (it spoke something else, such as plain HTTP), \
+                 certificate_rejected (its alert refused the edge's certificate), incompatible \
+                 (no version, cipher suite, signature scheme or ALPN protocol in common), \
+                 protocol (a malformed or misplaced TLS message), other.",
+                "reason",
+                &crate::tls::handshakes::FAILURE_REASONS,
             ),
             requests_by_protocol: {
                 let v = r.counters(

@@ -52,8 +52,8 @@ impl UpstreamMetrics {
             tls_handshake: r.histograms(
                 "edge_upstream_tls_handshake_seconds",
                 "TLS handshake time of new upstream connections to HTTPS origins (after TCP \
-                 connect).",
-                &["origin"],
+                 connect), by whether the origin resumed the edge's earlier session.",
+                &["origin", "resumed"],
             ),
             connect_failures: r.counters(
                 "edge_upstream_connect_failures_total",
@@ -182,7 +182,8 @@ pub struct OriginMetrics {
     /// By [connection][cache kind]: see [`TTFB_CONNECTION_LABELS`], [`TTFB_CACHE_LABELS`].
     pub ttfb: [[Histogram; 4]; 3],
     pub connect: Histogram,
-    pub tls_handshake: Histogram,
+    /// TLS handshake time by `[full, resumed]`.
+    pub tls_handshake: [Histogram; 2],
     pub retries_connect_failure: IntCounter,
     pub retries_connection_lost: IntCounter,
     pub retries_next_server: IntCounter,
@@ -223,7 +224,8 @@ impl OriginMetrics {
                 TTFB_CACHE_LABELS.map(|cache| u.ttfb.with_label_values(&[origin, conn, cache]))
             }),
             connect: u.connect.with_label_values(&[origin]),
-            tls_handshake: u.tls_handshake.with_label_values(&[origin]),
+            tls_handshake: ["false", "true"]
+                .map(|resumed| u.tls_handshake.with_label_values(&[origin, resumed])),
             retries_connect_failure: u.retries.with_label_values(&[origin, "connect_failure"]),
             retries_connection_lost: u.retries.with_label_values(&[origin, "connection_lost"]),
             retries_next_server: u.retries.with_label_values(&[origin, "next_server"]),
@@ -244,6 +246,13 @@ impl OriginMetrics {
             opened_health_check: u.opened.with_label_values(&[origin, "health_check"]),
             handshake_waits: u.handshake_waits.with_label_values(&[origin]),
         }
+    }
+
+    /// Records a TLS handshake with this origin: how long it took (after the TCP connect),
+    /// filed by whether the origin resumed the session (a backend that does not say counts as
+    /// full).
+    pub fn tls_handshake_done(&self, took: std::time::Duration, resumed: Option<bool>) {
+        self.tls_handshake[resumed.unwrap_or(false) as usize].observe(took.as_secs_f64());
     }
 }
 

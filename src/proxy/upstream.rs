@@ -172,7 +172,8 @@ pub(super) fn count_connection(
         _ => None,
     };
     if let Some(t) = tls_now {
-        m.tls_handshake.observe(t.as_secs_f64());
+        let resumed = digest.and_then(|d| d.ssl_digest.as_ref()?.resumed);
+        m.tls_handshake_done(t, resumed);
     }
     if connection == Connection::New {
         m.opened_demand.inc();

@@ -7,26 +7,24 @@
 //! store; the openssl and boringssl connectors keep no client session cache and expose no hook
 //! to add one); it selects certificates with a `ResolvesServerCert` that a reload can swap
 //! (every handshake asks it); and it builds with a C compiler alone (ring), where boringssl also
-//! wants libclang and cmake. What it costs: Pingora does not surface whether a handshake was
-//! resumed, so the handshake metrics carry the TLS version but no `resumed` label.
+//! wants libclang and cmake. Pingora 0.9.1 does not surface whether a handshake was resumed nor
+//! why one failed; the vendored pingora-core adds both (vendor/README.md), which
+//! `handshakes` counts.
 
 pub mod certs;
+pub mod handshakes;
 pub mod upstream;
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
-use prometheus::IntCounter;
 
 use crate::config::{Config, ListenerTls};
 use crate::state::Edge;
 use certs::{CertResolver, SniTable};
+use handshakes::Handshakes;
 
 /// Loads a listener's certificates, in config order.
 pub fn load_table(tls: &ListenerTls) -> Result<SniTable, String> {
@@ -73,12 +71,7 @@ pub fn reload_certificates(
 /// with forward secrecy only, as Mozilla's intermediate profile), certificates from `resolver`,
 /// h2 offered by ALPN when `http2`.
 pub fn listener_settings(resolver: Arc<CertResolver>, http2: bool, edge: &Edge) -> TlsSettings {
-    let v = &edge.metrics.client.tls_handshakes;
-    let counted = Handshakes {
-        tls13: v.with_label_values(&["TLSv1.3"]),
-        tls12: v.with_label_values(&["TLSv1.2"]),
-        other: v.with_label_values(&["other"]),
-    };
+    let counted = Handshakes::new(&edge.metrics.client);
     let mut settings =
         TlsSettings::with_callbacks(Box::new(counted)).expect("rustls settings with callbacks");
     settings.set_cert_resolver(resolver);
@@ -86,27 +79,4 @@ pub fn listener_settings(resolver: Arc<CertResolver>, http2: bool, edge: &Edge) 
         settings.enable_h2();
     }
     settings
-}
-
-/// Counts completed client handshakes by TLS version (handles resolved once).
-struct Handshakes {
-    tls13: IntCounter,
-    tls12: IntCounter,
-    other: IntCounter,
-}
-
-#[async_trait]
-impl TlsAccept for Handshakes {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
-        // rustls names them TLSv1_3, openssl TLSv1.3.
-        match tls.version() {
-            Some(v) if v.contains("1_3") || v.contains("1.3") => self.tls13.inc(),
-            Some(v) if v.contains("1_2") || v.contains("1.2") => self.tls12.inc(),
-            _ => self.other.inc(),
-        }
-        None
-    }
 }

@@ -250,6 +250,20 @@ impl Edge {
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics(), sample)
     }
+
+    /// The sum of `name`'s samples whose labels include every `label="value"` of `having`.
+    pub fn metric_sum(&self, name: &str, having: &[&str]) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|l| l.split_once("} "))
+            .filter(|(labels, _)| {
+                let labels: Vec<&str> = labels.split(',').collect();
+                having.iter().all(|h| labels.contains(h))
+            })
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .sum()
+    }
 }
 
 pub fn metric_value(text: &str, sample: &str) -> f64 {

@@ -371,7 +371,8 @@ fn open_one(origin: Arc<Origin>, server: Arc<Server>, transport: Option<Arc<Tran
             let layers = stream.get_timing_digest();
             if let Some(Some(t)) = layers.last().filter(|_| layers.len() > 1) {
                 if let Some(d) = t.establishment_duration {
-                    origin.metrics.tls_handshake.observe(d.as_secs_f64());
+                    let resumed = stream.get_ssl_digest().and_then(|s| s.resumed);
+                    origin.metrics.tls_handshake_done(d, resumed);
                 }
             }
         }
