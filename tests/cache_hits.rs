@@ -370,3 +370,86 @@ fn several_ranges_come_from_the_cache_as_multipart_byteranges() {
     }
     assert_eq!(o.count("/m"), 1, "every answer came from the cache");
 }
+
+/// A hit is served with the Date of the origin's response (RFC 9111 section 4), on every hit
+/// path and over h2; a response the origin sent without Date is
+/// given the time it was received (RFC 9110 section 6.6.1), and its hits keep that time.
+#[test]
+fn hits_are_served_with_the_date_the_origin_sent() {
+    let o = Origin::start("o");
+    let sent = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(30));
+    let dated = Canned::new(
+        200,
+        &[("Cache-Control", "max-age=3600"), ("Date", &sent)],
+        "d",
+    );
+    o.set("/dated", dated);
+    o.set("/undated", cc("max-age=3600", "u"));
+    let edge = Edge::start_listening(
+        "{address: \"127.0.0.1:{PORT}\", http2: true}",
+        &common::cache::edge_config(&o, "", ""),
+    );
+    let mut c = Client::connect(edge.addr);
+    let h2_date = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--http2-prior-knowledge",
+            ])
+            .args(["-H", "Host: example.com"])
+            .arg(format!("http://{}{path}", edge.addr))
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        let dates: Vec<String> = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("date: "))
+            .map(|v| v.trim().to_string())
+            .collect();
+        assert_eq!(dates.len(), 1, "{head}");
+        dates[0].clone()
+    };
+    // Every path that answers: the miss (the origin's own Date), the express lane, the
+    // proxy's fresh-hit path, pingora-cache's hit path, h2.
+    let every_path = |c: &mut Client, path: &str| {
+        let miss = c.get("example.com", path);
+        assert!(status_of(&miss).contains("stored"), "{}", status_of(&miss));
+        let hits = [
+            c.get("example.com", path),
+            c.request("GET", "example.com", path, &["Pragma: x-trace"]),
+            c.request("GET", "example.com", path, &["If-None-Match: \"other\""]),
+        ];
+        for r in &hits {
+            assert!(status_of(r).starts_with("edge; hit"), "{}", status_of(r));
+        }
+        (miss, hits)
+    };
+    let (miss, hits) = every_path(&mut c, "/dated");
+    assert_eq!(miss.header("date"), Some(sent.as_str()));
+    for r in &hits {
+        assert_eq!(r.header("date"), Some(sent.as_str()), "{:?}", r.headers);
+        // Age is the time in this cache (plus any upstream Age), not now − Date: the origin's
+        // clock is not trusted for freshness, and a client that wants the apparent age still
+        // has the origin's Date to compute it (RFC 9111 section 4.2.3 takes the larger).
+        let age: u64 = r.header("age").unwrap().parse().unwrap();
+        assert!(age < 10, "{age}");
+    }
+    assert_eq!(h2_date("/dated"), sent);
+
+    let (miss, _) = every_path(&mut c, "/undated");
+    let received = miss.header("date").expect("a Date on receipt").to_string();
+    // Once the clock's second has moved on, a hit still says when it was received.
+    let later = || httpdate::fmt_http_date(std::time::SystemTime::now()) != received;
+    assert!(wait_until(Duration::from_secs(3), later));
+    let hit = c.get("example.com", "/undated");
+    assert_eq!(hit.header("date"), Some(received.as_str()));
+    let hit = c.request("GET", "example.com", "/undated", &["Pragma: x-trace"]);
+    assert_eq!(hit.header("date"), Some(received.as_str()));
+    assert_eq!(h2_date("/undated"), received);
+    assert_eq!(o.count("/dated") + o.count("/undated"), 2);
+}

@@ -192,8 +192,9 @@ pub fn strip_cache_only_fields(resp: &mut ResponseHeader, targeted: &str) {
     resp.remove_header(CACHE_TAG);
 }
 
-/// Fields of the stored header that a hit writes anew instead of repeating.
-const WRITTEN_ANEW: [&str; 4] = ["age", "date", "connection", "cache-status"];
+/// Fields of the stored header that a hit writes anew instead of repeating. `Date` is not one:
+/// a hit is served with the Date the origin's response had (RFC 9111 section 4, with `Age`).
+const WRITTEN_ANEW: [&str; 3] = ["age", "connection", "cache-status"];
 
 /// The head of a fresh hit: the stored header, its Age (RFC 9111 section 4), Accept-Ranges for a
 /// complete 200, Cache-Status, without the fields meant for this cache alone. Rendered for
@@ -216,7 +217,8 @@ impl HitHead<'_> {
         )
     }
 
-    /// For Pingora's writer, which adds Date and Connection itself and frames the body.
+    /// For Pingora's writer, which adds Connection (and Date where there is none) and frames
+    /// the body.
     pub fn response_header(&self) -> ResponseHeader {
         let mut h = ResponseHeader::clone(&self.hit.header);
         // An integer and a Cache-Status value always make valid header values.
@@ -251,8 +253,9 @@ impl HitHead<'_> {
         }
     }
 
-    /// As HTTP/1.1 bytes: the stored fields (original case), then Age, Accept-Ranges,
-    /// Cache-Status, Date and Connection (`keep`: keep-alive, else close).
+    /// As HTTP/1.1 bytes: the stored fields (original case, Date included), then Age,
+    /// Accept-Ranges, Cache-Status, Date if the stored header has none, and Connection
+    /// (`keep`: keep-alive, else close).
     pub fn write_h1(&self, out: &mut BytesMut, keep: bool) {
         let h = &self.hit.header;
         let accept_ranges = accepts_ranges(h);
@@ -292,8 +295,10 @@ impl HitHead<'_> {
         }
         out.put_slice(b"cache-status: ");
         out.put_slice(self.cache_status().as_bytes());
-        out.put_slice(b"\r\nDate: ");
-        out.put_slice(date::get_cached_date().as_bytes());
+        if !h.headers.contains_key(header::DATE) {
+            out.put_slice(b"\r\nDate: ");
+            out.put_slice(date::get_cached_date().as_bytes());
+        }
         out.put_slice(if keep {
             b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
         } else {
@@ -501,6 +506,44 @@ mod tests {
             "the stored list, then this cache's entry: {status}"
         );
         assert!(head.framed_by_length());
+    }
+
+    /// A hit is served with the Date the origin's response had; one without gets the time of
+    /// sending, once.
+    #[test]
+    fn a_hit_keeps_the_stored_date() {
+        let sent = "Tue, 01 Dec 2026 10:00:00 GMT";
+        let dates = |hit: &FreshHit| {
+            let head = HitHead {
+                hit,
+                targeted: "x",
+                name: "edge",
+            };
+            let mut out = BytesMut::new();
+            head.write_h1(&mut out, true);
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            let raw: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Date: ").or(l.strip_prefix("date: ")))
+                .map(str::to_string)
+                .collect();
+            let parsed = head.response_header();
+            let parsed = parsed
+                .headers
+                .get("date")
+                .map(|v| v.to_str().unwrap().to_string());
+            (raw, parsed)
+        };
+        let with = stored(200, &[("Content-Length", "1"), ("Date", sent)], "a");
+        assert_eq!(
+            dates(&with),
+            (vec![sent.to_string()], Some(sent.to_string()))
+        );
+        let without = stored(200, &[("Content-Length", "1")], "a");
+        let (raw, parsed) = dates(&without);
+        assert_eq!(raw.len(), 1, "{raw:?}");
+        assert_ne!(raw[0], sent);
+        assert_eq!(parsed, None, "Pingora's writer adds it");
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub use ctx::RequestCtx;
 use ctx::{client_tls, Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{
-    choose_server, count_connection, next_server_may_answer, replayable, strip_hop_by_hop,
-    ttfb_cache_kind,
+    choose_server, count_connection, date_on_receipt, next_server_may_answer, replayable,
+    strip_hop_by_hop, ttfb_cache_kind,
 };
 
 /// Pingora's proxy around [`EdgeProxy`], with the connector for warm TLS connections.
@@ -444,6 +444,7 @@ impl ProxyHttp for EdgeProxy {
         // Hop-by-hop fields of the upstream connection are not the client's business, nor
         // the cache's.
         strip_hop_by_hop(upstream);
+        date_on_receipt(upstream);
         Ok(())
     }
 

@@ -187,6 +187,18 @@ pub(super) fn count_connection(
     }
 }
 
+/// Gives a response the origin sent without `Date` the time it was received (RFC 9110 section
+/// 6.6.1: a recipient with a clock must, before caching or forwarding it). The writers keep a
+/// response's `Date` (vendor/README.md), so a hit shows when the origin sent the object, not
+/// when it was served: with `Age`, the client sees how old it is.
+pub(super) fn date_on_receipt(resp: &mut ResponseHeader) {
+    if !resp.headers.contains_key(http::header::DATE) {
+        let now = pingora::protocols::http::date::get_cached_date();
+        // An HTTP date is always a valid header value.
+        let _ = resp.insert_header(http::header::DATE, now);
+    }
+}
+
 /// Removes the fields of a response that belong to the upstream connection, not to the
 /// message (RFC 9110 §7.6.1): `Keep-Alive`, `Proxy-Connection`, and every field the origin
 /// named in `Connection` (`Connection: x-trace` makes `X-Trace` hop-by-hop). So they are

@@ -846,7 +846,12 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            // Patched for edge: a Date the response has is kept (a stored response is served
+            // with the Date it was received with, RFC 9111 section 4; a proxy passes the
+            // origin's, RFC 9110 section 6.6.1); one is added where there is none.
+            if !header.headers.contains_key(header::DATE) {
+                header.insert_header(header::DATE, date::get_cached_date())?;
+            }
 
             // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {

@@ -639,7 +639,10 @@ impl HttpSession {
         }
 
         /* update headers */
-        header.insert_header(header::DATE, get_cached_date())?;
+        // Patched for edge: a Date the response has is kept, as in the HTTP/1 writer.
+        if !header.headers.contains_key(header::DATE) {
+            header.insert_header(header::DATE, get_cached_date())?;
+        }
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
