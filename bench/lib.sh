@@ -26,8 +26,13 @@ install_missing() {
   local need=() pair
   for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}"); done
   ((${#need[@]})) || return 0
-  log "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+  install_packages "${need[@]}"
+}
+
+# install_packages PACKAGE ...: installs (apt) these packages.
+install_packages() {
+  log "installing $*"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
     || die "apt-get install failed"
 }
 

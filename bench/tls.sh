@@ -5,6 +5,12 @@
 #
 #   bash bench/tls.sh                        # ~2 minutes (+ a release build)
 #   DURATION=5 SCENARIOS="handshake" bash bench/tls.sh
+#   PROXIES="pingora-rustls pingora-openssl pingora-boringssl" bash bench/tls.sh
+#
+# Proxies: nginx, edge, and pingora-<backend>: bare Pingora serving the same 1 KiB from memory
+# over TLS with one TLS backend (bench/tls-backends, built once per backend; boringssl needs
+# libclang-dev and cmake, installed here if missing). They compare the backends and nothing
+# else, which is how the edge's backend was chosen (BENCHMARKS.md).
 #
 # Scenarios ($CONNS connections, $DURATION s after a warm-up; the object is cached by both):
 #   tlshit1k  : wrk, HTTP/1.1 over TLS keep-alive connections, 1 KiB hits
@@ -27,13 +33,33 @@ WORKERS=${WORKERS:-2}
 SCENARIOS=${SCENARIOS:-"tlshit1k h2hit1k handshake"}
 PROXIES=${PROXIES:-"nginx edge"}
 PORT_ORIGIN=19280
-declare -A PORT=([nginx]=19281 [edge]=19285)
+declare -A PORT=([nginx]=19281 [edge]=19285 [pingora-rustls]=19286 [pingora-openssl]=19287
+  [pingora-boringssl]=19288 [pingora-s2n]=19289)
 source "$HERE/lib.sh"
 
 install_missing nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl
-log "building edge (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin edge) || die "build failed"
+if [[ " $PROXIES " == *" edge "* ]]; then
+  log "building edge (release)"
+  (cd "$ROOT" && cargo build --release --quiet --bin edge) || die "build failed"
+fi
 EDGE=${EDGE_BIN:-$ROOT/target/release/edge}
+declare -A BACKEND_BIN=()
+for p in $PROXIES; do
+  [[ $p == pingora-* ]] || continue
+  backend=${p#pingora-}
+  case $backend in
+    openssl) dpkg -s libssl-dev pkg-config >/dev/null 2>&1 || install_packages libssl-dev pkg-config ;;
+    boringssl) dpkg -s libclang-dev >/dev/null 2>&1 || install_packages libclang-dev cmake g++ ;;
+  esac
+  log "building bench/tls-backends with $backend (release)"
+  target=${BACKENDS_TARGET:-/tmp/edge-bench-tls-backends}/$backend
+  if cargo build --release --quiet --features "$backend" --target-dir "$target" \
+      --manifest-path "$HERE/tls-backends/Cargo.toml"; then
+    BACKEND_BIN[$p]=$target/release/tls-backends
+  else
+    log "$backend did not build: left out"; PROXIES=${PROXIES//$p/}
+  fi
+done
 
 rm -rf "$RUN" "$SHM"; mkdir -p "$RUN" "$SHM/www"
 head -c 1024 /dev/zero | tr '\0' 'a' >"$SHM/www/1k"
@@ -91,6 +117,8 @@ routes:
   - {origin: o}
 CONF
     launch "$name" "$port" "$EDGE" -c "$d/edge.yaml" ;;
+  pingora-*)
+    THREADS=$WORKERS launch "$name" "$port" "${BACKEND_BIN[$name]}" "127.0.0.1:$port" "$CERT" "$KEY" ;;
   esac
 }
 
