@@ -453,3 +453,102 @@ fn hits_are_served_with_the_date_the_origin_sent() {
     assert_eq!(h2_date("/undated"), received);
     assert_eq!(o.count("/dated") + o.count("/undated"), 2);
 }
+
+/// `cache.ranges: forward`: a range request that misses asks the origin for that range; the
+/// origin's `206` is stored and answers ranges inside it without the origin, from the right
+/// offset. A range outside it, or the whole object, goes to the origin again and what comes
+/// back takes its place; a plain GET never gets the part. By default (`whole`) a range miss
+/// fetches the whole object.
+#[test]
+fn a_206_from_the_origin_is_stored_and_reused_for_ranges_it_covers() {
+    let o = Origin::start("o");
+    let body: String = (0..1000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut object = cc("max-age=60", &body);
+    object.ranges = true;
+    o.set("/v", object.clone());
+    o.set("/w", object);
+    let edge = edge_for(&o, ", cache: {ranges: forward}", "");
+    let mut c = Client::connect(edge.addr);
+    let range = |c: &mut Client, path: &str, r: &str| {
+        let resp = c.request("GET", "example.com", path, &[&format!("Range: bytes={r}")]);
+        assert_eq!(resp.status, 206, "{path} {r}: {resp:?}");
+        resp
+    };
+    let check = |resp: &Response, first: usize, last: usize| {
+        let expected = format!("bytes {first}-{last}/1000");
+        assert_eq!(resp.header("content-range"), Some(expected.as_str()));
+        assert_eq!(resp.body, body[first..=last], "{expected}");
+    };
+    let last_range_asked = || {
+        let seen = o.requests();
+        seen.last()
+            .and_then(|s| s.header("range").map(str::to_string))
+    };
+
+    let miss = range(&mut c, "/v", "100-199");
+    check(&miss, 100, 199);
+    assert!(status_of(&miss).contains("stored"), "{}", status_of(&miss));
+    assert_eq!(last_range_asked().as_deref(), Some("bytes=100-199"));
+    for (r, first, last) in [
+        ("120-129", 120, 129),
+        ("100-199", 100, 199),
+        ("150-199", 150, 199),
+    ] {
+        let hit = range(&mut c, "/v", r);
+        check(&hit, first, last);
+        assert!(
+            status_of(&hit).starts_with("edge; hit"),
+            "{r}: {}",
+            status_of(&hit)
+        );
+    }
+    assert_eq!(o.count("/v"), 1, "ranges inside the part are hits");
+
+    // Outside the part: asked for, and stored in its place.
+    let other = range(&mut c, "/v", "500-509");
+    check(&other, 500, 509);
+    assert_eq!(o.count("/v"), 2);
+    assert_eq!(last_range_asked().as_deref(), Some("bytes=500-509"));
+    check(&range(&mut c, "/v", "500-509"), 500, 509);
+    assert_eq!(o.count("/v"), 2);
+    check(&range(&mut c, "/v", "120-129"), 120, 129);
+    assert_eq!(o.count("/v"), 3, "the earlier part was replaced");
+
+    // The whole object: a 200, stored; any range is then answered from it.
+    let whole = c.get("example.com", "/v");
+    assert_eq!((whole.status, whole.body.as_str()), (200, body.as_str()));
+    assert_eq!(
+        last_range_asked(),
+        None,
+        "a plain GET asks for the whole object"
+    );
+    check(&range(&mut c, "/v", "900-909"), 900, 909);
+    check(&range(&mut c, "/v", "-5"), 995, 999);
+    assert_eq!(o.count("/v"), 4);
+
+    // A plain GET of an object stored as a part gets the whole object, on every path.
+    check(&range(&mut c, "/w", "0-9"), 0, 9);
+    let plain = c.get("example.com", "/w");
+    assert_eq!((plain.status, plain.body.as_str()), (200, body.as_str()));
+    let again = c.get("example.com", "/w");
+    assert_eq!((again.status, again.body.as_str()), (200, body.as_str()));
+    assert!(
+        status_of(&again).starts_with("edge; hit"),
+        "{}",
+        status_of(&again)
+    );
+    assert_eq!(o.count("/w"), 2);
+    drop(edge);
+
+    // The default: a range miss fetches and stores the whole object.
+    let edge = edge_for(&o, "", "");
+    let mut c = Client::connect(edge.addr);
+    let r = c.request("GET", "example.com", "/w", &["Range: bytes=0-9"]);
+    assert_eq!((r.status, r.body.as_str()), (206, &body[0..10]));
+    assert_eq!(last_range_asked(), None);
+    let r = c.request("GET", "example.com", "/w", &["Range: bytes=990-999"]);
+    assert_eq!((r.status, r.body.as_str()), (206, &body[990..1000]));
+    assert_eq!(o.count("/w"), 3);
+}

@@ -21,6 +21,7 @@ pub mod eviction;
 pub mod hit;
 pub mod invalidate;
 pub mod key;
+pub mod partial;
 pub mod policy;
 pub mod purge;
 pub mod request;

@@ -29,8 +29,8 @@ pub use locate::Seg;
 pub use schema::{
     AdminSettings, Balance, CacheBypass, CacheKeySettings, CacheSettings, ClientSettings,
     ClusterSettings, Config, DiskSettings, HealthCheck, KeepaliveSettings, LogLevel, LogSettings,
-    NatsSettings, OriginConfig, PassiveHealth, QueryKey, RouteCache, RouteConfig, ServerSettings,
-    ServerSpec, TcpKeepalive, Timeouts,
+    NatsSettings, OriginConfig, PassiveHealth, QueryKey, RangeMisses, RouteCache, RouteConfig,
+    ServerSettings, ServerSpec, TcpKeepalive, Timeouts,
 };
 pub use tls::{CertificateFiles, ListenFields, ListenSpec, Listener, ListenerTls, OriginTls};
 pub use units::{Dur, Size};

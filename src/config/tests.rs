@@ -304,3 +304,21 @@ fn a_shield_tier_hashes_and_falls_back_to_a_plain_origin() {
         "{unnamed:?}"
     );
 }
+
+#[test]
+fn range_misses_are_whole_unless_a_route_forwards_them() {
+    let base =
+        "listen: [\"127.0.0.1:8080\"]\norigins:\n  web: {servers: [\"127.0.0.1:1\"]}\nroutes:\n";
+    let c = parse(&format!("{base}  - {{origin: web}}\n"), "edge.yaml").unwrap();
+    assert_eq!(c.routes[0].cache.ranges, RangeMisses::Whole);
+    let text = format!("{base}  - {{origin: web, cache: {{ranges: forward}}}}\n");
+    let c = parse(&text, "edge.yaml").unwrap();
+    assert_eq!(c.routes[0].cache.ranges, RangeMisses::Forward);
+    let errs = errors(&format!(
+        "{base}  - {{origin: web, cache: {{ranges: slices}}}}\n"
+    ));
+    assert!(
+        errs[0].contains("routes[0].cache.ranges: unknown variant `slices`"),
+        "{errs:?}"
+    );
+}

@@ -75,6 +75,9 @@ pub struct CacheCtx {
     /// The origin's `Set-Cookie` fields of a response stored without them
     /// (`cache.store_set_cookie`): the client whose request fetched it still gets them.
     pub set_cookie: Vec<http::HeaderValue>,
+    /// The miss went to the origin with the client's `Range` (`cache.ranges: forward`), so a
+    /// `206` may be stored (`cache::partial`).
+    pub range_forwarded: bool,
 }
 
 /// One attempt at an origin server.

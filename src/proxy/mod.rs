@@ -45,7 +45,7 @@ use pingora::cache::{
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{FailToProxy, RangeType};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::cache::hit;
@@ -53,9 +53,10 @@ use crate::cache::key::{self as cache_key, Scheme};
 use crate::cache::request::ClientDirectives;
 use crate::cache::status::Outcome;
 use crate::cache::store::FillStart;
-use crate::cache::{invalidate, policy, vary};
+use crate::cache::{invalidate, partial, policy, vary};
 use crate::client::{self, ClientConnection};
 use crate::cluster::loops;
+use crate::config::RangeMisses;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
 use crate::origin::reuse::{close_reason, CloseReason};
@@ -242,7 +243,7 @@ impl ProxyHttp for EdgeProxy {
     /// (`cache::request`).
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         _hit: &mut HitHandler,
         is_fresh: bool,
@@ -256,7 +257,28 @@ impl ProxyHttp for EdgeProxy {
             SystemTime::now(),
         );
         ctx.cache.found_stale = !is_fresh && forced != Some(ForcedFreshness::ForceFresh);
+        // A stored part answers only a range inside it; anything else fetches again.
+        if let Some(part) = partial::stored_part(meta.response_header()) {
+            if partial::answerable(session.req_header(), part).is_none() {
+                ctx.cache.found_stale = false;
+                return Ok(Some(ForcedFreshness::ForceMiss));
+            }
+        }
         Ok(forced)
+    }
+
+    /// The range a hit answers: from a stored part (`cache::partial`), or Pingora's rule for a
+    /// whole object (one range or several, at most 200).
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        if resp.status == http::StatusCode::PARTIAL_CONTENT {
+            return partial::answer(session.req_header(), resp);
+        }
+        pingora::proxy::range_header_filter(session.req_header(), resp, Some(200))
     }
 
     /// The request is about to go to the origin (a miss, or a stale object to refresh): a
@@ -384,6 +406,11 @@ impl ProxyHttp for EdgeProxy {
             forwarded::prepare(upstream, &origin, close, client_ip, scheme, mark)?;
             attempt.sent_at = Some(Instant::now());
         }
+        // `cache.ranges: forward`: a range request with nothing stored asks for its range.
+        let forward = ctx.route_cache().map(|c| c.ranges) == Some(RangeMisses::Forward);
+        if forward && session.cache.enabled() && session.cache.maybe_cache_meta().is_none() {
+            ctx.cache.range_forwarded = partial::forward_range(session.req_header(), upstream);
+        }
         Ok(())
     }
 
@@ -462,6 +489,11 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .contains_key(http::header::AUTHORIZATION);
         let settings = &ctx.live.config.cache;
+        if ctx.cache.not_modified.is_none() && partial::refused(resp, ctx.cache.range_forwarded) {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                "partial content not asked for",
+            )));
+        }
         let mut decision = match &ctx.cache.not_modified {
             // RFC 9111 section 4.3.4: a 304 updates every stored field it carries (Pingora
             // merges only the caching ones); the new fields also decide the new freshness.

@@ -51,6 +51,8 @@ pub struct Canned {
     /// Close the connection on receiving the request, answering nothing (an origin that crashed
     /// or dropped it).
     pub hang_up: bool,
+    /// Answer a request for one range of bytes (`bytes=a-b`, `a-`, `-n`) with a `206` of it.
+    pub ranges: bool,
 }
 
 impl Canned {
@@ -70,6 +72,32 @@ impl Canned {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// This response cut to the one range of bytes `range` asks for, as a `206`; itself when
+    /// the range is not one it reads or covers no byte.
+    fn ranged(&self, range: &str) -> Canned {
+        let len = self.body.len();
+        let spec = range.trim().strip_prefix("bytes=").unwrap_or("");
+        let last_byte = len.checked_sub(1);
+        let bounds = spec
+            .split_once('-')
+            .and_then(|(a, b)| match (a.trim(), b.trim()) {
+                ("", n) => Some((len.saturating_sub(n.parse().ok()?), last_byte?)),
+                (a, "") => Some((a.parse().ok()?, last_byte?)),
+                (a, b) => Some((a.parse().ok()?, b.parse::<usize>().ok()?.min(last_byte?))),
+            });
+        match bounds {
+            Some((first, last)) if first <= last && !spec.contains(',') => {
+                let mut part = self.clone();
+                part.status = 206;
+                part.body = self.body[first..=last].to_vec();
+                let range = format!("bytes {first}-{last}/{len}");
+                part.headers.push(("Content-Range".into(), range));
+                part
+            }
+            _ => self.clone(),
+        }
     }
 }
 
@@ -387,6 +415,10 @@ fn serve<C: Conn>(
             }
             let not_modified =
                 c.header("etag").is_some() && get("if-none-match").as_deref() == c.header("etag");
+            let c = match get("range") {
+                Some(range) if c.ranges && !not_modified => c.ranged(&range),
+                _ => c,
+            };
             let ok = write_canned(reader.get_mut(), name, &c, &method, not_modified);
             if !ok || close {
                 reader.get_mut().close();

@@ -72,6 +72,12 @@ impl Freshness {
     }
 }
 
+/// Whether a stored header is a part of an object (a `206`, `cache::partial`), which only the
+/// proxy's range rules may serve.
+fn is_part(header: &ResponseHeader) -> bool {
+    header.status == http::StatusCode::PARTIAL_CONTENT
+}
+
 /// A stored response that is fresh now, as `Store::fresh_hit` hands it out.
 pub struct FreshHit {
     /// The stored header, as the origin sent it (the caller adds Age and its own fields).
@@ -302,14 +308,14 @@ impl Store {
     }
 
     /// The object stored under this primary key if it can be served as it is at `now`: complete,
-    /// fresh, not varying by request fields. Counts the use for eviction, as a hit through
-    /// pingora-cache would. Anything else (stale, varying, still being written, absent) is
-    /// `None`, and pingora-cache's full lookup decides.
+    /// fresh, not varying by request fields, a whole object. Counts the use for eviction, as a
+    /// hit through pingora-cache would. Anything else (stale, varying, a stored part, still
+    /// being written, absent) is `None`, and pingora-cache's full lookup decides.
     pub fn fresh_hit(&self, primary: &HashBinary, now: SystemTime) -> Option<FreshHit> {
         let maps = self.read();
         let obj = maps.objects.get(primary)?;
         let f = obj.freshness;
-        if f.varies || f.fresh_until < now {
+        if f.varies || f.fresh_until < now || is_part(&obj.meta.header) {
             return None;
         }
         let hit = FreshHit {

@@ -67,7 +67,7 @@ impl Store {
         let stored = found.meta;
         let meta = stored.to_cache_meta().ok()?;
         let f = Freshness::of(&meta);
-        if f.varies || f.fresh_until < now {
+        if f.varies || f.fresh_until < now || super::is_part(&stored.header) {
             return None;
         }
         disk.stats.hits.fetch_add(1, Ordering::Relaxed);

@@ -326,6 +326,20 @@ pub struct CacheBypass {
     pub headers: Vec<String>,
 }
 
+/// What a range request that misses asks the origin for (`routes[].cache.ranges`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeMisses {
+    /// The whole object, stored, and the range answered from it (nginx's and Varnish's way).
+    #[default]
+    Whole,
+    /// The client's range, as it asked (one range of bytes): the origin's `206` is stored and
+    /// answers later requests for ranges inside it; anything else fetches again (a request for
+    /// the whole object stores the `200` in its place). For large objects that are seldom
+    /// read whole (video seeks, resumed downloads).
+    Forward,
+}
+
 /// Caching for one route (`routes[].cache`).
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -344,6 +358,8 @@ pub struct RouteCache {
     pub key: CacheKeySettings,
     /// Requests that skip the cache. Default: none skip it.
     pub bypass: CacheBypass,
+    /// What a range request that misses fetches. Default: `whole`.
+    pub ranges: RangeMisses,
 }
 
 impl Default for RouteCache {
@@ -355,6 +371,7 @@ impl Default for RouteCache {
             stale_if_error: Dur::secs(0),
             key: CacheKeySettings::default(),
             bypass: CacheBypass::default(),
+            ranges: RangeMisses::Whole,
         }
     }
 }
