@@ -465,10 +465,18 @@ fn a_206_from_the_origin_is_stored_and_reused_for_ranges_it_covers() {
     let body: String = (0..1000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    let mut object = cc("max-age=60", &body);
+    let mut object = Canned::new(
+        200,
+        &[("Cache-Control", "max-age=60"), ("ETag", "\"v1\"")],
+        &body,
+    );
     object.ranges = true;
     o.set("/v", object.clone());
     o.set("/w", object);
+    o.set(
+        "/gone",
+        Canned::new(416, &[("Cache-Control", "max-age=60")], ""),
+    );
     let edge = edge_for(&o, ", cache: {ranges: forward}", "");
     let mut c = Client::connect(edge.addr);
     let range = |c: &mut Client, path: &str, r: &str| {
@@ -505,16 +513,43 @@ fn a_206_from_the_origin_is_stored_and_reused_for_ranges_it_covers() {
         );
     }
     assert_eq!(o.count("/v"), 1, "ranges inside the part are hits");
+    // If-Range naming the part: answered from it; naming another version: the whole object
+    // (the origin decides, as the part cannot).
+    let r = c.request(
+        "GET",
+        "example.com",
+        "/v",
+        &["Range: bytes=120-129", "If-Range: \"v1\""],
+    );
+    check(&r, 120, 129);
+    assert_eq!(o.count("/v"), 1);
+    let r = c.request(
+        "GET",
+        "example.com",
+        "/v",
+        &["Range: bytes=120-129", "If-Range: \"v0\""],
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, body.as_str()));
+    assert_eq!(o.count("/v"), 2);
+    // The whole object is now stored in the part's place: start the part again.
+    o.set("/v", {
+        let mut fresh = Canned::new(200, &[("Cache-Control", "max-age=60")], &body);
+        fresh.ranges = true;
+        fresh
+    });
+    edge.admin_post("/purge?url=http://example.com/v");
+    check(&range(&mut c, "/v", "100-199"), 100, 199);
+    assert_eq!(o.count("/v"), 3);
 
     // Outside the part: asked for, and stored in its place.
     let other = range(&mut c, "/v", "500-509");
     check(&other, 500, 509);
-    assert_eq!(o.count("/v"), 2);
+    assert_eq!(o.count("/v"), 4);
     assert_eq!(last_range_asked().as_deref(), Some("bytes=500-509"));
     check(&range(&mut c, "/v", "500-509"), 500, 509);
-    assert_eq!(o.count("/v"), 2);
+    assert_eq!(o.count("/v"), 4);
     check(&range(&mut c, "/v", "120-129"), 120, 129);
-    assert_eq!(o.count("/v"), 3, "the earlier part was replaced");
+    assert_eq!(o.count("/v"), 5, "the earlier part was replaced");
 
     // The whole object: a 200, stored; any range is then answered from it.
     let whole = c.get("example.com", "/v");
@@ -526,7 +561,14 @@ fn a_206_from_the_origin_is_stored_and_reused_for_ranges_it_covers() {
     );
     check(&range(&mut c, "/v", "900-909"), 900, 909);
     check(&range(&mut c, "/v", "-5"), 995, 999);
-    assert_eq!(o.count("/v"), 4);
+    assert_eq!(o.count("/v"), 6);
+
+    // Only a 200 or a part is stored for a forwarded range: not a 416 (it would answer every
+    // later request for the URL).
+    let r = c.request("GET", "example.com", "/gone", &["Range: bytes=0-9"]);
+    assert_eq!(r.status, 416);
+    assert_eq!(c.get("example.com", "/gone").status, 416);
+    assert_eq!(o.count("/gone"), 2, "the 416 was not stored");
 
     // A plain GET of an object stored as a part gets the whole object, on every path.
     check(&range(&mut c, "/w", "0-9"), 0, 9);

@@ -350,3 +350,43 @@ fn one_edge_per_directory_and_an_upgrade_takes_it_over() {
     assert_eq!(o.count("/u"), 1, "the upgraded edge asked the origin");
     assert!(t.elapsed() < Duration::from_secs(60));
 }
+
+/// A stored part (`ranges: forward`) survives a restart like any object: ranges inside it are
+/// hits from disk; a plain GET never gets the part, from either tier, but the whole object.
+#[test]
+fn a_stored_part_is_served_from_disk_after_a_restart_and_only_for_ranges_inside_it() {
+    let o = Origin::start("o");
+    let body = patterned(300_000);
+    let mut object = cc("max-age=600", &body);
+    object.ranges = true;
+    o.set("/v", object);
+    let dir = disk_dir();
+    let conf = edge_config(
+        &o,
+        ", cache: {ranges: forward}",
+        &format!(
+            "cache:\n  max_size: 8MiB\n  disk: {{path: \"{}\", max_size: 64MiB}}\n",
+            dir.display()
+        ),
+    );
+    let range = |edge: &Edge, r: &str| {
+        edge.client()
+            .request("GET", "example.com", "/v", &[&format!("Range: bytes={r}")])
+    };
+    {
+        let edge = start(&conf, &dir);
+        let part = range(&edge, "1000-1999");
+        assert_eq!((part.status, part.body.as_str()), (206, &body[1000..2000]));
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 1.0));
+    }
+    let edge = start(&conf, &dir);
+    let hit = range(&edge, "1500-1599");
+    assert_eq!((hit.status, hit.body.as_str()), (206, &body[1500..1600]));
+    assert_eq!(hit.header("content-range"), Some("bytes 1500-1599/300000"));
+    assert!(status_of(&hit).contains("hit"), "{}", status_of(&hit));
+    assert_eq!(o.count("/v"), 1, "answered from the part on disk");
+    let whole = edge.get("example.com", "/v");
+    assert_eq!((whole.status, whole.body.len()), (200, body.len()));
+    assert!(whole.body == body);
+    assert_eq!(o.count("/v"), 2, "the whole object came from the origin");
+}

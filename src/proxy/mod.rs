@@ -245,7 +245,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit: &mut HitHandler,
+        hit: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
@@ -258,11 +258,9 @@ impl ProxyHttp for EdgeProxy {
         );
         ctx.cache.found_stale = !is_fresh && forced != Some(ForcedFreshness::ForceFresh);
         // A stored part answers only a range inside it; anything else fetches again.
-        if let Some(part) = partial::stored_part(meta.response_header()) {
-            if partial::answerable(session.req_header(), part).is_none() {
-                ctx.cache.found_stale = false;
-                return Ok(Some(ForcedFreshness::ForceMiss));
-            }
+        if !partial::may_answer(session.req_header(), meta.response_header(), hit.can_seek()) {
+            ctx.cache.found_stale = false;
+            return Ok(Some(ForcedFreshness::ForceMiss));
         }
         Ok(forced)
     }
@@ -447,9 +445,6 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.fwd_status = Some(upstream.status.as_u16());
-        if upstream.status == 304 && session.cache.enabled() {
-            ctx.cache.not_modified = Some(upstream.headers.clone());
-        }
         if let Some((origin, server)) = ctx.upstream().map(|(o, s)| (o.clone(), s.clone())) {
             let attempt = ctx.attempt.as_mut().expect("upstream() has an attempt");
             origin.learn_from_response(
@@ -472,6 +467,11 @@ impl ProxyHttp for EdgeProxy {
         // the cache's.
         strip_hop_by_hop(upstream);
         date_on_receipt(upstream);
+        // A 304's fields update the stored response: its Date too (given on receipt if the
+        // origin sent none), never the connection's fields.
+        if upstream.status == 304 && session.cache.enabled() {
+            ctx.cache.not_modified = Some(upstream.headers.clone());
+        }
         Ok(())
     }
 
@@ -491,7 +491,7 @@ impl ProxyHttp for EdgeProxy {
         let settings = &ctx.live.config.cache;
         if ctx.cache.not_modified.is_none() && partial::refused(resp, ctx.cache.range_forwarded) {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
-                "partial content not asked for",
+                "not a whole object nor a part of one",
             )));
         }
         let mut decision = match &ctx.cache.not_modified {

@@ -415,8 +415,11 @@ fn serve<C: Conn>(
             }
             let not_modified =
                 c.header("etag").is_some() && get("if-none-match").as_deref() == c.header("etag");
+            // If-Range with another entity tag than this response's: the whole response.
+            let if_range_holds =
+                get("if-range").is_none_or(|t| Some(t.as_str()) == c.header("etag"));
             let c = match get("range") {
-                Some(range) if c.ranges && !not_modified => c.ranged(&range),
+                Some(range) if c.ranges && !not_modified && if_range_holds => c.ranged(&range),
                 _ => c,
             };
             let ok = write_canned(reader.get_mut(), name, &c, &method, not_modified);
