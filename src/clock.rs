@@ -15,7 +15,8 @@ pub fn now_ms() -> u64 {
 /// `origin::keepalive`), because a request leaves later than the idle check that let it take a
 /// pooled connection, and a probe sees an origin's close later than it happened, by as much as
 /// the process is behind. The background loop sleeps a fixed tick and feeds how much longer it
-/// slept; the value follows the worst recent lateness and forgets it over about a minute.
+/// slept; the value follows the worst recent lateness and forgets a one-off spike in about ten
+/// seconds.
 #[derive(Debug, Default)]
 pub struct SchedDelay {
     worst_us: std::sync::atomic::AtomicU64,
@@ -26,10 +27,13 @@ impl SchedDelay {
     pub fn observe(&self, asked: std::time::Duration, slept: std::time::Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         let late = slept.saturating_sub(asked).as_micros() as u64;
-        // With a tick of 100 ms, 1/512 per tick forgets a spike in about a minute.
+        // With a tick of 100 ms, 1/128 per tick forgets most of a one-off spike in about ten
+        // seconds (a third is left after 12.8 s), while lateness that lasts is seen again on
+        // every tick. A minute's memory (1/512) let one hiccup of 30 ms widen every idle margin
+        // by tens of ms for over a minute, costing connections (tests/keepalive_margin.rs).
         let _ = self
             .worst_us
-            .fetch_update(Relaxed, Relaxed, |old| Some(late.max(old - old / 512)));
+            .fetch_update(Relaxed, Relaxed, |old| Some(late.max(old - old / 128)));
     }
 
     pub fn get(&self) -> std::time::Duration {

@@ -126,7 +126,14 @@ fn no_post_lost_and_connections_within_ten_percent_of_the_floor() {
     );
     assert!(
         settled,
-        "the margin did not settle: learned {learned}s, effective {effective}s"
+        "the margin did not settle: learned {learned}s, effective {effective}s, timers late by \
+         {}s; probe rounds:\n{}",
+        edge.metric("edge_timer_lateness_seconds"),
+        edge.log()
+            .lines()
+            .filter(|l| l.contains("closes idle connections"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let new_before =
         edge.metric("edge_upstream_requests_total{connection=\"new\",origin=\"shop\"}");

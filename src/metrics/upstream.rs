@@ -2,7 +2,7 @@
 //! connections were not kept, learned idle timeouts, server health.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use super::Reg;
@@ -23,6 +23,8 @@ pub struct UpstreamMetrics {
     pub warm_ready: IntGaugeVec,
     pub idle_learned: GaugeVec,
     pub idle_effective: GaugeVec,
+    /// How late this process's timers fire (`clock::SchedDelay`), a term of the idle margin.
+    pub timer_lateness: Gauge,
     pub server_up: IntGaugeVec,
 }
 
@@ -123,6 +125,15 @@ impl UpstreamMetrics {
                  idle_timeout, or the learned timeout minus the margin if lower.",
                 &["origin", "server"],
             ),
+            timer_lateness: r.add(
+                Gauge::new(
+                    "edge_timer_lateness_seconds",
+                    "How late this process's timers fire, as the background loop sees it: the \
+                     worst recent lateness, fading over about ten seconds. Part of the margin \
+                     kept before a learned origin idle timeout.",
+                )
+                .expect("metric definition"),
+            ),
             server_up: r.gauges(
                 "edge_origin_server_up",
                 "1 if an origin server is taking traffic, 0 if health checks or failures took it \
@@ -149,6 +160,7 @@ impl UpstreamMetrics {
         origins: impl Iterator<Item = &'a std::sync::Arc<Origin>>,
         sched: std::time::Duration,
     ) {
+        self.timer_lateness.set(sched.as_secs_f64());
         for origin in origins {
             for s in &origin.servers {
                 s.metrics.up.set(s.health().is_up() as i64);
