@@ -156,12 +156,17 @@ pub fn refused(resp: &ResponseHeader, forwarded: bool) -> bool {
 /// `If-Range` does not match the part's validator (RFC 9110 section 13.1.5: the client's copy
 /// is of another version, and must get the whole object).
 pub fn answerable(req: &RequestHeader, stored: &ResponseHeader) -> Option<(u64, u64)> {
+    locate(req, stored).map(|(_, first, last)| (first, last))
+}
+
+/// [`answerable`] with the stored part it was read from: each header parsed once.
+fn locate(req: &RequestHeader, stored: &ResponseHeader) -> Option<(Part, u64, u64)> {
     let part = stored_part(stored)?;
-    if !forwardable(req) || !if_range_holds(req, stored) {
+    if req.method != Method::GET || conditional(req) || !if_range_holds(req, stored) {
         return None;
     }
     let (first, last) = wanted(req)?.within(part.length)?;
-    (first >= part.first && last <= part.last).then_some((first, last))
+    (first >= part.first && last <= part.last).then_some((part, first, last))
 }
 
 /// Whether a stored object may answer `req` as far as being a part goes: anything but a `206`
@@ -171,7 +176,7 @@ pub fn may_answer(req: &RequestHeader, stored: &ResponseHeader, seekable: bool) 
     if stored.status != StatusCode::PARTIAL_CONTENT {
         return true;
     }
-    let (Some(part), Some((first, last))) = (stored_part(stored), answerable(req, stored)) else {
+    let Some((part, first, last)) = locate(req, stored) else {
         return false;
     };
     seekable || (first, last) == (part.first, part.last)
@@ -205,10 +210,7 @@ fn if_range_holds(req: &RequestHeader, stored: &ResponseHeader) -> bool {
 /// by [`answerable`] when the object was found) and says which bytes of the stored body to
 /// send. Anything else is left whole (`RangeType::None`).
 pub fn answer(req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
-    let Some(part) = stored_part(resp) else {
-        return RangeType::None;
-    };
-    let Some((first, last)) = answerable(req, resp) else {
+    let Some((part, first, last)) = locate(req, resp) else {
         return RangeType::None;
     };
     let range = format!("bytes {first}-{last}/{}", part.length);

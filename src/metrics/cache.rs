@@ -72,6 +72,8 @@ impl DiskMetrics {
 }
 
 impl CacheMetrics {
+    /// One declaration per metric family, name and help text together, read as a table: long
+    /// because there are many families, not because anything is decided here.
     pub(super) fn new(r: &Reg) -> Self {
         let purged = r.counters_from_zero(
             "edge_cache_purged_total",

@@ -38,6 +38,8 @@ impl ClientMetrics {
 }
 
 impl ClientMetrics {
+    /// One declaration per metric family, name and help text together, read as a table: long
+    /// because there are many families, not because anything is decided here.
     pub(super) fn new(r: &Reg) -> Self {
         ClientMetrics {
             tls_handshakes: {

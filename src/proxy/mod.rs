@@ -6,13 +6,13 @@
 //! |---|---|---|
 //! | `early_request_filter` | client keep-alive | `client` |
 //! | `request_filter` | refuse, route, answer a fresh hit | `guard`, `origin::router`, `cache::hit` |
-//! | `request_cache_filter` .. `should_serve_stale` | cache lookup, key, variant, stale | `cache` |
+//! | `request_cache_filter` .. `should_serve_stale` | cache lookup, key, variant, stale; a stored part answers only ranges inside it | `cache`, `cache::partial` |
 //! | `upstream_peer` | which server, which connection | `origin` |
 //! | `connected_to_upstream` | keep or close the connection after this request | `origin::reuse` |
-//! | `upstream_request_filter` | what the origin receives | `forwarded` |
+//! | `upstream_request_filter` | what the origin receives (the client's range, with `ranges: forward`) | `forwarded`, `cache::partial` |
 //! | `request_body_filter` | the body's size limit as it streams | `guard` |
-//! | `upstream_response_filter` | what is learned from the origin | `origin` |
-//! | `response_cache_filter` | whether and how long to store | `cache::policy` |
+//! | `upstream_response_filter` | what is learned from the origin; `Date` on receipt | `origin`, `upstream` |
+//! | `response_cache_filter` | whether and how long to store | `cache::policy`, `cache::partial` |
 //! | `response_filter` | what the client is told about the cache | `cache::status`, `cache::invalidate` |
 //! | `fail_to_connect`, `error_while_proxy` | retry, passive health | `origin` |
 //! | `fail_to_proxy` | the error's status | `errors` |

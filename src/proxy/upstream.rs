@@ -192,18 +192,20 @@ pub(super) fn count_connection(
 /// response's `Date` (vendor/README.md), so a hit shows when the origin sent the object, not
 /// when it was served: with `Age`, the client sees how old it is.
 pub(super) fn date_on_receipt(resp: &mut ResponseHeader) {
-    let mut dates = resp.headers.get_all(http::header::DATE).iter();
-    match (dates.next().cloned(), dates.next().is_some()) {
-        (None, _) => {
+    // One Date, the usual case, is left as it is, without a copy.
+    match resp.headers.get_all(http::header::DATE).iter().count() {
+        1 => {}
+        0 => {
             let now = pingora::protocols::http::date::get_cached_date();
             // An HTTP date is always a valid header value.
             let _ = resp.insert_header(http::header::DATE, now);
         }
-        // Several: the first one stands (a header with one Date, as the writers used to make).
-        (Some(first), true) => {
-            let _ = resp.insert_header(http::header::DATE, first);
+        // Several: the first one stands (one Date, as the writers used to make).
+        _ => {
+            if let Some(first) = resp.headers.get(http::header::DATE).cloned() {
+                let _ = resp.insert_header(http::header::DATE, first);
+            }
         }
-        (Some(_), false) => {}
     }
 }
 
