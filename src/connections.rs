@@ -121,6 +121,20 @@ impl ConnectionFilter for AtCapacity {
     }
 }
 
+/// The hard limit on open descriptors: the one the edge runs with once it has raised its soft
+/// limit (`raise_descriptor_limit`).
+pub fn descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_max
+}
+
 /// Lifts the soft limit on open descriptors to the hard one (as nginx's
 /// `worker_rlimit_nofile`): Debian's default soft limit, 1024, would run out long before
 /// `client.max_connections`. Returns the limit now in force.

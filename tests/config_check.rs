@@ -125,3 +125,33 @@ fn a_disk_tier_larger_than_its_file_system_is_a_warning() {
         "{err}"
     );
 }
+
+#[test]
+fn settings_that_do_nothing_or_starve_connections_are_warnings_with_their_line() {
+    // ranges: forward on a route whose cache is off.
+    let text = GOOD.replace(
+        "routes:\n",
+        "routes:\n  - {host: \"*.off.example\", origin: web, cache: {enabled: false, ranges: forward}}\n",
+    );
+    assert_ne!(text, GOOD, "the routes section moved");
+    let (code, err) = check_config(&text);
+    assert_eq!(code, 0, "{err}");
+    let line = text.lines().position(|l| l.contains("ranges: forward")).unwrap() + 1;
+    assert!(
+        err.contains(&format!(":{line}: routes[0].cache.ranges: has no effect with the cache off")),
+        "{err}"
+    );
+    // More files kept open than half the descriptor limit allows.
+    let dir = std::env::temp_dir().join("edge-config-check-open-files");
+    let text = format!(
+        "{GOOD}cache:\n  disk:\n    path: \"{}\"\n    max_size: 64MiB\n    open_files: 100000000\n",
+        dir.display()
+    );
+    let (code, err) = check_config(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cache.disk.open_files: 100000000 files kept open is more than half"),
+        "{err}"
+    );
+    assert!(!err.contains("routes[0].cache.ranges"), "{err}");
+}

@@ -390,3 +390,93 @@ fn a_stored_part_is_served_from_disk_after_a_restart_and_only_for_ranges_inside_
     assert!(whole.body == body);
     assert_eq!(o.count("/v"), 2, "the whole object came from the origin");
 }
+
+#[test]
+fn a_disk_hit_memory_does_not_keep_is_sent_from_its_open_file_until_a_purge() {
+    let o = Origin::start("o");
+    let object = |body: &str| {
+        Canned::new(
+            200,
+            &[("Cache-Control", "max-age=600"), ("ETag", "\"v1\"")],
+            body,
+        )
+    };
+    // Too large for a memory tier of 1 MiB: it lives on disk only, and every hit reads it there.
+    // The larger one fills the socket, so `sendfile` stops partway and the rest is written.
+    o.set("/small", object(&patterned(1_500_000)));
+    o.set("/large", object(&patterned(3_500_000)));
+    let dir = disk_dir();
+    let edge = start(&config(&o, &dir, "1MiB", "64MiB"), &dir);
+    for p in ["/small", "/large"] {
+        assert_eq!(edge.get("example.com", p).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 2.0));
+    let open = |edge: &Edge| edge.metric("edge_cache_disk_open_files");
+    let disk_hits = |edge: &Edge| edge.metric("edge_cache_hits_total{tier=\"disk\"}");
+    let memory_hits = |edge: &Edge| edge.metric("edge_cache_hits_total{tier=\"memory\"}");
+    let memory_before = memory_hits(&edge);
+    // The first hit reads and checks each file, and keeps it open; the next ones send from it.
+    for round in 1..=3 {
+        for (p, len) in [("/small", 1_500_000), ("/large", 3_500_000)] {
+            let r = edge.get("example.com", p);
+            assert_eq!(r.status, 200, "{p}, round {round}");
+            assert!(r.body == patterned(len), "{p}, round {round}: wrong body");
+            assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+            assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+        }
+        assert_eq!(open(&edge), 2.0, "round {round}");
+    }
+    // Memory's policy may keep one of them although it is over its size (TinyUFO keeps what it
+    // admits until something else comes); every other hit after a file's first read is sent
+    // from the open file.
+    let from_memory = memory_hits(&edge) - memory_before;
+    let from_open_file = edge.metric("edge_cache_disk_open_file_hits_total");
+    assert_eq!(disk_hits(&edge), 2.0 + from_open_file);
+    assert_eq!(from_open_file + from_memory, 4.0);
+    assert!(
+        from_open_file >= 2.0,
+        "{from_open_file} hits from an open file"
+    );
+    assert_eq!(edge.metric("edge_express_hits_total"), 6.0);
+    let r = edge.request("HEAD", "/small", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, ""));
+    assert_eq!(r.header("content-length"), Some("1500000"));
+    assert_eq!((o.count("/small"), o.count("/large")), (1, 1));
+
+    // A soft purge closes the files: the next requests revalidate instead of taking an open
+    // file's fresh head, and each object is opened again at its next hit from disk.
+    let r = edge.admin_post("/purge?prefix=http://example.com/&soft=1");
+    assert!(r.body.contains("purged 2"), "{}", r.body);
+    assert_eq!(open(&edge), 0.0);
+    for (p, len) in [("/small", 1_500_000), ("/large", 3_500_000)] {
+        assert!(
+            edge.get("example.com", p).body == patterned(len),
+            "{p}: wrong body"
+        );
+        let seen = o.requests();
+        let last = seen.iter().rev().find(|s| s.path == p).unwrap();
+        assert_eq!(
+            last.header("if-none-match"),
+            Some("\"v1\""),
+            "{p}: not revalidated"
+        );
+    }
+    let before = edge.metric("edge_cache_disk_open_file_hits_total");
+    for _ in 0..2 {
+        for (p, len) in [("/small", 1_500_000), ("/large", 3_500_000)] {
+            let r = edge.get("example.com", p);
+            assert!(r.body == patterned(len), "{p}: wrong body");
+            assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+        }
+    }
+    assert!(edge.metric("edge_cache_disk_open_file_hits_total") > before);
+    assert!(open(&edge) >= 1.0);
+    let asked = o.count("/small");
+
+    // A purge removes the object, and its open file with it.
+    let r = edge.admin_post("/purge?prefix=http://example.com/");
+    assert!(r.body.contains("purged 2"), "{}", r.body);
+    assert_eq!(open(&edge), 0.0);
+    assert!(edge.get("example.com", "/small").body == patterned(1_500_000));
+    assert_eq!(o.count("/small"), asked + 1, "a purged object was served");
+}

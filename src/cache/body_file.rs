@@ -166,26 +166,32 @@ impl BodyFile {
     /// Sends bytes `from..` of the body to a socket with `sendfile`, until done or the socket
     /// would block; returns where it stopped (the caller writes the rest the usual way).
     pub fn send_to(&self, socket: RawFd, from: usize) -> std::io::Result<usize> {
-        let mut offset = from as libc::off_t;
-        while (offset as usize) < self.len {
-            let left = self.len - offset as usize;
-            // SAFETY: both descriptors are open; the kernel advances `offset`.
-            let n = unsafe { libc::sendfile(socket, self.file.as_raw_fd(), &mut offset, left) };
-            if n > 0 {
-                continue;
-            }
-            if n == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => break,
-                _ => return Err(e),
-            }
-        }
-        Ok(offset as usize)
+        send_file(socket, &self.file, from as u64, self.len as u64).map(|at| at as usize)
     }
+}
+
+/// Sends bytes `from..to` of `file` to a socket with `sendfile`, until done or the socket would
+/// block; returns the offset where it stopped (the caller writes the rest the usual way).
+pub fn send_file(socket: RawFd, file: &File, from: u64, to: u64) -> std::io::Result<u64> {
+    let mut offset = from as libc::off_t;
+    while (offset as u64) < to {
+        let left = (to - offset as u64) as usize;
+        // SAFETY: both descriptors are open; the kernel advances `offset`.
+        let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut offset, left) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => break,
+            _ => return Err(e),
+        }
+    }
+    Ok(offset as u64)
 }
 
 #[cfg(test)]

@@ -325,6 +325,7 @@ mod tests {
             header: Arc::new(h),
             body: Arc::new(vec![Bytes::copy_from_slice(body.as_bytes())]),
             file: None,
+            on_disk: None,
             age: Duration::from_secs(7),
             fresh_until: SystemTime::now() + Duration::from_secs(60),
         }

@@ -38,6 +38,7 @@ use pingora::cache::predictor::Predictor;
 
 use crate::config::CacheSettings;
 use eviction::TinyUfoEviction;
+use store::disk::open::open_files_by_default;
 use store::disk::Disk;
 use store::Store;
 
@@ -70,7 +71,10 @@ impl Cache {
         let eviction: &'static TinyUfoEviction =
             Box::leak(Box::new(TinyUfoEviction::new(limit, limit / (16 << 10))));
         let disk = match &settings.disk {
-            Some(d) => Some(&*Box::leak(Box::new(Disk::open(&d.path, d.max_size.0)?))),
+            Some(d) => {
+                let open_files = d.open_files.unwrap_or_else(open_files_by_default);
+                Some(&*Box::leak(Box::new(Disk::open(&d.path, d.max_size.0, open_files)?)))
+            }
             None => None,
         };
         let store: &'static Store = Box::leak(Box::new(Store::with_disk(eviction, disk)));

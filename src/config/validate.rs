@@ -51,6 +51,17 @@ impl Checker<'_> {
         });
     }
 
+    /// Tells the operator of something that works but is likely not what they meant, at a
+    /// field path (`edge -t` and every load print it; it refuses nothing).
+    pub(super) fn warn(&self, path: &[Seg], message: impl std::fmt::Display) {
+        let line = locate::line_of(self.text, path).map_or(String::new(), |l| format!(":{l}"));
+        eprintln!(
+            "edge: warning: {}{line}: {}: {message}",
+            self.file,
+            locate::render(path)
+        );
+    }
+
     /// Deserializes one subtree, recording its error (with the full path) if it fails.
     fn section<T: DeserializeOwned>(&mut self, base: &[Seg], v: &Value) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(v.clone()) {
@@ -542,6 +553,14 @@ fn check_route(
                 r#"expected "www.example.com", "*.example.com" or "*", got "{}""#,
                 r.host
             ),
+        );
+    }
+    if !r.cache.enabled && r.cache.ranges == super::schema::RangeMisses::Forward {
+        let p = [key("routes"), Seg::Index(i), key("cache"), key("ranges")];
+        ck.warn(
+            &p,
+            "has no effect with the cache off (cache.enabled: false): every range request \
+             goes to the origin as it is anyway",
         );
     }
     let header_lists = [

@@ -66,6 +66,18 @@ fn check_disk(ck: &mut Checker, c: &CacheSettings, d: &DiskSettings) {
             "must be more than 0 and at most cache.disk.max_size",
         );
     }
+    let descriptors = crate::connections::descriptor_limit();
+    // The warning, not an error: the limit at check time may not be the service's.
+    if let Some(n) = d.open_files.filter(|&n| n as u64 > descriptors / 2) {
+        ck.warn(
+            &at("open_files"),
+            format!(
+                "{n} files kept open is more than half the process's descriptor limit \
+                 ({descriptors}): client and origin connections may run short (raise \
+                 LimitNOFILE, or keep fewer open)"
+            ),
+        );
+    }
     if !d.path.is_absolute() {
         ck.error(&at("path"), "must be an absolute path");
         return;

@@ -53,7 +53,7 @@ mod tests;
 use body::Ahead;
 use head::{Framing, Head};
 use plan::{plan, Express};
-use send::{send, COPY_BODY_MAX};
+use send::{send, Body, COPY_BODY_MAX};
 
 /// Pingora's proxy service behind the express lane.
 pub struct EdgeApp {
@@ -161,10 +161,12 @@ impl HttpServerApp for EdgeApp {
                     .map(|f| f.value)
             },
         );
+        // `sendfile` would bypass TLS.
+        let plain_socket = stream.get_ssl_digest().is_none();
         let planned = parsed
             .as_ref()
             .ok_or(None)
-            .and_then(|p| plan(p, buf.len(), &live, &self.edge, scheme));
+            .and_then(|p| plan(p, buf.len(), &live, &self.edge, scheme, plain_socket));
         match planned {
             Ok(express) => {
                 self.answer(stream, &express, &live, carried, started, shutdown)
@@ -263,7 +265,7 @@ impl EdgeApp {
             .unwrap_or_else(|| Arc::new(ClientConnection::open(m)));
         conn.request();
 
-        let inline = if express.hit.file.is_some() {
+        let inline = if express.hit.file.is_some() || express.hit.on_disk.is_some() {
             0
         } else {
             COPY_BODY_MAX.min(express.hit.body_len())
@@ -275,20 +277,19 @@ impl EdgeApp {
             name: &self.edge.cluster.cache_name,
         }
         .write_h1(&mut out, keep);
-        let (body, file): (&[bytes::Bytes], _) = if express.req.head {
-            (&[], None)
-        } else {
-            (&express.hit.body, express.hit.file.as_deref())
+        let body = match (&express.hit.on_disk, express.req.head) {
+            (_, true) => Body::Memory(&[], None),
+            (Some(file), false) => Body::Disk(file),
+            (None, false) => Body::Memory(&express.hit.body, express.hit.file.as_deref()),
         };
         // Counted before the client can see the answer, so a client (a test) that reads the
         // counter after the response finds it counted.
         m.client.express_hits.inc();
         let gap = live.config.client.send_timeout.get();
-        let written = send(&mut stream, out, body, file, gap).await;
-        let bytes = if written {
-            body.iter().map(|c| c.len()).sum()
-        } else {
-            0
+        let written = send(&mut stream, out, body, gap).await;
+        let bytes = match written && !express.req.head {
+            true => express.hit.body_len(),
+            false => 0,
         };
         record(&self.edge, live, &stream, express, bytes, started, written);
         if !written {

@@ -26,6 +26,8 @@ pub struct DiskMetrics {
     pub errors: IntCounterVec,
     pub skipped: prometheus::IntCounter,
     pub ready: IntGaugeVec,
+    pub open_files: IntGauge,
+    pub open_hits: prometheus::IntCounter,
 }
 
 impl DiskMetrics {
@@ -50,6 +52,16 @@ impl DiskMetrics {
                  scans, or waits for the process it takes over from; absent without a disk tier).",
                 &["path"],
             ),
+            open_files: r.gauge(
+                "edge_cache_disk_open_files",
+                "Disk tier files kept open, checked, for hits sent with sendfile (one file \
+                 descriptor each; at most cache.disk.open_files).",
+            ),
+            open_hits: r.counter(
+                "edge_cache_disk_open_file_hits_total",
+                "Disk tier hits sent from a file kept open (sendfile), without opening, reading \
+                 or checking it again; also counted in edge_cache_hits_total{tier=\"disk\"}.",
+            ),
         }
     }
 
@@ -65,6 +77,8 @@ impl DiskMetrics {
             counter_to(&self.errors.with_label_values(&[reason]), get(n));
         }
         counter_to(&self.skipped, get(&s.skipped));
+        self.open_files.set(disk.open_files() as i64);
+        counter_to(&self.open_hits, get(&s.open_hits));
         self.ready
             .with_label_values(&[&disk.root().display().to_string()])
             .set(disk.ready() as i64);

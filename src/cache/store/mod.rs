@@ -86,13 +86,19 @@ pub struct FreshHit {
     pub body: Arc<Vec<Bytes>>,
     /// The body's memory file, for bodies large enough to have one (see `body_file`).
     pub file: Option<Arc<BodyFile>>,
+    /// The body is in this disk file instead, and `body` is empty: only the express lane's
+    /// `fresh_disk_hit` gives such hits (see `disk::open`).
+    pub on_disk: Option<Arc<disk::open::OpenBody>>,
     pub age: Duration,
     pub fresh_until: SystemTime,
 }
 
 impl FreshHit {
     pub fn body_len(&self) -> usize {
-        self.body.iter().map(|c| c.len()).sum()
+        match &self.on_disk {
+            Some(file) => file.body_len() as usize,
+            None => self.body.iter().map(|c| c.len()).sum(),
+        }
     }
 }
 
@@ -322,6 +328,7 @@ impl Store {
             header: obj.meta.header.clone(),
             body: obj.body.clone(),
             file: obj.file.clone(),
+            on_disk: None,
             age: now.duration_since(f.epoch).unwrap_or_default(),
             fresh_until: f.fresh_until,
         };

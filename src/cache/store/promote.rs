@@ -56,15 +56,38 @@ impl Store {
     }
 
     /// The express lane's disk hit: an object that memory does not hold (see `fresh_hit`),
-    /// small, fresh, not varying, whose file is in the page cache, read on this thread and
-    /// promoted to memory. Anything else is `None`, and the proxy's cache path decides (it may
-    /// read the file again, on the blocking pool).
-    pub fn fresh_disk_hit(&self, primary: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+    /// small, fresh, not varying, whose file is in the page cache. With `sendfile` (a plain
+    /// TCP client: TLS must see the bytes), a file kept open since an earlier hit is sent from
+    /// as it is (`disk::open`); otherwise the file is read on this thread, checked, promoted to
+    /// memory and kept open. Anything else is `None`, and the proxy's cache path decides (it
+    /// may read the file again, on the blocking pool).
+    pub fn fresh_disk_hit(
+        &self,
+        primary: &HashBinary,
+        now: SystemTime,
+        sendfile: bool,
+    ) -> Option<FreshHit> {
         let disk = self.disk?;
+        if let Some(open) = sendfile.then(|| disk.open_hit(primary)).flatten() {
+            // Stale: the proxy's path revalidates it, and the revalidation closes the file.
+            if open.fresh_until < now {
+                return None;
+            }
+            disk.stats.hits.fetch_add(1, Ordering::Relaxed);
+            disk.stats.open_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(FreshHit {
+                header: open.header.clone(),
+                body: Arc::default(),
+                file: None,
+                age: now.duration_since(open.epoch).unwrap_or_default(),
+                fresh_until: open.fresh_until,
+                on_disk: Some(open),
+            });
+        }
         let start = self.read_start();
         let found = disk.lookup_cached(primary)?;
-        let body = found.body?;
-        let stored = found.meta;
+        let body = found.body.clone()?;
+        let stored = &found.meta;
         let meta = stored.to_cache_meta().ok()?;
         let f = Freshness::of(&meta);
         if f.varies || f.fresh_until < now || super::is_part(&stored.header) {
@@ -75,15 +98,19 @@ impl Store {
         self.promote(
             *primary,
             start,
-            (&stored, &meta),
+            (stored, &meta),
             body.clone(),
-            found.head.key,
+            found.head.key.clone(),
             url,
         );
+        if let Some(open) = found.keep_open(f.fresh_until, f.epoch) {
+            disk.keep_open(primary, open);
+        }
         Some(FreshHit {
-            header: stored.header,
+            header: found.meta.header,
             body: Arc::new(vec![body]),
             file: None,
+            on_disk: None,
             age: now.duration_since(f.epoch).unwrap_or_default(),
             fresh_until: f.fresh_until,
         })

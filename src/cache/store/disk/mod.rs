@@ -16,6 +16,7 @@
 //! One edge per path: `lock` in the directory is held with `flock`. A graceful upgrade's new
 //! process waits for the old one to let go before it reads or writes the tier.
 
+pub mod open;
 pub mod read;
 pub mod record;
 mod worker;
@@ -86,6 +87,8 @@ struct Entry {
     /// A soft purge marked it stale at this time; its file's head says so only once the worker
     /// has rewritten it, so reads apply it themselves until a revalidation clears it.
     expired_at: Option<SystemTime>,
+    /// Its file, kept open and checked, for hits sent with `sendfile` (see `open`).
+    open: Option<Arc<open::OpenBody>>,
 }
 
 #[derive(Default)]
@@ -97,12 +100,16 @@ struct Index {
     /// Objects too large for the eviction policy's weights (more than 65535 blocks), oldest
     /// first: evicted by age when `bytes` passes the limit (see `worker::admit`).
     giants: VecDeque<HashBinary>,
+    /// Which entries keep their file open (see `open`).
+    open: open::OpenFiles,
 }
 
 /// What the tier counts, read at scrape time.
 #[derive(Default)]
 pub struct DiskStats {
     pub hits: AtomicU64,
+    /// Hits sent from a file kept open (see `open`), without opening or reading it.
+    pub open_hits: AtomicU64,
     /// By cause: a write (disk full included), a read, a corrupt or half-written file.
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
@@ -136,6 +143,8 @@ pub struct Disk {
     /// replayed up to where it was when this edge started (see `cluster`): a file may hold
     /// what a purge sent while the edge was down removed everywhere else.
     held: AtomicBool,
+    /// Object files kept open at most (`cache.disk.open_files`).
+    open_max: usize,
 }
 
 fn lock_now(file: &File, wait: bool) -> bool {
@@ -148,7 +157,8 @@ impl Disk {
     /// Opens (creates) the tier's directory and takes its lock if it is free. When another
     /// process holds it, the tier waits (`busy`): the caller refuses to start unless it is
     /// taking over from that process (a graceful upgrade).
-    pub fn open(root: &Path, limit: u64) -> Result<Disk, String> {
+    /// `open_files`: how many object files may be kept open (see `open`).
+    pub fn open(root: &Path, limit: u64, open_files: usize) -> Result<Disk, String> {
         let explain = |what: &str, e: std::io::Error| format!("cache.disk.path: {what}: {e}");
         for dir in [root.to_path_buf(), root.join("objects"), root.join("tmp")] {
             std::fs::create_dir_all(&dir)
@@ -183,6 +193,7 @@ impl Disk {
             last_error_log: Mutex::new(None),
             during_scan: Mutex::new(Vec::new()),
             held: AtomicBool::new(false),
+            open_max: open_files,
         };
         if lock_now(&lock, false) {
             disk.hold_lock(lock);
@@ -390,6 +401,7 @@ impl Disk {
                 compact,
                 fresh_until,
                 expired_at: None,
+                open: None,
             },
         );
         drop(index);
@@ -414,6 +426,9 @@ impl Disk {
 
     fn unlist(index: &mut Index, key: &HashBinary, e: &Entry) {
         index.names.remove(key, &e.url, &e.tags);
+        if e.open.is_some() {
+            index.open.count -= 1;
+        }
         if e.ready {
             index.bytes -= e.size;
         }
@@ -477,6 +492,7 @@ impl Disk {
             if e.fresh_until > now {
                 e.fresh_until = now;
                 e.expired_at = Some(now);
+                index.close_file(&k);
                 expired.push(k);
                 self.send(Job::Expire { key: k, at: now });
             }
@@ -492,6 +508,7 @@ impl Disk {
         };
         e.fresh_until = fresh_until;
         e.expired_at = None;
+        index.close_file(&key);
         self.send(Job::Rewrite { key, head });
         true
     }

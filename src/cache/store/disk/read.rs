@@ -12,6 +12,7 @@ use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::{Error, ErrorType, Result};
 
+use super::open::OpenBody;
 use super::record::{self, Bad, Head, Layout, Wait, BLOCK};
 use super::Disk;
 use crate::cache::store::meta::{expire_internal, StoredMeta};
@@ -29,6 +30,28 @@ pub struct Found {
     /// The whole body, checked, when it is small (`READ_WHOLE_MAX`).
     pub body: Option<Bytes>,
     pub file: FileBody,
+    /// The head's checksum in the file's prefix (see `open`).
+    head_sum: u64,
+}
+
+impl Found {
+    /// The file kept open for later hits (see `open`), once its whole body was read here and
+    /// checked; with the stored header and the freshness the caller computed from the meta.
+    pub fn keep_open(
+        &self,
+        fresh_until: std::time::SystemTime,
+        epoch: std::time::SystemTime,
+    ) -> Option<OpenBody> {
+        self.body.as_ref()?;
+        Some(OpenBody::new(
+            self.file.file.clone(),
+            self.file.layout,
+            self.head_sum,
+            self.meta.header.clone(),
+            fresh_until,
+            epoch,
+        ))
+    }
 }
 
 /// A body on disk and what checks it.
@@ -123,6 +146,7 @@ fn open_found(
         meta,
         body,
         file,
+        head_sum: whole.head_sum,
     })
 }
 

@@ -24,6 +24,8 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: &[u8; 8] = b"EDGEDSK1";
 pub const END: &[u8; 8] = b"EDGEEND1";
 pub const PREFIX: usize = 32;
+/// Where the prefix keeps the head's checksum.
+pub const HEAD_SUM_AT: u64 = 16;
 /// The trailer's fixed part after the block checksums.
 pub const TRAILER_FIXED: usize = 32;
 /// Body bytes per checksum: a read verifies whole blocks, so a range costs at most two extra.
@@ -234,7 +236,7 @@ pub enum Wait {
 
 /// Reads `len` bytes at `at` into a new buffer, not zeroed first (a zeroed large allocation
 /// cost jemalloc an madvise and a TLB shootdown per read: 13% of a disk hit's CPU in `perf`).
-fn read_exact_at(f: &File, len: usize, at: u64, wait: Wait) -> Result<Vec<u8>, Bad> {
+pub(super) fn read_exact_at(f: &File, len: usize, at: u64, wait: Wait) -> Result<Vec<u8>, Bad> {
     use std::os::fd::AsRawFd;
     let mut b: Vec<u8> = Vec::with_capacity(len);
     let flags = if wait == Wait::CachedOnly {
@@ -280,6 +282,8 @@ pub struct Whole {
     pub head: Head,
     pub layout: Layout,
     pub sums: Vec<u64>,
+    /// The head's checksum, as the prefix gives it (a head rewritten in place has another).
+    pub head_sum: u64,
     /// Read and checked: the file was small (`READ_ALL_MAX`) and read in one call.
     pub body: Option<Bytes>,
 }
@@ -289,11 +293,13 @@ pub struct Whole {
 pub fn open_checked(f: &File, wait: Wait) -> Result<Whole, Bad> {
     let len = f.metadata()?.len();
     if len > READ_ALL_MAX || len < (PREFIX + TRAILER_FIXED) as u64 {
-        let (head, layout, sums) = open(f, wait)?;
+        let (head, layout, sums, head_sum) =
+            parse(len, &mut |n, at| read_exact_at(f, n, at, wait))?;
         return Ok(Whole {
             head,
             layout,
             sums,
+            head_sum,
             body: None,
         });
     }
@@ -301,7 +307,7 @@ pub fn open_checked(f: &File, wait: Wait) -> Result<Whole, Bad> {
     let at = |from: u64, n: usize| -> Result<Vec<u8>, Bad> {
         Ok(all[from as usize..from as usize + n].to_vec())
     };
-    let (head, layout, sums) = parse(len, &mut |n, from| at(from, n))?;
+    let (head, layout, sums, head_sum) = parse(len, &mut |n, from| at(from, n))?;
     let body = all.slice(layout.body_offset() as usize..layout.trailer_offset() as usize);
     for (i, block) in body.chunks(BLOCK).enumerate() {
         if sums.get(i) != Some(&xxh3_64(block)) {
@@ -312,6 +318,7 @@ pub fn open_checked(f: &File, wait: Wait) -> Result<Whole, Bad> {
         head,
         layout,
         sums,
+        head_sum,
         body: Some(body),
     })
 }
@@ -320,14 +327,15 @@ pub fn open_checked(f: &File, wait: Wait) -> Result<Whole, Bad> {
 /// file's length matching what they say. The body is checked as it is read (`read_block`).
 pub fn open(f: &File, wait: Wait) -> Result<(Head, Layout, Vec<u64>), Bad> {
     let len = f.metadata()?.len();
-    parse(len, &mut |n, at| read_exact_at(f, n, at, wait))
+    let (head, layout, sums, _) = parse(len, &mut |n, at| read_exact_at(f, n, at, wait))?;
+    Ok((head, layout, sums))
 }
 
-/// The checks of `open`, reading through `read(len, at)`.
+/// The checks of `open`, reading through `read(len, at)`; also returns the head's checksum.
 fn parse(
     len: u64,
     read: &mut dyn FnMut(usize, u64) -> Result<Vec<u8>, Bad>,
-) -> Result<(Head, Layout, Vec<u64>), Bad> {
+) -> Result<(Head, Layout, Vec<u64>, u64), Bad> {
     if len < (PREFIX + TRAILER_FIXED) as u64 {
         return Err(Bad::Corrupt("shorter than a prefix and a trailer"));
     }
@@ -340,7 +348,8 @@ fn parse(
         return Err(Bad::Corrupt("head lengths"));
     }
     let head = Bytes::from(read(head_len, PREFIX as u64)?);
-    if xxh3_64(&head) != u64_at(&prefix, 16) {
+    let head_sum = u64_at(&prefix, HEAD_SUM_AT as usize);
+    if xxh3_64(&head) != head_sum {
         return Err(Bad::Corrupt("head checksum"));
     }
     let fixed = read(TRAILER_FIXED, len - TRAILER_FIXED as u64)?;
@@ -372,7 +381,7 @@ fn parse(
         .map(|i| u64_at(&trailer, 8 * i))
         .collect();
     let head = Head::decode(&head).ok_or(Bad::Corrupt("head fields"))?;
-    Ok((head, layout, sums))
+    Ok((head, layout, sums, head_sum))
 }
 
 /// Reads body block `i`, checked against its checksum.

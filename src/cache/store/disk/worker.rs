@@ -211,6 +211,7 @@ fn index_file(disk: &'static Disk, path: &std::path::Path) -> Result<(), String>
             compact: head.key,
             fresh_until,
             expired_at,
+            open: None,
         },
     );
     admit(disk, &mut index, key, on_disk(layout.file_len()));
