@@ -86,3 +86,115 @@ fn h2_limits_are_announced_and_held_and_idle_connections_closed() {
         );
     });
 }
+
+/// One request on an h2 connection: status, fields and body.
+async fn fetch(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://web.test{path}"));
+    for (name, value) in fields {
+        req = req.header(*name, *value);
+    }
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    let (parts, mut body) = resp.await.unwrap().into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (parts.status.as_u16(), parts.headers, bytes)
+}
+
+#[test]
+fn fresh_hits_on_h2_streams_take_the_express_lane_and_everything_else_the_proxy() {
+    let origin = Origin::start("web");
+    let body = "h".repeat(3000);
+    origin.set(
+        "/x",
+        Canned::new(
+            200,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"v1\""),
+                ("Surrogate-Key", "tag-for-this-cache-only"),
+            ],
+            &body,
+        ),
+    );
+    let edge = Edge::start_listening(
+        "{address: \"127.0.0.1:{PORT}\", http2: true}",
+        &format!(
+            "origins:\n  web: {{servers: [\"{}\"]}}\nroutes:\n  - {{origin: web}}\n",
+            origin.addr
+        ),
+    );
+    let lane = || edge.metric("edge_express_hits_total");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+
+        // A miss goes through the proxy and stores the object.
+        let (status, _, got) = fetch(&mut client, "GET", "/x", &[]).await;
+        assert_eq!((status, got.len()), (200, 3000));
+        assert_eq!(lane(), 0.0);
+
+        // The hit is answered by the lane, with the head the proxy's fresh-hit path sends.
+        let (status, fields, got) = fetch(&mut client, "GET", "/x", &[]).await;
+        assert_eq!(status, 200);
+        assert!(got == body.as_bytes(), "wrong body");
+        assert_eq!(lane(), 1.0);
+        let field = |name: &str| fields.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(field("content-length"), Some("3000"));
+        assert_eq!(field("etag"), Some("\"v1\""));
+        assert!(field("age").is_some(), "{fields:?}");
+        assert!(field("date").is_some(), "{fields:?}");
+        assert_eq!(field("accept-ranges"), Some("bytes"));
+        assert!(
+            field("cache-status").is_some_and(|s| s.contains("hit")),
+            "{fields:?}"
+        );
+        assert!(
+            field("surrogate-key").is_none(),
+            "a field for this cache only was sent"
+        );
+
+        let (status, fields, got) = fetch(&mut client, "HEAD", "/x", &[]).await;
+        assert_eq!((status, got.len()), (200, 0));
+        assert_eq!(fields.get("content-length").unwrap(), "3000");
+        assert_eq!(lane(), 2.0);
+
+        // What the hit rule leaves to the proxy: conditions, ranges, client revalidation.
+        let (status, _, _) = fetch(&mut client, "GET", "/x", &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(status, 304);
+        let (status, _, got) = fetch(&mut client, "GET", "/x", &[("range", "bytes=0-9")]).await;
+        assert_eq!((status, got.len()), (206, 10));
+        let (status, _, _) =
+            fetch(&mut client, "GET", "/x", &[("cache-control", "no-cache")]).await;
+        assert_eq!(status, 200);
+        assert_eq!(lane(), 2.0, "the proxy's requests went the lane's way");
+        assert_eq!(
+            origin.count("/x"),
+            2,
+            "only the miss and the client's revalidation"
+        );
+    });
+    // Six requests, each counted once, whichever path answered it (the proxy logs after its
+    // client has the answer: waited for).
+    let h2 = "edge_requests_by_protocol_total{protocol=\"h2\",scheme=\"http\"}";
+    assert!(
+        wait_until(Duration::from_secs(5), || edge.metric(h2) == 6.0),
+        "{}",
+        edge.metric(h2)
+    );
+}

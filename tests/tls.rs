@@ -105,6 +105,7 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
     let ca = TestCa::new("edge test CA");
     let www = ca.issue(&["www.example.com"]);
     let o = TlsOrigin::start("o", &ca.issue(&["origin.test"]));
+    o.set("/s0", Canned::new(200, &[("Cache-Control", "max-age=60")], "s0"));
     let edge = Edge::start_listening(&tls_listen(&[&www], ""), &https_origin(&o, &ca, ""));
     let c = TlsClient::connect(
         edge.addr,
@@ -149,6 +150,19 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
         connections_before,
         "h2 streams are not client connections"
     );
+    // A hit over h2 on TLS is answered by the express lane: it builds the same `https` key the
+    // proxy stored the object under.
+    let express_before = edge.metric("edge_express_hits_total");
+    let out = Command::new("curl")
+        .args(["-s", "--http2"])
+        .args(["--cacert", &ca.pem_path().display().to_string()])
+        .args(["--resolve", &format!("www.example.com:{port}:127.0.0.1")])
+        .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .arg(&urls[0])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    assert_eq!(edge.metric("edge_express_hits_total"), express_before + 1.0);
 }
 
 #[test]

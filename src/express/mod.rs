@@ -44,6 +44,7 @@ use crate::state::{Edge, Live};
 const MAX_FIELDS: usize = 64;
 
 mod body;
+mod h2;
 mod head;
 mod plan;
 mod send;
@@ -111,6 +112,9 @@ impl HttpServerApp for EdgeApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        if session.is_http2() {
+            return self.h2_stream(session, shutdown).await;
+        }
         let Some(stop) = self.stop_signal(&mut session, shutdown) else {
             return self.proxy.process_new_http(session, shutdown).await;
         };

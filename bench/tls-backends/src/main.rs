@@ -5,9 +5,17 @@
 //! the listener settings Pingora gives each backend (`TlsSettings::intermediate`).
 //!
 //! Usage: tls-backends <listen addr> <cert.pem> <key.pem>   Env: THREADS (default 2)
+//!
+//! `MODE=app`: the same answer from a bare `HttpServerApp` instead (no proxy session: what a
+//! server that answers before Pingora's proxy, as the edge's express lane does, could reach).
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora::http::ResponseHeader;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
@@ -40,6 +48,32 @@ impl ProxyHttp for OneKiB {
     }
 }
 
+/// The same answer without a proxy session.
+struct BareApp(Bytes);
+
+#[async_trait]
+impl HttpServerApp for BareApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
+        }
+        let mut resp = ResponseHeader::build(200, Some(2)).ok()?;
+        resp.insert_header("Content-Length", self.0.len().to_string())
+            .ok()?;
+        resp.insert_header("Cache-Control", "max-age=3600").ok()?;
+        session.write_response_header(Box::new(resp)).await.ok()?;
+        session.write_response_body(self.0.clone(), true).await.ok()?;
+        // h2 streams are never reused; HTTP/1 connections simply close (h2 is what this
+        // mode measures).
+        session.finish().await.ok()?;
+        None
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, listen, cert, key] = &args[..] else {
@@ -56,10 +90,17 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut svc = http_proxy_service(&server.configuration, OneKiB(Bytes::from(vec![b'a'; 1024])));
+    let body = Bytes::from(vec![b'a'; 1024]);
     let mut tls = TlsSettings::intermediate(cert, key).expect("certificate and key");
     tls.enable_h2();
-    svc.add_tls_with_settings(listen, None, tls);
-    server.add_service(svc);
+    if std::env::var("MODE").as_deref() == Ok("app") {
+        let mut svc = pingora::services::listening::Service::new("bare".into(), BareApp(body));
+        svc.add_tls_with_settings(listen, None, tls);
+        server.add_service(svc);
+    } else {
+        let mut svc = http_proxy_service(&server.configuration, OneKiB(body));
+        svc.add_tls_with_settings(listen, None, tls);
+        server.add_service(svc);
+    }
     server.run_forever();
 }
