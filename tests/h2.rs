@@ -19,6 +19,25 @@ fn h2c_edge(origin: &Origin, client: &str) -> Edge {
     )
 }
 
+/// A cleartext h2 connection (prior knowledge) to the edge, its connection task running.
+async fn connect(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 async fn get(
     client: &mut h2::client::SendRequest<bytes::Bytes>,
     path: &str,
@@ -47,14 +66,8 @@ fn h2_limits_are_announced_and_held_and_idle_connections_closed() {
         &origin,
         "h2_max_concurrent_streams: 7, h2_max_header_list_size: 16KiB, keepalive_timeout: 1s",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-        let connection = tokio::spawn(conn);
+    runtime().block_on(async {
+        let (mut client, connection) = connect(edge.addr).await;
 
         assert_eq!(get(&mut client, "/a", None).await.unwrap(), 200);
         // The server's SETTINGS arrived before its first answer.
@@ -70,10 +83,8 @@ fn h2_limits_are_announced_and_held_and_idle_connections_closed() {
         assert_eq!(origin.count("/big"), 0);
 
         // A fresh connection after the refusal: the one above may have been reset by it.
-        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
         drop(connection);
-        let connection = tokio::spawn(conn);
+        let (mut client, connection) = connect(edge.addr).await;
         assert_eq!(get(&mut client, "/b", None).await.unwrap(), 200);
         // With no stream open, the connection is closed after keepalive_timeout (1 s).
         let idle_from = Instant::now();
@@ -135,14 +146,8 @@ fn fresh_hits_on_h2_streams_take_the_express_lane_and_everything_else_the_proxy(
         ),
     );
     let lane = || edge.metric("edge_express_hits_total");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
+    runtime().block_on(async {
+        let (mut client, _connection) = connect(edge.addr).await;
 
         // A miss goes through the proxy and stores the object.
         let (status, _, got) = fetch(&mut client, "GET", "/x", &[]).await;

@@ -13,24 +13,21 @@
 //! decides (and refuses) exactly as it would have; the head sent is `HitHead`'s, as the proxy's
 //! fresh-hit path sends it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
-use super::EdgeApp;
+use super::{EdgeApp, LaneHit};
 use crate::cache::hit::{self, HitHead};
 use crate::cache::key::Scheme;
-use crate::cache::status::Outcome;
 use crate::cache::store::FreshHit;
 use crate::cluster::loops;
 use crate::guard;
 use crate::host::{normalize_host, request_host};
-use crate::logging::AccessEntry;
 use crate::origin::router::Route;
-use crate::served::{Protocol, Served};
+use crate::served::Protocol;
 use crate::state::Live;
 
 impl EdgeApp {
@@ -111,7 +108,7 @@ impl EdgeApp {
         Some((hit, route, scheme))
     }
 
-    /// Counts the hit and writes its access-log line, as the proxy's `logging` phase does.
+    /// Counts the hit and writes its access-log line.
     #[allow(clippy::too_many_arguments)]
     fn h2_record(
         &self,
@@ -124,31 +121,20 @@ impl EdgeApp {
         written: &pingora::Result<()>,
     ) {
         let req = session.req_header();
-        let origin = live.origins.get(&route.origin);
-        let served = Served {
-            entry: AccessEntry {
-                client: session.client_addr().map(|c| c as &dyn std::fmt::Display),
-                method: req.method.as_str(),
-                host: request_host(req).unwrap_or("-"),
-                path: &req.uri,
-                status,
-                bytes: session.body_bytes_sent(),
-                route: &route.name,
-                origin: origin.map_or("-", |o| o.name.as_str()),
-                server: "-",
-                conn: "-",
-                cache: Outcome::Hit.label(),
-                connect: None,
-                ttfb: None,
-                total: started.elapsed(),
-                tries: 0,
-                refused: None,
-                error: written.as_ref().err().map(|e| e.to_string()),
-            },
-            origin: origin.map(Arc::as_ref),
+        LaneHit {
+            client: session.client_addr().map(|c| c as &dyn std::fmt::Display),
+            method: req.method.as_str(),
+            host: request_host(req).unwrap_or("-"),
+            path: &req.uri,
+            status,
+            bytes: session.body_bytes_sent(),
+            route: &route.name,
+            origin: live.origins.get(&route.origin),
             protocol: Protocol::of(req.version),
             scheme,
-        };
-        served.record(&self.edge.metrics, &self.edge.access_log, &live.config.log);
+            started,
+            error: written.as_ref().err().map(|e| e.to_string()),
+        }
+        .record(&self.edge, live);
     }
 }

@@ -32,10 +32,12 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::cache::hit::HitHead;
+use crate::cache::key::Scheme;
 use crate::cache::status::Outcome;
 use crate::client::{self, ClientConnection};
 use crate::guard;
 use crate::logging::AccessEntry;
+use crate::origin::Origin;
 use crate::proxy::{EdgeHttpProxy, Handoff};
 use crate::served::{Protocol, Served};
 use crate::state::{Edge, Live};
@@ -322,7 +324,7 @@ fn client_connection(ctx: Option<Box<dyn Any + Send + Sync>>) -> Option<Arc<Clie
     ctx?.downcast::<Arc<ClientConnection>>().ok().map(|c| *c)
 }
 
-/// Counts the hit and writes its access-log line, as the proxy's `logging` phase does.
+/// Counts an HTTP/1 hit and writes its access-log line.
 fn record(
     edge: &Edge,
     live: &Live,
@@ -335,31 +337,69 @@ fn record(
     let client = stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().cloned());
-    let served = Served {
-        entry: AccessEntry {
-            client: client.as_ref().map(|c| c as &dyn std::fmt::Display),
-            method: if express.req.head { "HEAD" } else { "GET" },
-            host: express.req.host,
-            path: &express.req.target,
-            status: express.hit.header.status.as_u16(),
-            bytes,
-            route: express.route,
-            origin: express.origin.map_or("-", |o| o.name.as_str()),
-            server: "-",
-            conn: "-",
-            cache: Outcome::Hit.label(),
-            connect: None,
-            ttfb: None,
-            total: started.elapsed(),
-            tries: 0,
-            refused: None,
-            error: (!written).then(|| "writing to the client failed".to_string()),
-        },
-        origin: express.origin.map(|o| o.as_ref()),
+    LaneHit {
+        client: client.as_ref().map(|c| c as &dyn std::fmt::Display),
+        method: if express.req.head { "HEAD" } else { "GET" },
+        host: express.req.host,
+        path: &express.req.target,
+        status: express.hit.header.status.as_u16(),
+        bytes,
+        route: express.route,
+        origin: express.origin,
         protocol: Protocol::Http11,
         scheme: express.req.scheme,
-    };
-    served.record(&edge.metrics, &edge.access_log, &live.config.log);
+        started,
+        error: (!written).then(|| "writing to the client failed".to_string()),
+    }
+    .record(edge, live);
+}
+
+/// A hit the lane answered (on HTTP/1 or h2), as the metrics and the access log see it.
+struct LaneHit<'a> {
+    client: Option<&'a dyn std::fmt::Display>,
+    method: &'a str,
+    host: &'a str,
+    path: &'a dyn std::fmt::Display,
+    status: u16,
+    bytes: usize,
+    route: &'a str,
+    origin: Option<&'a Arc<Origin>>,
+    protocol: Protocol,
+    scheme: Scheme,
+    started: Instant,
+    error: Option<String>,
+}
+
+impl LaneHit<'_> {
+    /// Counts the hit and writes its access-log line, as the proxy's `logging` phase does: no
+    /// upstream, no connection, no tries.
+    fn record(self, edge: &Edge, live: &Live) {
+        let served = Served {
+            entry: AccessEntry {
+                client: self.client,
+                method: self.method,
+                host: self.host,
+                path: self.path,
+                status: self.status,
+                bytes: self.bytes,
+                route: self.route,
+                origin: self.origin.map_or("-", |o| o.name.as_str()),
+                server: "-",
+                conn: "-",
+                cache: Outcome::Hit.label(),
+                connect: None,
+                ttfb: None,
+                total: self.started.elapsed(),
+                tries: 0,
+                refused: None,
+                error: self.error,
+            },
+            origin: self.origin.map(|o| o.as_ref()),
+            protocol: self.protocol,
+            scheme: self.scheme,
+        };
+        served.record(&edge.metrics, &edge.access_log, &live.config.log);
+    }
 }
 
 /// Whether the lane reads this session's request. Not h2; not a kept-alive session while the
