@@ -136,21 +136,29 @@ fn settings_that_do_nothing_or_starve_connections_are_warnings_with_their_line()
     assert_ne!(text, GOOD, "the routes section moved");
     let (code, err) = check_config(&text);
     assert_eq!(code, 0, "{err}");
-    let line = text.lines().position(|l| l.contains("ranges: forward")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.contains("ranges: forward"))
+        .unwrap()
+        + 1;
     assert!(
-        err.contains(&format!(":{line}: routes[0].cache.ranges: has no effect with the cache off")),
+        err.contains(&format!(
+            ":{line}: routes[0].cache.ranges: has no effect with the cache off"
+        )),
         "{err}"
     );
-    // More files kept open than half the descriptor limit allows.
+    // More files kept open than half the descriptor limit allows (2^62: above any kernel's).
     let dir = std::env::temp_dir().join("edge-config-check-open-files");
     let text = format!(
-        "{GOOD}cache:\n  disk:\n    path: \"{}\"\n    max_size: 64MiB\n    open_files: 100000000\n",
+        "{GOOD}cache:\n  disk:\n    path: \"{}\"\n    max_size: 64MiB\n    open_files: 4611686018427387904\n",
         dir.display()
     );
     let (code, err) = check_config(&text);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("cache.disk.open_files: 100000000 files kept open is more than half"),
+        err.contains(
+            "cache.disk.open_files: 4611686018427387904 files kept open is more than half"
+        ),
         "{err}"
     );
     assert!(!err.contains("routes[0].cache.ranges"), "{err}");

@@ -105,7 +105,10 @@ fn h2_is_negotiated_by_alpn_and_carries_concurrent_streams() {
     let ca = TestCa::new("edge test CA");
     let www = ca.issue(&["www.example.com"]);
     let o = TlsOrigin::start("o", &ca.issue(&["origin.test"]));
-    o.set("/s0", Canned::new(200, &[("Cache-Control", "max-age=60")], "s0"));
+    o.set(
+        "/s0",
+        Canned::new(200, &[("Cache-Control", "max-age=60")], "s0"),
+    );
     let edge = Edge::start_listening(&tls_listen(&[&www], ""), &https_origin(&o, &ca, ""));
     let c = TlsClient::connect(
         edge.addr,

@@ -73,7 +73,11 @@ impl Cache {
         let disk = match &settings.disk {
             Some(d) => {
                 let open_files = d.open_files.unwrap_or_else(open_files_by_default);
-                Some(&*Box::leak(Box::new(Disk::open(&d.path, d.max_size.0, open_files)?)))
+                Some(&*Box::leak(Box::new(Disk::open(
+                    &d.path,
+                    d.max_size.0,
+                    open_files,
+                )?)))
             }
             None => None,
         };

@@ -167,12 +167,10 @@ impl HttpServerApp for EdgeApp {
                     .map(|f| f.value)
             },
         );
-        // `sendfile` would bypass TLS.
-        let plain_socket = stream.get_ssl_digest().is_none();
         let planned = parsed
             .as_ref()
             .ok_or(None)
-            .and_then(|p| plan(p, buf.len(), &live, &self.edge, scheme, plain_socket));
+            .and_then(|p| plan(p, buf.len(), &live, &self.edge, scheme));
         match planned {
             Ok(express) => {
                 self.answer(stream, &express, &live, carried, started, shutdown)

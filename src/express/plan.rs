@@ -33,18 +33,17 @@ pub(super) struct Express<'a> {
 
 /// The hit to send for these request bytes, if the lane may answer them. Otherwise the cache
 /// key it looked up without finding a fresh object, if it got that far (the proxy need not
-/// look again). `plain_socket`: not TLS, so a body in a disk file may be sent with `sendfile`.
+/// look again).
 pub(super) fn plan<'b>(
     head: &'b Parsed<'_, 'b>,
     buf_len: usize,
     live: &'b Live,
     edge: &Edge,
     scheme: Scheme,
-    plain_socket: bool,
 ) -> Result<Express<'b>, Option<CacheKey>> {
     eligible(head, buf_len, live, scheme)
         .ok_or(None)
-        .and_then(|(request, route)| lookup(request, route, live, edge, plain_socket))
+        .and_then(|(request, route)| lookup(request, route, live, edge))
 }
 
 /// A request the lane may answer if its object is fresh in the store.
@@ -138,7 +137,6 @@ fn lookup<'b>(
     route: &'b Route,
     live: &'b Live,
     edge: &Edge,
-    plain_socket: bool,
 ) -> Result<Express<'b>, Option<CacheKey>> {
     let key =
         key::for_url_only(req.scheme, &req.normalized, req.target, &route.cache.key).ok_or(None)?;
@@ -147,7 +145,7 @@ fn lookup<'b>(
     // Memory first; then the disk tier, if the file is in the page cache.
     let Some(hit) = store
         .fresh_hit(&primary, now)
-        .or_else(|| store.fresh_disk_hit(&primary, now, plain_socket))
+        .or_else(|| store.fresh_disk_hit(&primary, now))
     else {
         return Err(Some(key));
     };

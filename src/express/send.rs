@@ -21,7 +21,7 @@ pub(super) const COPY_BODY_MAX: usize = 16 << 10;
 pub(super) enum Body<'a> {
     /// In memory: its chunks, and the memory file they map if it has one.
     Memory(&'a [bytes::Bytes], Option<&'a BodyFile>),
-    /// In a disk file kept open (on a plain TCP socket only: see `plan`).
+    /// In a disk file kept open (see `disk::open`).
     Disk(&'a Arc<OpenBody>),
 }
 
@@ -40,9 +40,12 @@ pub(super) async fn send(
     }
 }
 
-/// Writes the header, then the body from its disk file with `sendfile`; what the socket does not
-/// take at once is read and written the usual way (which waits for the socket to drain), and
-/// `sendfile` tried again for the rest.
+/// Writes the header, then the body from its disk file: with `sendfile` on a plain TCP socket
+/// when every page of the body is in the page cache (it would otherwise wait for the disk on
+/// this thread), else read (`OpenBody::read_at`: the page cache here, the disk on the blocking
+/// pool) and written. What the socket does not take at once is read and written the usual way,
+/// which waits for the socket to drain, and flushed before `sendfile` goes on: a byte left in
+/// the stream's buffer would otherwise reach the client after the ones `sendfile` sends next.
 async fn send_disk(
     stream: &mut Stream,
     head: BytesMut,
@@ -52,20 +55,26 @@ async fn send_disk(
     if !write_within(stream, &head, gap).await || !flush_within(stream, gap).await {
         return false;
     }
+    let zero_copy = stream.get_ssl_digest().is_none() && file.body_cached() == Some(true);
     let (len, socket) = (file.body_len(), stream.id());
     let mut sent = 0;
     while sent < len {
-        match file.send_to(socket, sent) {
-            Ok(at) => sent = at,
-            Err(_) => return false,
-        }
-        if sent >= len {
-            break;
+        if zero_copy {
+            match file.send_to(socket, sent) {
+                Ok(at) => sent = at,
+                Err(_) => return false,
+            }
+            if sent >= len {
+                break;
+            }
         }
         let Ok(piece) = file.read_at(sent, 64 << 10).await else {
             return false;
         };
-        if piece.is_empty() || !write_within(stream, &piece, gap).await {
+        if piece.is_empty()
+            || !write_within(stream, &piece, gap).await
+            || !flush_within(stream, gap).await
+        {
             return false;
         }
         sent += piece.len() as u64;
@@ -138,4 +147,70 @@ async fn flush_within(stream: &mut Stream, gap: Duration) -> bool {
         pingora::time::timeout(gap, stream.flush()).await,
         Ok(Ok(()))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::protocols::l4::stream::{L4BufferSettings, Stream as L4Stream};
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncReadExt;
+
+    /// A body larger than the socket takes at once (buffers of 32 KiB on both sides): `sendfile`
+    /// stops, pieces go through the stream's write buffer, `sendfile` goes on; the reader must
+    /// get every byte, in order. The buffer is larger here than on a client connection (1460
+    /// bytes, where only a short tail of a piece stays in it): every piece then waits in it, so
+    /// a piece not flushed before `sendfile` goes on shows at every piece, not by chance.
+    // Two threads: the reader drains the socket while the sender goes on (one thread would run
+    // the reader only when the sender waits, and `sendfile` would always find the socket full).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_body_sent_partly_with_sendfile_arrives_in_order() {
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (file, path) = crate::cache::store::disk::open::opened_for_test("send", &body);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        server.set_nodelay(true).unwrap();
+        client.set_nodelay(true).unwrap();
+        let small: libc::c_int = 32 << 10;
+        for (fd, opt) in [
+            (server.as_raw_fd(), libc::SO_SNDBUF),
+            (client.as_raw_fd(), libc::SO_RCVBUF),
+        ] {
+            // SAFETY: setsockopt on sockets this test owns, with a c_int it reads.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &small as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+        let mut l4 = L4Stream::from(server);
+        l4.set_buffer(L4BufferSettings::new(0, 128 << 10));
+        let mut stream: Stream = Box::new(l4);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0; 4096];
+            loop {
+                let n = client.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        });
+        let head = BytesMut::from(&b"HEAD\r\n"[..]);
+        let gap = Duration::from_secs(10);
+        assert!(send(&mut stream, head, Body::Disk(&file), gap).await);
+        drop(stream);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..6], b"HEAD\r\n");
+        assert!(got[6..] == body[..], "bytes out of order or missing");
+        std::fs::remove_file(path).unwrap();
+    }
 }

@@ -36,7 +36,7 @@ fn decide(edge: &Edge, bytes: &str) -> Result<usize, bool> {
     let Some(parsed) = parse(bytes.as_bytes(), &mut fields) else {
         return Err(false);
     };
-    match plan(&parsed, bytes.len(), &live, edge, Scheme::Http, true) {
+    match plan(&parsed, bytes.len(), &live, edge, Scheme::Http) {
         Ok(e) => Ok(e.hit.body_len()),
         Err(key) => Err(key.is_some()),
     }

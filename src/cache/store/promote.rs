@@ -56,19 +56,13 @@ impl Store {
     }
 
     /// The express lane's disk hit: an object that memory does not hold (see `fresh_hit`),
-    /// small, fresh, not varying, whose file is in the page cache. With `sendfile` (a plain
-    /// TCP client: TLS must see the bytes), a file kept open since an earlier hit is sent from
-    /// as it is (`disk::open`); otherwise the file is read on this thread, checked, promoted to
-    /// memory and kept open. Anything else is `None`, and the proxy's cache path decides (it
-    /// may read the file again, on the blocking pool).
-    pub fn fresh_disk_hit(
-        &self,
-        primary: &HashBinary,
-        now: SystemTime,
-        sendfile: bool,
-    ) -> Option<FreshHit> {
+    /// small, fresh, not varying. A file kept open since an earlier hit is answered from as it
+    /// is (`disk::open`); otherwise the file, if in the page cache, is read on this thread,
+    /// checked, promoted to memory and kept open. Anything else is `None`, and the proxy's
+    /// cache path decides (it may read the file again, on the blocking pool).
+    pub fn fresh_disk_hit(&self, primary: &HashBinary, now: SystemTime) -> Option<FreshHit> {
         let disk = self.disk?;
-        if let Some(open) = sendfile.then(|| disk.open_hit(primary)).flatten() {
+        if let Some(open) = disk.open_hit(primary) {
             // Stale: the proxy's path revalidates it, and the revalidation closes the file.
             if open.fresh_until < now {
                 return None;
@@ -103,8 +97,14 @@ impl Store {
             found.head.key.clone(),
             url,
         );
-        if let Some(open) = found.keep_open(f.fresh_until, f.epoch) {
-            disk.keep_open(primary, open);
+        // Kept open only if nothing was purged or invalidated since the read began, and only
+        // what the lane can send as it is (framed by its Content-Length), so that every hit
+        // from an open file is one the lane answers.
+        let entry = found.entry.filter(|_| self.read_start() == start);
+        if let Some(entry) = entry.filter(|_| framed_by_length(&stored.header, body.len())) {
+            if let Some(open) = found.keep_open(f.fresh_until, f.epoch) {
+                disk.keep_open(primary, entry, open);
+            }
         }
         Some(FreshHit {
             header: found.meta.header,
@@ -180,4 +180,18 @@ impl Store {
         }
         size
     }
+}
+
+/// Whether a stored header frames its body by one Content-Length of `len` (and no
+/// Transfer-Encoding), as the express lane sends it (`HitHead::framed_by_length`).
+fn framed_by_length(header: &ResponseHeader, len: usize) -> bool {
+    use crate::cache::hit::{framing, Framing};
+    !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && header
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .count()
+            == 1
+        && framing(header) == Framing::Length(len as u64)
 }

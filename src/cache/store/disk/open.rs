@@ -5,16 +5,19 @@
 //! block and wrote the copy to the socket: `open` ~10% and `pread` ~11% of the edge's CPU on
 //! disk hits in `perf`, where nginx hands its cache file to the socket. Here a file read and
 //! checked once keeps its descriptor, its parsed header and its freshness; a later hit checks
-//! that the head was not rewritten since (the prefix's head checksum, one 8-byte read), that
-//! the body is in the page cache (`cachestat`: `sendfile` would otherwise wait for the disk on
-//! a runtime thread), and gives the body to the kernel.
+//! that the head was not rewritten since (the prefix's head checksum, one 8-byte read) and
+//! sends the body: with `sendfile` on a plain TCP socket when `cachestat` says every page of it
+//! is in the page cache (`sendfile` would otherwise wait for the disk on a runtime thread), else
+//! read and written (TLS, a cold file, a kernel before 6.5 that cannot tell), which still saves
+//! the open, the checks and the promotion.
 //!
 //! - The body is checked once, when the file is opened, not at every hit. Files are written
 //!   once and renamed into place, and only their head is ever rewritten in place (a
 //!   revalidation, a soft purge), which the head checksum catches; what else could change the
 //!   body under an open descriptor is not the edge. A file that fails its checks is never kept.
-//! - An open file belongs to its object's index entry: a purge, an eviction or a newer copy of
-//!   the object drops the entry and the descriptor with it; a revalidation or a soft purge
+//! - An open file belongs to the index entry it was read for (the write's id): a purge, an
+//!   eviction or a newer copy of the object drops the entry and the descriptor with it, and a
+//!   file read while a newer copy replaced its entry is not kept; a revalidation or a soft purge
 //!   drops the descriptor (`Disk::update`, `Disk::expire`). A send in flight holds its own
 //!   reference, so the kernel reads a removed file to the end, as nginx does.
 //! - Bounded by `cache.disk.open_files` (by default a quarter of the descriptor limit, at most
@@ -135,8 +138,9 @@ impl OpenBody {
     }
 
     /// Whether every page of the body is in the page cache, so that `sendfile` will not wait
-    /// for the disk on a runtime thread.
-    fn body_cached(&self) -> bool {
+    /// for the disk on a runtime thread; None when the kernel cannot tell (no `cachestat`
+    /// before Linux 6.5, or a sandbox that forbids it): then the body is read, not sent.
+    pub fn body_cached(&self) -> Option<bool> {
         pages_cached(
             self.file.as_raw_fd(),
             self.layout.body_offset(),
@@ -165,19 +169,26 @@ impl Disk {
             self.close_open(key, &open);
             return None;
         }
-        if !open.body_cached() {
-            return None;
-        }
         open.used.store(true, Ordering::Relaxed);
         self.eviction
             .access(&CacheEntryKey::key_only(compact), 0, SystemTime::now());
         Some(open)
     }
 
-    /// Keeps `open` for later hits on `key`, if the index still lists it as ready; makes room
-    /// by closing the least recently used.
-    pub fn keep_open(&self, key: &HashBinary, open: OpenBody) {
-        self.index().keep_file(key, open, self.open_max);
+    /// Keeps `open` for later hits on `key` if the index still lists, ready and not
+    /// soft-purged, the entry `entry` whose file was read (a newer copy written meanwhile has
+    /// another); makes room by closing the least recently used.
+    pub fn keep_open(&self, key: &HashBinary, entry: u64, open: OpenBody) {
+        self.index().keep_file(key, entry, open, self.open_max);
+    }
+
+    /// The id of the ready entry for `key` (the write that made it), once the index is complete.
+    pub(super) fn ready_entry(&self, key: &HashBinary) -> Option<u64> {
+        if !self.ready() {
+            return None;
+        }
+        let index = self.index();
+        index.entries.get(key).filter(|e| e.ready).map(|e| e.id)
     }
 
     /// Files kept open now.
@@ -199,11 +210,19 @@ impl Disk {
 }
 
 impl Index {
-    /// Keeps `open` in `key`'s entry if it is ready and keeps none yet, then closes the least
-    /// recently used past `max`.
-    fn keep_file(&mut self, key: &HashBinary, open: OpenBody, max: usize) {
+    /// Keeps `open` in `key`'s entry if it is still entry `id`, ready, not soft-purged and
+    /// keeps none yet, then closes the least recently used past `max`.
+    fn keep_file(&mut self, key: &HashBinary, id: u64, open: OpenBody, max: usize) {
         match self.entries.get_mut(key) {
-            Some(e) if max > 0 && e.ready && e.open.is_none() => e.open = Some(Arc::new(open)),
+            Some(e)
+                if max > 0
+                    && e.id == id
+                    && e.ready
+                    && e.expired_at.is_none()
+                    && e.open.is_none() =>
+            {
+                e.open = Some(Arc::new(open))
+            }
             _ => return,
         }
         self.open.count += 1;
@@ -250,12 +269,14 @@ fn close_oldest(index: &mut Index) {
 }
 
 /// Whether all pages of `fd` in `off..off + len` are in the page cache, by `cachestat(2)`
-/// (Linux 6.5); where the kernel lacks it, assumed (a page read from the disk then waits on
-/// the runtime thread, as nginx's worker would).
-fn pages_cached(fd: RawFd, off: u64, len: u64) -> bool {
+/// (Linux 6.5); None when it cannot be told (an older kernel, a sandbox that refuses it).
+fn pages_cached(fd: RawFd, off: u64, len: u64) -> Option<bool> {
     static MISSING: AtomicBool = AtomicBool::new(false);
-    if len == 0 || MISSING.load(Ordering::Relaxed) {
-        return true;
+    if MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    if len == 0 {
+        return Some(true);
     }
     #[repr(C)]
     struct Range {
@@ -285,17 +306,26 @@ fn pages_cached(fd: RawFd, off: u64, len: u64) -> bool {
         )
     };
     if r != 0 {
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        if matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS | libc::EPERM)
+        ) {
             MISSING.store(true, Ordering::Relaxed);
-            return true;
         }
-        return false;
+        return None;
     }
     static PAGE: OnceLock<u64> = OnceLock::new();
     // SAFETY: plain query.
     let page = *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64);
     let pages = (off + len - 1) / page - off / page + 1;
-    stat.nr_cache >= pages
+    Some(stat.nr_cache >= pages)
+}
+
+/// An object file with `body`, opened and checked, for tests elsewhere (the lane's writer).
+#[cfg(test)]
+pub fn opened_for_test(name: &str, body: &[u8]) -> (Arc<OpenBody>, std::path::PathBuf) {
+    let (path, _) = tests::object_file(name, body, &[1]);
+    (tests::opened(&path), path)
 }
 
 #[cfg(test)]
@@ -307,7 +337,11 @@ mod tests {
     use xxhash_rust::xxh3::xxh3_64;
 
     /// An object file as the worker writes it, with `internal` as its meta.
-    fn object_file(name: &str, body: &[u8], internal: &[u8]) -> (std::path::PathBuf, Vec<u8>) {
+    pub(super) fn object_file(
+        name: &str,
+        body: &[u8],
+        internal: &[u8],
+    ) -> (std::path::PathBuf, Vec<u8>) {
         let head = record::Head {
             key: CacheKey::new("http://h/p", "").to_compact(),
             url: "http://h/p".into(),
@@ -326,7 +360,7 @@ mod tests {
         (path, record::head_block(&head, cap))
     }
 
-    fn opened(path: &std::path::Path) -> Arc<OpenBody> {
+    pub(super) fn opened(path: &std::path::Path) -> Arc<OpenBody> {
         let f = File::open(path).unwrap();
         let whole = record::open_checked(&f, Wait::Disk).unwrap();
         let now = SystemTime::now();
@@ -363,8 +397,8 @@ mod tests {
         }
         let is_open = |index: &Index, k: &HashBinary| index.entries[k].open.is_some();
         let body = |path| Arc::into_inner(opened(path)).unwrap();
-        index.keep_file(&keys[0], body(&path), 2);
-        index.keep_file(&keys[1], body(&path), 2);
+        index.keep_file(&keys[0], 0, body(&path), 2);
+        index.keep_file(&keys[1], 0, body(&path), 2);
         // Used since it was opened: it gets a second chance, and the next oldest goes.
         index.entries[&keys[0]]
             .open
@@ -372,17 +406,23 @@ mod tests {
             .unwrap()
             .used
             .store(true, Ordering::Relaxed);
-        index.keep_file(&keys[2], body(&path), 2);
+        index.keep_file(&keys[2], 0, body(&path), 2);
         assert_eq!(index.open.count, 2);
         assert!(is_open(&index, &keys[0]) && !is_open(&index, &keys[1]));
         // Its second chance put it behind the third: that one is the oldest now.
-        index.keep_file(&keys[3], body(&path), 2);
+        index.keep_file(&keys[3], 0, body(&path), 2);
         assert!(is_open(&index, &keys[0]) && !is_open(&index, &keys[2]));
         assert!(is_open(&index, &keys[3]));
         assert_eq!(index.open.count, 2);
         // Closing an entry's file, or a second file for the same entry, keeps the count right.
         index.close_file(&keys[3]);
-        index.keep_file(&keys[0], body(&path), 2);
+        index.keep_file(&keys[0], 0, body(&path), 2);
+        assert_eq!(index.open.count, 1);
+        // The file of an entry since replaced (another write's id), or soft-purged, is not kept.
+        index.keep_file(&keys[1], 7, body(&path), 2);
+        index.entries.get_mut(&keys[2]).unwrap().expired_at = Some(SystemTime::now());
+        index.keep_file(&keys[2], 0, body(&path), 2);
+        assert!(!is_open(&index, &keys[1]) && !is_open(&index, &keys[2]));
         assert_eq!(index.open.count, 1);
         std::fs::remove_file(path).unwrap();
     }
@@ -393,7 +433,7 @@ mod tests {
         let (path, _) = object_file("send", &body, &[1, 2, 3]);
         let open = opened(&path);
         assert!(open.head_unchanged());
-        assert!(open.body_cached());
+        assert_ne!(open.body_cached(), Some(false), "a file just written");
 
         // From an offset, through a real socket: the body's bytes, none of the head's.
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -426,18 +466,16 @@ mod tests {
         f.sync_all().unwrap();
         let f = File::open(&path).unwrap();
         let _ = std::fs::read(&path).unwrap();
-        assert!(pages_cached(f.as_raw_fd(), 100, 40_000));
+        let cached = pages_cached(f.as_raw_fd(), 100, 40_000);
         // SAFETY: advice on a descriptor we own; clean pages go.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if !kernel_lacks_cachestat() {
-            assert!(!pages_cached(f.as_raw_fd(), 100, 40_000));
+        let dropped = pages_cached(f.as_raw_fd(), 100, 40_000);
+        // Where the kernel cannot tell (before Linux 6.5), it says so instead of guessing.
+        if cached.is_some() {
+            assert_eq!((cached, dropped), (Some(true), Some(false)));
+        } else {
+            assert_eq!(dropped, None);
         }
         std::fs::remove_file(path).unwrap();
-    }
-
-    /// Before Linux 6.5 every page counts as cached (an invalid descriptor then gives ENOSYS,
-    /// not EBADF).
-    fn kernel_lacks_cachestat() -> bool {
-        pages_cached(-1, 0, 1)
     }
 }

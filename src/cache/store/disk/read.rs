@@ -32,6 +32,9 @@ pub struct Found {
     pub file: FileBody,
     /// The head's checksum in the file's prefix (see `open`).
     head_sum: u64,
+    /// The index entry the file was read for (`lookup_cached`, once the index is complete): a
+    /// file is kept open only under that entry.
+    pub entry: Option<u64>,
 }
 
 impl Found {
@@ -147,6 +150,7 @@ fn open_found(
         body,
         file,
         head_sum: whole.head_sum,
+        entry: None,
     })
 }
 
@@ -180,9 +184,15 @@ impl Disk {
         if !self.may_hold(key) {
             return None;
         }
+        // Before the file: an entry replaced while it is read has another id.
+        let entry = self.ready_entry(key);
         match open_twice(&self.path_of(key), key, Wait::CachedOnly) {
             Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-            opened => self.settle(key, opened).filter(|f| f.body.is_some()),
+            opened => {
+                let mut found = self.settle(key, opened).filter(|f| f.body.is_some())?;
+                found.entry = entry;
+                Some(found)
+            }
         }
     }
 
