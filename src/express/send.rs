@@ -156,17 +156,12 @@ mod tests {
     use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
 
-    /// A body larger than the socket takes at once (buffers of 32 KiB on both sides): `sendfile`
-    /// stops, pieces go through the stream's write buffer, `sendfile` goes on; the reader must
-    /// get every byte, in order. The buffer is larger here than on a client connection (1460
-    /// bytes, where only a short tail of a piece stays in it): every piece then waits in it, so
-    /// a piece not flushed before `sendfile` goes on shows at every piece, not by chance.
-    // Two threads: the reader drains the socket while the sender goes on (one thread would run
-    // the reader only when the sender waits, and `sendfile` would always find the socket full).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_disk_body_sent_partly_with_sendfile_arrives_in_order() {
-        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (file, path) = crate::cache::store::disk::open::opened_for_test("send", &body);
+    /// Sends `file` after a 6-byte head through a socket of 32 KiB buffers on both sides, with the
+    /// stream's write buffer larger than on a client connection (1460 bytes, where only a short
+    /// tail of a piece stays in it): every piece written the usual way then waits in it, so a
+    /// piece not flushed before `sendfile` goes on would show at every piece, not by chance.
+    /// Returns what the reader got after the head.
+    async fn send_through_small_socket(file: &Arc<OpenBody>) -> Vec<u8> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -194,6 +189,19 @@ mod tests {
         l4.set_buffer(L4BufferSettings::new(0, 128 << 10));
         let mut stream: Stream = Box::new(l4);
         let reader = tokio::spawn(async move {
+            // Reading starts once the client's buffer holds 16 KiB, so the sender's first
+            // `sendfile` finds the socket full and stops partway (bounded wait).
+            let queued = |fd| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD writes the receive queue's length into `n`.
+                unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+                n
+            };
+            let fd = client.as_raw_fd();
+            let since = std::time::Instant::now();
+            while queued(fd) < 16 << 10 && since.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let mut got = Vec::new();
             let mut buf = vec![0; 4096];
             loop {
@@ -206,11 +214,47 @@ mod tests {
         });
         let head = BytesMut::from(&b"HEAD\r\n"[..]);
         let gap = Duration::from_secs(10);
-        assert!(send(&mut stream, head, Body::Disk(&file), gap).await);
+        assert!(send(&mut stream, head, Body::Disk(file), gap).await);
         drop(stream);
         let got = reader.await.unwrap();
         assert_eq!(&got[..6], b"HEAD\r\n");
-        assert!(got[6..] == body[..], "bytes out of order or missing");
+        got[6..].to_vec()
+    }
+
+    fn patterned() -> Vec<u8> {
+        (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    // Two threads: the reader drains the socket while the sender goes on (one thread would run
+    // the reader only when the sender waits, and `sendfile` would always find the socket full).
+    /// `sendfile` stops when the socket is full, a piece goes through the stream, `sendfile`
+    /// goes on: every byte arrives, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_body_sent_partly_with_sendfile_arrives_in_order() {
+        let body = patterned();
+        let (file, path) = crate::cache::store::disk::open::opened_for_test("send", &body);
+        let got = send_through_small_socket(&file).await;
+        assert!(got == body, "bytes out of order or missing");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// A body no longer in the page cache is not sent with `sendfile` (it would wait for the
+    /// disk on this thread) but read (on the blocking pool) and written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_disk_body_is_read_and_written() {
+        let body = patterned();
+        let (file, path) = crate::cache::store::disk::open::opened_for_test("cold", &body);
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: advice on a descriptor this test owns; clean pages leave the page cache.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_ne!(
+            file.body_cached(),
+            Some(true),
+            "the pages stayed in the page cache"
+        );
+        let got = send_through_small_socket(&file).await;
+        assert!(got == body, "bytes out of order or missing");
         std::fs::remove_file(path).unwrap();
     }
 }
