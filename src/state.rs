@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use pingora::protocols::http::ServerSession;
 
 use crate::access_log::{AccessLog, Destination};
 use crate::cache::Cache;
@@ -99,6 +100,23 @@ impl Live {
             self.config.listen.iter().any(|l| l.from_edges) && self.listener_for_edges(local());
         let forwarded = if from_edges { forwarded() } else { None };
         crate::cluster::client_scheme(tls, from_edges, forwarded)
+    }
+
+    /// `client_scheme` for a request Pingora has read (the proxy's and the h2 lane's; the
+    /// HTTP/1 lane reads its raw bytes and asks `client_scheme` itself).
+    pub fn scheme_of(&self, session: &ServerSession) -> crate::cache::key::Scheme {
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        self.client_scheme(
+            tls,
+            || session.server_addr().and_then(|a| a.as_inet()).copied(),
+            || {
+                let v = session.req_header().headers.get("x-forwarded-proto");
+                v.map(|v| v.as_bytes())
+            },
+        )
     }
 
     /// Whether the listener a connection arrived on (`local`: its local address) is marked

@@ -39,20 +39,10 @@ pub fn files_open() -> usize {
 }
 
 /// How many body files may be open: a quarter of the descriptor limit, so client and origin
-/// connections never run short.
+/// connections never run short (another quarter may go to the disk tier's open files).
 fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return 0;
-        }
-        (lim.rlim_cur / 4).min(1 << 20) as usize
-    })
+    *BUDGET.get_or_init(|| (crate::connections::descriptor_limit() / 4).min(1 << 20) as usize)
 }
 
 /// Tells the operator once per process that bodies fall back to the heap: they are still

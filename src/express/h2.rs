@@ -91,18 +91,7 @@ impl EdgeApp {
         }
         let host = normalize_host(request_host(req)?);
         let route = live.router.route(&host, req.uri.path())?;
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        let scheme = live.client_scheme(
-            tls,
-            || session.server_addr().and_then(|a| a.as_inet()).copied(),
-            || {
-                let v = req.headers.get("x-forwarded-proto");
-                v.map(|v| v.as_bytes())
-            },
-        );
+        let scheme = live.scheme_of(session);
         let store = self.edge.cache.store;
         let hit = hit::lookup(req, scheme, &host, &route.cache, store).hit?;
         Some((hit, route, scheme))

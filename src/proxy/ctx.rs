@@ -9,7 +9,6 @@ use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
 
 use crate::cache::request::ClientDirectives;
-use pingora::proxy::Session;
 
 use crate::cache::key::Scheme;
 use crate::cache::status::Outcome;
@@ -208,14 +207,6 @@ impl RequestCtx {
     pub fn retry_budget_left(&self, origin: &Origin) -> bool {
         self.tried.len() <= origin.config.retries
     }
-}
-
-/// Whether the client connection is TLS (see `cluster::client_scheme` for the scheme).
-pub(super) fn client_tls(session: &Session) -> bool {
-    session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .is_some()
 }
 
 /// What the express lane hands the proxy with a request it passes on (as the connection's

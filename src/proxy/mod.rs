@@ -64,7 +64,7 @@ use crate::origin::InFlight;
 use crate::state::Edge;
 pub(crate) use ctx::Handoff;
 pub use ctx::RequestCtx;
-use ctx::{client_tls, Attempt, Connection, Routed};
+use ctx::{Attempt, Connection, Routed};
 use errors::{error_text, respond_text, status_for, STALE_POOLED_CONNECTION};
 use upstream::{
     choose_server, count_connection, date_on_receipt, next_server_may_answer, replayable,
@@ -113,14 +113,7 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.scheme = ctx.live.client_scheme(
-            client_tls(session),
-            || session.server_addr().and_then(|a| a.as_inet()).copied(),
-            || {
-                let v = session.req_header().headers.get("x-forwarded-proto");
-                v.map(|v| v.as_bytes())
-            },
-        );
+        ctx.scheme = ctx.live.scheme_of(session);
         // A client that stops reading the response is dropped after this long without progress;
         // one that stops sending its body, after this long without a byte (HTTP/1; h2 streams
         // are read by Pingora's h2 server).

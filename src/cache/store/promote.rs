@@ -71,7 +71,8 @@ impl Store {
             disk.stats.open_hits.fetch_add(1, Ordering::Relaxed);
             return Some(FreshHit {
                 header: open.header.clone(),
-                body: Arc::default(),
+                // The body is in the file: no chunks (one shared empty list, no allocation).
+                body: no_chunks(),
                 file: None,
                 age: now.duration_since(open.epoch).unwrap_or_default(),
                 fresh_until: open.fresh_until,
@@ -194,4 +195,10 @@ fn framed_by_length(header: &ResponseHeader, len: usize) -> bool {
             .count()
             == 1
         && framing(header) == Framing::Length(len as u64)
+}
+
+/// The empty chunk list of a hit whose body is sent from its disk file, shared.
+fn no_chunks() -> Arc<Vec<Bytes>> {
+    static EMPTY: std::sync::OnceLock<Arc<Vec<Bytes>>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Arc::default).clone()
 }

@@ -544,16 +544,24 @@ impl Disk {
         self.root.join("cluster-position")
     }
 
-    /// Whether the index lists this key as ready to read; while the start-up scan runs, any
-    /// key may be on disk. Nothing while hits are held.
-    pub(super) fn may_hold(&self, key: &HashBinary) -> bool {
+    /// Whether the key may be read from disk: `Some(Some(id))` when the index lists it as ready
+    /// (the id of the write that made it, see `open`), `Some(None)` while the start-up scan runs
+    /// (any key may be on disk), `None` otherwise, and always while hits are held.
+    pub(super) fn may_hold(&self, key: &HashBinary) -> Option<Option<u64>> {
         if self.held() {
-            return false;
+            return None;
         }
         match self.state.load(Ordering::Acquire) {
-            READY => self.index().entries.get(key).is_some_and(|e| e.ready),
-            SCANNING => true,
-            _ => false, // waiting for the lock, or given up
+            READY => {
+                let index = self.index();
+                index
+                    .entries
+                    .get(key)
+                    .filter(|e| e.ready)
+                    .map(|e| Some(e.id))
+            }
+            SCANNING => Some(None),
+            _ => None, // waiting for the lock, or given up
         }
     }
 

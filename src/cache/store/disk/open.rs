@@ -37,6 +37,7 @@ use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
 
+use super::read::cached_else_blocking;
 use super::record::{self, Layout, Wait};
 use super::{Disk, Index};
 
@@ -112,19 +113,12 @@ impl OpenBody {
     pub async fn read_at(self: &Arc<Self>, from: u64, max: usize) -> std::io::Result<Bytes> {
         let len = (self.layout.body_len.saturating_sub(from) as usize).min(max);
         let at = self.layout.body_offset() + from;
-        let read = move |me: &OpenBody, wait| match record::read_exact_at(&me.file, len, at, wait) {
+        let me = self.clone();
+        match cached_else_blocking(move |wait| record::read_exact_at(&me.file, len, at, wait)).await
+        {
             Ok(b) => Ok(Bytes::from(b)),
             Err(record::Bad::Io(e)) => Err(e),
             Err(record::Bad::Corrupt(why)) => Err(std::io::Error::other(why)),
-        };
-        match read(self, Wait::CachedOnly) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || read(&me, Wait::Disk))
-                    .await
-                    .map_err(std::io::Error::other)?
-            }
-            other => other,
         }
     }
 
@@ -180,15 +174,6 @@ impl Disk {
     /// another); makes room by closing the least recently used.
     pub fn keep_open(&self, key: &HashBinary, entry: u64, open: OpenBody) {
         self.index().keep_file(key, entry, open, self.open_max);
-    }
-
-    /// The id of the ready entry for `key` (the write that made it), once the index is complete.
-    pub(super) fn ready_entry(&self, key: &HashBinary) -> Option<u64> {
-        if !self.ready() {
-            return None;
-        }
-        let index = self.index();
-        index.entries.get(key).filter(|e| e.ready).map(|e| e.id)
     }
 
     /// Files kept open now.

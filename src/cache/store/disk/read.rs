@@ -74,20 +74,30 @@ impl FileBody {
     /// from the page cache on this thread if it is there, else on the blocking pool.
     pub async fn read_from(&self, at: u64, end: u64) -> std::result::Result<Bytes, Bad> {
         let i = (at / BLOCK as u64) as usize;
-        let read =
-            move |me: &FileBody, wait| record::read_block(&me.file, &me.layout, &me.sums, i, wait);
-        let block = match read(self, Wait::CachedOnly) {
-            Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || read(&me, Wait::Disk))
-                    .await
-                    .map_err(|e| Bad::Io(std::io::Error::other(e)))??
-            }
-            other => other?,
-        };
+        let me = self.clone();
+        let block = cached_else_blocking(move |wait| {
+            record::read_block(&me.file, &me.layout, &me.sums, i, wait)
+        })
+        .await?;
         let start = i as u64 * BLOCK as u64;
         let to = end.min(start + block.len() as u64);
         Ok(block.slice((at - start) as usize..(to - start) as usize))
+    }
+}
+
+/// Runs `read` from the page cache on this thread (`Wait::CachedOnly`); when it would wait for
+/// the disk, again on Tokio's blocking pool (`Wait::Disk`), so that a cold disk does not stall
+/// the connections sharing this runtime thread. Every read of the tier goes through here.
+pub(super) async fn cached_else_blocking<T: Send + 'static>(
+    read: impl Fn(Wait) -> std::result::Result<T, Bad> + Send + 'static,
+) -> std::result::Result<T, Bad> {
+    match read(Wait::CachedOnly) {
+        Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tokio::task::spawn_blocking(move || read(Wait::Disk))
+                .await
+                .map_err(|e| Bad::Io(std::io::Error::other(e)))?
+        }
+        other => other,
     }
 }
 
@@ -161,19 +171,9 @@ impl Disk {
     /// blocking pool (handing over costs two context switches: 27% of a disk hit's CPU when
     /// every read went there).
     pub async fn lookup(&'static self, key: &HashBinary) -> Option<Found> {
-        if !self.may_hold(key) {
-            return None;
-        }
-        let path = self.path_of(key);
-        let key = *key;
-        let opened = match open_twice(&path, &key, Wait::CachedOnly) {
-            Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::task::spawn_blocking(move || open_twice(&path, &key, Wait::Disk))
-                    .await
-                    .ok()?
-            }
-            other => other,
-        };
+        self.may_hold(key)?;
+        let (path, key) = (self.path_of(key), *key);
+        let opened = cached_else_blocking(move |wait| open_twice(&path, &key, wait)).await;
         self.settle(&key, opened)
     }
 
@@ -181,11 +181,8 @@ impl Disk {
     /// without waiting for anything (the express lane asks; anything else is `None` and goes
     /// the proxy's way).
     pub fn lookup_cached(&self, key: &HashBinary) -> Option<Found> {
-        if !self.may_hold(key) {
-            return None;
-        }
         // Before the file: an entry replaced while it is read has another id.
-        let entry = self.ready_entry(key);
+        let entry = self.may_hold(key)?;
         match open_twice(&self.path_of(key), key, Wait::CachedOnly) {
             Err(Bad::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => None,
             opened => {
