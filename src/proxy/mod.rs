@@ -206,7 +206,8 @@ impl ProxyHttp for EdgeProxy {
         overrides.wait_timeout = Some(ctx.live.config.cache.lock_timeout.get());
         session.cache.enable(
             c.store,
-            Some(c.eviction),
+            // The store admits and evicts itself (see `Store::admit`).
+            None,
             Some(c.predictor),
             Some(c.lock),
             Some(overrides),

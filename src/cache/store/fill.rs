@@ -118,7 +118,26 @@ impl HandleMiss for Fill {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let (store, compact) = (self.store, self.compact.clone());
+        let fresh_until = self.freshness.fresh_until;
+        let size = self.store_it();
+        // Only what memory keeps is memory's policy's to weigh (see `Store::admit`).
+        if size > 0 {
+            store.admit(compact, size, fresh_until);
+        }
+        Ok(MissFinishType::Created(size))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.id_bytes)
+    }
+}
+
+impl Fill {
+    /// Lists the complete object (in memory, on disk, or both); returns the bytes memory holds
+    /// for it, 0 when it is on disk only or was purged while it was written.
+    fn store_it(mut self: Box<Self>) -> usize {
         let (in_memory, trimmed) = {
             let c = self.chunks.read().unwrap_or_else(|e| e.into_inner());
             (c.list.iter().cloned().collect::<Vec<_>>(), c.base > 0)
@@ -154,7 +173,7 @@ impl HandleMiss for Fill {
             // (`Purges`): do not resurrect it.
             drop(maps);
             self.give_up_disk(false);
-            return Ok(MissFinishType::Created(0));
+            return 0;
         }
         // A previous version is replaced: its size leaves the store (the eviction manager
         // re-admits the key with the new size).
@@ -176,8 +195,8 @@ impl HandleMiss for Fill {
             self.disk_done = true;
         }
         if !keep_in_memory {
-            // On disk only: memory's policy gets the smallest weight for its entry.
-            return Ok(MissFinishType::Created(0));
+            // On disk only: nothing for memory's policy to weigh.
+            return 0;
         }
         maps.names.add(self.key, &self.url, &self.tags);
         maps.variants
@@ -198,11 +217,7 @@ impl HandleMiss for Fill {
             },
         );
         store.bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(MissFinishType::Created(size))
-    }
-
-    fn streaming_write_tag(&self) -> Option<&[u8]> {
-        Some(&self.id_bytes)
+        size
     }
 }
 

@@ -165,6 +165,14 @@ fn owned_copy(h: &ResponseHeader) -> Result<ResponseHeader> {
 
 /// The serialized header of an empty 200: small enough that zstd stores it raw, so
 /// decompressing it is a copy. `CacheMeta::deserialize` wants one.
+/// A `CacheMeta` that says nothing, for a caller known to drop it unread (see
+/// `Store::lookup_streaming_write`).
+pub fn placeholder_meta() -> CacheMeta {
+    let epoch = std::time::SystemTime::UNIX_EPOCH;
+    let header = ResponseHeader::build(200, Some(0)).expect("a valid status");
+    CacheMeta::new(epoch, epoch, 0, 0, header)
+}
+
 pub fn stub_header() -> &'static [u8] {
     static STUB: OnceLock<Vec<u8>> = OnceLock::new();
     STUB.get_or_init(|| {

@@ -623,13 +623,11 @@ async fn invalidations_remove_what_is_stored_and_are_not_remembered() {
 #[tokio::test]
 async fn purges_tell_the_eviction_manager_but_evictions_do_not() {
     let (store, eviction) = store();
-    let admit = |k: &CacheKey, size| {
-        eviction.admit(CacheEntryKey::key_only(k.to_compact()), size, t0());
-    };
     let a = key("http://a.com/a");
     let b = key("http://a.com/b");
-    admit(&a, fill(store, &a, &meta(&[]), &["a"]).await);
-    admit(&b, fill(store, &b, &meta(&[]), &["b"]).await);
+    // A fill admits what it stored (`Store::admit`).
+    fill(store, &a, &meta(&[]), &["a"]).await;
+    fill(store, &b, &meta(&[]), &["b"]).await;
     assert_eq!(eviction.total_items(), 2);
     // The operator's purge: the manager must forget the object too.
     assert_eq!(store.purge_url("http://a.com/a"), 1);
@@ -720,4 +718,35 @@ async fn a_soft_purge_marks_stale_and_keeps_the_object_for_revalidation() {
         3
     );
     assert_eq!((store.objects(), store.bytes()), (0, 0));
+}
+
+/// The store admits each fill to memory's eviction policy itself and removes, before the fill
+/// returns, what the policy evicted (pingora-cache runs without an eviction manager, which
+/// would spawn a task per miss to do it).
+#[tokio::test]
+async fn a_fill_admits_itself_and_evicts_inline() {
+    // Room for about three 1 KiB objects (each weighs its body plus the per-object overhead).
+    let eviction: &'static TinyUfoEviction =
+        Box::leak(Box::new(TinyUfoEviction::new(3 * size_of_one(), 1024)));
+    let store: &'static Store = Box::leak(Box::new(Store::new(eviction)));
+    let body = "x".repeat(1024);
+    for i in 0..20 {
+        let k = key(&format!("http://a.com/{i}"));
+        fill(store, &k, &meta(&[]), &[&body]).await;
+        assert!(
+            store.bytes() <= eviction.total_size(),
+            "memory holds only what the policy admitted"
+        );
+    }
+    assert!(store.objects() <= 3, "{} objects kept", store.objects());
+    assert_eq!(store.objects(), eviction.total_items());
+    assert!(eviction.evicted_items() >= 17);
+    // A fill's size as the store counts it: 1 KiB of body, the header, the URL, the overhead.
+    fn size_of_one() -> usize {
+        size_of(
+            &StoredMeta::of(&meta(&[])).unwrap(),
+            1024,
+            "http://a.com/10",
+        ) + 8
+    }
 }
