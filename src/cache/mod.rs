@@ -10,6 +10,7 @@
 //! - `body_file`: large bodies in memory files, sent with sendfile;
 //! - `key`: what identifies an object; `vary`: which variant a request gets;
 //! - `policy`: what may be stored and for how long (Cache-Control, CDN-Cache-Control, defaults);
+//!   `directives`: those fields parsed, without a regex in the usual case;
 //!   `sf`: whether a targeted field is a valid Structured Field Dictionary;
 //! - `request`: what a request's `Cache-Control` asks of the cache, and makes of a hit;
 //! - `invalidate`: what an unsafe request removes; `purge`: what an operator's purge removes
@@ -17,6 +18,7 @@
 //! - `status`: the `Cache-Status` response header (RFC 9211) and metric labels.
 
 pub mod body_file;
+mod directives;
 pub mod eviction;
 pub mod hit;
 pub mod invalidate;

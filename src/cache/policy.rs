@@ -71,11 +71,11 @@ fn directives(resp: &ResponseHeader, settings: &CacheSettings) -> Option<CacheCo
         if values.is_empty() || !super::sf::valid_cache_dictionary(&values.join(", ")) {
             return None;
         }
-        CacheControl::from_resp_headers_named(name, resp)
+        super::directives::parse(&resp.headers, name)
     };
     targeted(&settings.targeted_field)
         .or_else(|| targeted("cdn-cache-control"))
-        .or_else(|| CacheControl::from_resp_headers(resp))
+        .or_else(|| super::directives::parse(&resp.headers, "cache-control"))
 }
 
 /// An upstream `Age` (RFC 9111 §5.1): `Ok(None)` when absent, `Ok(Some(secs))` for one valid
