@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use edge::cache::eviction::TinyUfoEviction;
 use edge::cache::key;
 use edge::cache::policy;
 use edge::cache::store::Store;
@@ -14,7 +15,6 @@ use edge::config::{CacheKeySettings, CacheSettings, QueryKey, RouteCache, RouteC
 use edge::host::normalize_host;
 use edge::origin::router::Router;
 use pingora::cache::cache_control::CacheControl;
-use pingora::cache::eviction::simple_lru::Manager;
 use pingora::cache::storage::Storage;
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheMeta, RespCacheable};
@@ -126,7 +126,9 @@ fn bench_store(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let eviction: &'static Manager = Box::leak(Box::new(Manager::new(1 << 30)));
+    // The policy the edge runs with (the store admits each fill to it).
+    let eviction: &'static TinyUfoEviction =
+        Box::leak(Box::new(TinyUfoEviction::new(1 << 30, 1 << 16)));
     let store: &'static Store = Box::leak(Box::new(Store::new(eviction)));
     let span = Span::inactive().handle();
     let meta = CacheMeta::new(

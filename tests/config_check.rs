@@ -162,4 +162,15 @@ fn settings_that_do_nothing_or_starve_connections_are_warnings_with_their_line()
         "{err}"
     );
     assert!(!err.contains("routes[0].cache.ranges"), "{err}");
+    // Files kept open for an express lane that is off.
+    let text = format!(
+        "{GOOD}cache:\n  express_lane: false\n  disk:\n    path: \"{}\"\n    max_size: 64MiB\n    open_files: 100\n",
+        dir.display()
+    );
+    let (code, err) = check_config(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cache.disk.open_files: has no effect with cache.express_lane: false"),
+        "{err}"
+    );
 }

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
+use pingora::cache::key::CompactCacheKey;
 use pingora::Result;
 use tinyufo::TinyUfo;
 
@@ -64,6 +65,12 @@ impl TinyUfoEviction {
 
     fn units(&self, size: usize) -> u16 {
         size.div_ceil(self.unit).clamp(1, u16::MAX as usize) as u16
+    }
+
+    /// A hit on an object memory holds: TinyUFO counts the use, which is what protects popular
+    /// objects. By reference, so a hit builds no key (`access` wants an owned one).
+    pub fn count_use(&self, key: &CompactCacheKey) {
+        self.ufo.get(&hash_of(CacheEntryKeyRef::KeyOnly(key)));
     }
 
     fn forget(&self, size: usize) {

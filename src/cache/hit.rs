@@ -235,22 +235,9 @@ impl HitHead<'_> {
         h
     }
 
-    /// Whether the raw renderer can send it: a status without a body, or exactly one
-    /// Content-Length that matches the stored body, and no Transfer-Encoding (anything else is
-    /// framed by Pingora's writer).
+    /// Whether the raw renderer can send it (see [`framed_by_length`]).
     pub fn framed_by_length(&self) -> bool {
-        let h = &self.hit.header;
-        if h.headers.contains_key(header::TRANSFER_ENCODING) {
-            return false;
-        }
-        match framing(h) {
-            Framing::NoBody => true,
-            Framing::Length(n) => {
-                n == self.hit.body_len() as u64
-                    && h.headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
-            }
-            Framing::Chunked | Framing::BadLength => false,
-        }
+        framed_by_length(&self.hit.header, self.hit.body_len())
     }
 
     /// As HTTP/1.1 bytes: the stored fields (original case, Date included), then Age,
@@ -304,6 +291,22 @@ impl HitHead<'_> {
         } else {
             b"\r\nConnection: close\r\n\r\n".as_slice()
         });
+    }
+}
+
+/// Whether the raw renderer can send a stored header with a body of `len` bytes: a status
+/// without a body, or exactly one Content-Length that matches the body, and no
+/// Transfer-Encoding (anything else is framed by Pingora's writer).
+pub fn framed_by_length(h: &ResponseHeader, len: usize) -> bool {
+    if h.headers.contains_key(header::TRANSFER_ENCODING) {
+        return false;
+    }
+    match framing(h) {
+        Framing::NoBody => true,
+        Framing::Length(n) => {
+            n == len as u64 && h.headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
+        }
+        Framing::Chunked | Framing::BadLength => false,
     }
 }
 

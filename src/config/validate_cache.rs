@@ -78,6 +78,14 @@ fn check_disk(ck: &mut Checker, c: &CacheSettings, d: &DiskSettings) {
             ),
         );
     }
+    // Only the express lane sends hits from files kept open (`Store::fresh_disk_hit`).
+    if !c.express_lane && d.open_files.is_some_and(|n| n > 0) {
+        ck.warn(
+            &at("open_files"),
+            "has no effect with cache.express_lane: false (only the express lane's hits are \
+             sent from files kept open)",
+        );
+    }
     if !d.path.is_absolute() {
         ck.error(&at("path"), "must be an absolute path");
         return;

@@ -71,10 +71,11 @@ async fn send_disk(
         let Ok(piece) = file.read_at(sent, 64 << 10).await else {
             return false;
         };
-        if piece.is_empty()
-            || !write_within(stream, &piece, gap).await
-            || !flush_within(stream, gap).await
-        {
+        if piece.is_empty() || !write_within(stream, &piece, gap).await {
+            return false;
+        }
+        // Before `sendfile` goes on, the piece must have left the stream's buffer.
+        if zero_copy && !flush_within(stream, gap).await {
             return false;
         }
         sent += piece.len() as u64;

@@ -14,7 +14,6 @@ pub(super) enum Hit {
         next_chunk: usize,
         /// Byte range still to send, for Range requests: (start, end exclusive).
         range: Option<(usize, usize)>,
-        weight: usize,
     },
     Streaming {
         chunks: Arc<RwLock<Chunks>>,
@@ -161,17 +160,6 @@ impl HandleHit for Hit {
                 ErrorType::InternalError,
                 "seek on an object still being written",
             ),
-        }
-    }
-
-    fn should_count_access(&self) -> bool {
-        matches!(self, Hit::Complete { .. })
-    }
-
-    fn get_eviction_weight(&self) -> usize {
-        match self {
-            Hit::Complete { weight, .. } => *weight,
-            Hit::Streaming { .. } | Hit::Disk(_) => 0,
         }
     }
 

@@ -163,8 +163,6 @@ fn owned_copy(h: &ResponseHeader) -> Result<ResponseHeader> {
     Ok(out)
 }
 
-/// The serialized header of an empty 200: small enough that zstd stores it raw, so
-/// decompressing it is a copy. `CacheMeta::deserialize` wants one.
 /// A `CacheMeta` that says nothing, for a caller known to drop it unread (see
 /// `Store::lookup_streaming_write`).
 pub fn placeholder_meta() -> CacheMeta {
@@ -173,6 +171,8 @@ pub fn placeholder_meta() -> CacheMeta {
     CacheMeta::new(epoch, epoch, 0, 0, header)
 }
 
+/// The serialized header of an empty 200: small enough that zstd stores it raw, so
+/// decompressing it is a copy. `CacheMeta::deserialize` wants one.
 pub fn stub_header() -> &'static [u8] {
     static STUB: OnceLock<Vec<u8>> = OnceLock::new();
     STUB.get_or_init(|| {

@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use super::body_file::BodyFile;
+use super::eviction::TinyUfoEviction;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
@@ -167,7 +168,7 @@ pub struct Store {
     purge_epoch: AtomicU64,
     bytes: AtomicUsize,
     /// Told about purges so its accounting matches what is stored.
-    eviction: &'static (dyn EvictionManager + Sync),
+    eviction: &'static TinyUfoEviction,
     /// The disk tier, when `cache.disk` is set.
     disk: Option<&'static Disk>,
     /// Lookups answered from memory (fresh or not), for `edge_cache_hits_total{tier}`.
@@ -216,14 +217,11 @@ pub(crate) fn tags_in(header: &ResponseHeader) -> Vec<Arc<str>> {
 }
 
 impl Store {
-    pub fn new(eviction: &'static (dyn EvictionManager + Sync)) -> Self {
+    pub fn new(eviction: &'static TinyUfoEviction) -> Self {
         Self::with_disk(eviction, None)
     }
 
-    pub fn with_disk(
-        eviction: &'static (dyn EvictionManager + Sync),
-        disk: Option<&'static Disk>,
-    ) -> Self {
+    pub fn with_disk(eviction: &'static TinyUfoEviction, disk: Option<&'static Disk>) -> Self {
         Store {
             maps: RwLock::new(Maps::default()),
             next_write: AtomicU64::new(1),
@@ -301,9 +299,10 @@ impl Store {
         removed
     }
 
-    /// Memory's eviction policy admits an object a fill has just stored (`size` bytes, as the
-    /// store counts them), and what it evicts to make room leaves memory (a disk copy stays:
-    /// that is the demotion).
+    /// Memory's eviction policy admits an object just stored in memory by a fill or a promotion
+    /// from disk (`size` bytes, as the store counts them), and what it evicts to make room
+    /// leaves memory (a disk copy stays: that is the demotion), fills in flight for it included,
+    /// as a purge of the evicted key would.
     ///
     /// Why here and not through pingora-cache's `EvictionManager` hook: pingora-cache admits
     /// after every fill and then spawns a task to purge what was evicted, even when nothing
@@ -319,7 +318,7 @@ impl Store {
         }
         let mut maps = self.write();
         for e in evicted {
-            // As `purge` does for `PurgeType::Eviction`: the manager already forgot the entry.
+            // The manager already forgot the entry: not told again.
             let k = e.key().combined_bin();
             Self::purge_writes(&mut maps, &k);
             self.remove_locked(&mut maps, &k, false);
@@ -357,11 +356,9 @@ impl Store {
             age: now.duration_since(f.epoch).unwrap_or_default(),
             fresh_until: f.fresh_until,
         };
-        let weight = size_of(&obj.meta, obj.body_len, &obj.url);
-        let entry = CacheEntryKey::key_only(obj.compact.clone());
+        self.eviction.count_use(&obj.compact);
         drop(maps);
         self.memory_hits.fetch_add(1, Ordering::Relaxed);
-        self.eviction.access(&entry, weight, f.fresh_until);
         Some(hit)
     }
 
@@ -389,19 +386,15 @@ impl Store {
             Ok(m) => m,
             Err(e) => return Some(Err(e)),
         };
-        let weight = size_of(&obj.meta, obj.body_len, &obj.url);
         let hit = Hit::Complete {
             body: obj.body.clone(),
             next_chunk: 0,
             range: None,
-            weight,
         };
-        let entry = CacheEntryKey::key_only(obj.compact.clone());
-        let fresh_until = obj.freshness.fresh_until;
+        // The use counts for eviction, as pingora-cache's own hook would count it (see `admit`).
+        self.eviction.count_use(&obj.compact);
         drop(maps);
         self.memory_hits.fetch_add(1, Ordering::Relaxed);
-        // The use counts for eviction, as pingora-cache's own hook would count it (see `admit`).
-        self.eviction.access(&entry, weight, fresh_until);
         Some(Ok(Some((meta, Box::new(hit)))))
     }
 

@@ -4,6 +4,7 @@
 
 use super::disk::read::{DiskHit, READ_WHOLE_MAX};
 use super::*;
+use crate::cache::hit;
 
 impl Store {
     /// The disk tier's copy of `key`, if any (see the module's note).
@@ -26,19 +27,21 @@ impl Store {
         let hit = match found.body {
             Some(body) => {
                 let url: Arc<str> = Arc::from(found.head.url.as_str());
-                let weight = self.promote(
+                let compact = found.head.key;
+                self.promote(
                     k,
                     start,
                     (&stored, &meta),
                     body.clone(),
-                    found.head.key,
+                    compact.clone(),
                     url,
                 );
+                // A hit through pingora-cache counts its use, as one from memory does.
+                self.eviction.count_use(&compact);
                 Hit::Complete {
                     body: Arc::new(vec![body]),
                     next_chunk: 0,
                     range: None,
-                    weight,
                 }
             }
             None => {
@@ -102,7 +105,7 @@ impl Store {
         // what the lane can send as it is (framed by its Content-Length), so that every hit
         // from an open file is one the lane answers.
         let entry = found.entry.filter(|_| self.read_start() == start);
-        if let Some(entry) = entry.filter(|_| framed_by_length(&stored.header, body.len())) {
+        if let Some(entry) = entry.filter(|_| hit::framed_by_length(&stored.header, body.len())) {
             if let Some(open) = found.keep_open(f.fresh_until, f.epoch) {
                 disk.keep_open(primary, entry, open);
             }
@@ -126,8 +129,7 @@ impl Store {
     }
 
     /// Puts a body read from disk into memory, unless memory has the key (a fill finished
-    /// meanwhile), a purge since the read began covers it, or any invalidation happened since;
-    /// returns its eviction weight.
+    /// meanwhile), a purge since the read began covers it, or any invalidation happened since.
     fn promote(
         &self,
         key: HashBinary,
@@ -136,7 +138,7 @@ impl Store {
         body: Bytes,
         compact: CompactCacheKey,
         url: Arc<str>,
-    ) -> usize {
+    ) {
         debug_assert!(body.len() as u64 <= READ_WHOLE_MAX);
         let tags = tags_in(&stored.header);
         let body_len = body.len();
@@ -146,7 +148,7 @@ impl Store {
             || maps.purges.cover(start, &key, &url, &tags)
             || self.invalidations.load(Ordering::Acquire) != invalidations
         {
-            return size;
+            return;
         }
         maps.names.add(key, &url, &tags);
         maps.variants
@@ -168,33 +170,9 @@ impl Store {
         );
         self.bytes.fetch_add(size, Ordering::Relaxed);
         drop(maps);
-        // Memory's policy admits it like a fill; what it evicts leaves memory only (the disk
-        // keeps its copy).
-        let evicted =
-            self.eviction
-                .admit(CacheEntryKey::key_only(compact), size, meta.fresh_until());
-        if !evicted.is_empty() {
-            let mut maps = self.write();
-            for e in evicted {
-                self.remove_locked(&mut maps, &e.key().combined_bin(), false);
-            }
-        }
-        size
+        // Memory's policy admits it like a fill (the disk keeps its copy of what it evicts).
+        self.admit(compact, size, meta.fresh_until());
     }
-}
-
-/// Whether a stored header frames its body by one Content-Length of `len` (and no
-/// Transfer-Encoding), as the express lane sends it (`HitHead::framed_by_length`).
-fn framed_by_length(header: &ResponseHeader, len: usize) -> bool {
-    use crate::cache::hit::{framing, Framing};
-    !header.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && header
-            .headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .count()
-            == 1
-        && framing(header) == Framing::Length(len as u64)
 }
 
 /// The empty chunk list of a hit whose body is sent from its disk file, shared.

@@ -275,9 +275,10 @@ pub struct DiskSettings {
     /// Bytes on disk the tier may take, files' metadata and block rounding included; at least
     /// 16MiB. Required.
     pub max_size: Size,
-    /// Object files kept open once read and checked, so that later hits are sent from them
-    /// with `sendfile` (nginx's `open_file_cache max=`); one file descriptor each, the least
-    /// recently used closed past it. `0` turns it off. Default: a quarter of the process's
+    /// Object files kept open once read and checked, so that later HTTP/1.1 hits in the
+    /// express lane are sent from them (nginx's `open_file_cache max=`): with `sendfile` on
+    /// plain TCP when the body is in the page cache, else read and written. One file
+    /// descriptor each, the least recently used closed past it. `0` turns it off. Default: a quarter of the process's
     /// descriptor limit (`LimitNOFILE`), at most 16384.
     #[serde(default)]
     pub open_files: Option<usize>,
