@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use edge::cache::eviction::TinyUfoEviction;
 use edge::cache::store::Store;
-use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora::cache::storage::Storage;
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta};
@@ -49,9 +48,8 @@ fn main() {
             let k = CacheKey::new(format!("http://127.0.0.1:19185/m/{i}/{}", i * 7919), "");
             let mut h = store.get_miss_handler(&k, &meta, &span).await.unwrap();
             h.write_body(body.clone(), true).await.unwrap();
+            // The fill admits the object to the eviction policy itself (`Store::admit`).
             h.finish().await.unwrap();
-            let size = store.bytes() / (i + 1);
-            eviction.admit(CacheEntryKey::key_only(k.to_compact()), size, now);
         }
     });
     let per = (allocated() - before) as f64 / n as f64;

@@ -80,7 +80,31 @@ impl TinyUfoEviction {
 
     fn put(&self, item: CacheEntryKey, size: usize) -> Vec<CacheEntryKey> {
         let k = hash_of((&item).into());
-        if let Some((_, old)) = self.ufo.remove(&k) {
+        let held = self.ufo.remove(&k).map(|(_, old)| old);
+        self.put_hashed(k, item, size, held)
+    }
+
+    /// Admits an object whose key the policy does not hold (`held: None`) or holds at the size
+    /// `held`, as its caller knows: `put` would look the key up to find out (~0.6 µs of a
+    /// miss). A wrong `held` skews only the byte and object totals. Returns what it evicts.
+    pub fn admit_known(
+        &self,
+        item: CacheEntryKey,
+        size: usize,
+        held: Option<usize>,
+    ) -> Vec<CacheEntryKey> {
+        let k = hash_of((&item).into());
+        self.put_hashed(k, item, size, held)
+    }
+
+    fn put_hashed(
+        &self,
+        k: u64,
+        item: CacheEntryKey,
+        size: usize,
+        held: Option<usize>,
+    ) -> Vec<CacheEntryKey> {
+        if let Some(old) = held {
             self.forget(old);
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);

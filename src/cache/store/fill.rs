@@ -119,14 +119,7 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let (store, compact) = (self.store, self.compact.clone());
-        let fresh_until = self.freshness.fresh_until;
-        let size = self.store_it();
-        // Only what memory keeps is memory's policy's to weigh (see `Store::admit`).
-        if size > 0 {
-            store.admit(compact, size, fresh_until);
-        }
-        Ok(MissFinishType::Created(size))
+        Ok(MissFinishType::Created(self.store_it()))
     }
 
     fn streaming_write_tag(&self) -> Option<&[u8]> {
@@ -135,8 +128,9 @@ impl HandleMiss for Fill {
 }
 
 impl Fill {
-    /// Lists the complete object (in memory, on disk, or both); returns the bytes memory holds
-    /// for it, 0 when it is on disk only or was purged while it was written.
+    /// Lists the complete object (in memory, on disk, or both), and memory's policy admits what
+    /// memory keeps (see `Store::admit_locked`); returns the bytes memory holds for it, 0 when
+    /// it is on disk only or was purged while it was written.
     fn store_it(mut self: Box<Self>) -> usize {
         let (in_memory, trimmed) = {
             let c = self.chunks.read().unwrap_or_else(|e| e.into_inner());
@@ -176,8 +170,8 @@ impl Fill {
             return 0;
         }
         // A previous version is replaced: its size leaves the store (the eviction manager
-        // re-admits the key with the new size).
-        store.remove_locked(&mut maps, &self.key, false);
+        // re-admits the key with the new size, or forgets it if this one stays on disk only).
+        let replaced = store.take_locked(&mut maps, &self.key, false);
         if let Some((disk, spill)) = self.disk.take() {
             if spill.failed.load(Ordering::Acquire) {
                 disk.abort(self.id);
@@ -196,13 +190,15 @@ impl Fill {
         }
         if !keep_in_memory {
             // On disk only: nothing for memory's policy to weigh.
+            if replaced.is_some() {
+                store
+                    .eviction
+                    .remove(CacheEntryKeyRef::KeyOnly(&self.compact));
+            }
             return 0;
         }
         maps.names.add(self.key, &self.url, &self.tags);
-        maps.variants
-            .entry(self.compact.primary)
-            .or_default()
-            .insert(self.key);
+        maps.add_variant(self.compact.primary, self.key);
         maps.objects.insert(
             self.key,
             Object {
@@ -217,6 +213,7 @@ impl Fill {
             },
         );
         store.bytes.fetch_add(size, Ordering::Relaxed);
+        store.admit_locked(&mut maps, self.compact.clone(), size, replaced);
         size
     }
 }

@@ -157,8 +157,21 @@ struct Maps {
     /// URLs and tags of stored objects, for purges.
     names: Names,
     /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
-    variants: HashMap<HashBinary, HashSet<HashBinary>>,
+    variants: HashMap<HashBinary, Keys>,
     purges: Purges,
+}
+
+impl Maps {
+    /// Lists `key` among the stored variants of `primary`.
+    fn add_variant(&mut self, primary: HashBinary, key: HashBinary) {
+        use std::collections::hash_map::Entry;
+        match self.variants.entry(primary) {
+            Entry::Occupied(e) => e.into_mut().insert(key),
+            Entry::Vacant(e) => {
+                e.insert(Keys::new(key));
+            }
+        }
+    }
 }
 
 pub struct Store {
@@ -261,26 +274,28 @@ impl Store {
 
     /// Removes one object by combined key; returns whether it was there.
     fn remove_locked(&self, maps: &mut Maps, key: &HashBinary, tell_eviction: bool) -> bool {
-        let Some(obj) = maps.objects.remove(key) else {
-            return false;
-        };
-        self.bytes.fetch_sub(
-            size_of(&obj.meta, obj.body_len, &obj.url),
-            Ordering::Relaxed,
-        );
+        self.take_locked(maps, key, tell_eviction).is_some()
+    }
+
+    /// Removes one object by combined key; returns the size it was counted at, if it was there.
+    fn take_locked(&self, maps: &mut Maps, key: &HashBinary, tell_eviction: bool) -> Option<usize> {
+        let obj = maps.objects.remove(key)?;
+        let size = size_of(&obj.meta, obj.body_len, &obj.url);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
         let primary = obj.compact.primary;
-        if let Some(set) = maps.variants.get_mut(&primary) {
-            set.remove(key);
-            if set.is_empty() {
-                maps.variants.remove(&primary);
-            }
+        if maps
+            .variants
+            .get_mut(&primary)
+            .is_some_and(|v| v.remove(key))
+        {
+            maps.variants.remove(&primary);
         }
         maps.names.remove(key, &obj.url, &obj.tags);
         if tell_eviction {
             self.eviction
                 .remove(CacheEntryKeyRef::KeyOnly(&obj.compact));
         }
-        true
+        Some(size)
     }
 
     /// Removes these objects from memory; returns those that were there.
@@ -300,28 +315,33 @@ impl Store {
     }
 
     /// Memory's eviction policy admits an object just stored in memory by a fill or a promotion
-    /// from disk (`size` bytes, as the store counts them), and what it evicts to make room
-    /// leaves memory (a disk copy stays: that is the demotion), fills in flight for it included,
-    /// as a purge of the evicted key would.
+    /// from disk (`size` bytes, as the store counts them; `replaced`: the size of the object it
+    /// replaced, if any), and what it evicts to make room leaves memory (a disk copy stays: that
+    /// is the demotion), fills in flight for it included, as a purge of the evicted key would.
+    ///
+    /// Under the store's lock, so the policy holds a key exactly when memory holds its object,
+    /// and `replaced` tells it what it holds (sparing it a lookup per miss).
     ///
     /// Why here and not through pingora-cache's `EvictionManager` hook: pingora-cache admits
     /// after every fill and then spawns a task to purge what was evicted, even when nothing
     /// was. One task per miss woke an idle worker thread per miss (context switches, futex
     /// wake-ups) for nothing; the store does the same bookkeeping inline, and pingora-cache
     /// runs without an eviction manager (`Cache::enable`).
-    fn admit(&self, compact: CompactCacheKey, size: usize, fresh_until: SystemTime) {
+    fn admit_locked(
+        &self,
+        maps: &mut Maps,
+        compact: CompactCacheKey,
+        size: usize,
+        replaced: Option<usize>,
+    ) {
         let evicted = self
             .eviction
-            .admit(CacheEntryKey::key_only(compact), size, fresh_until);
-        if evicted.is_empty() {
-            return;
-        }
-        let mut maps = self.write();
+            .admit_known(CacheEntryKey::key_only(compact), size, replaced);
         for e in evicted {
             // The manager already forgot the entry: not told again.
             let k = e.key().combined_bin();
-            Self::purge_writes(&mut maps, &k);
-            self.remove_locked(&mut maps, &k, false);
+            Self::purge_writes(maps, &k);
+            self.remove_locked(maps, &k, false);
         }
     }
 
@@ -368,7 +388,7 @@ impl Store {
         self.read()
             .variants
             .get(&key.primary_bin())
-            .is_some_and(|set| set.iter().any(|k| *k != own))
+            .is_some_and(|keys| keys.iter().any(|k| *k != own))
     }
 
     /// The object (or the fill in progress) memory holds under this key, if any.
@@ -581,6 +601,7 @@ impl Storage for Store {
 pub mod disk;
 mod fill;
 mod hit;
+mod keys;
 mod meta;
 mod names;
 mod promote;
@@ -592,6 +613,7 @@ use disk::record::{self, Head};
 use disk::{Disk, Spill};
 use fill::Fill;
 use hit::Hit;
+use keys::Keys;
 use meta::placeholder_meta;
 pub(crate) use meta::StoredMeta;
 use names::Names;

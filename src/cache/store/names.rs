@@ -1,34 +1,41 @@
 //! What purges find objects by, for either tier: the URL each object was stored under and the
 //! tags its origin gave it (`Surrogate-Key`, `Cache-Tag`). A prefix purge scans the URLs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pingora::cache::key::HashBinary;
 
+use super::keys::Keys;
 use super::purge::Purged;
 
 #[derive(Default)]
 pub(super) struct Names {
     /// URL (primary key) -> the combined keys of its stored variants.
-    by_url: HashMap<Arc<str>, HashSet<HashBinary>>,
-    by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
+    by_url: HashMap<Arc<str>, Keys>,
+    by_tag: HashMap<Arc<str>, Keys>,
 }
 
-fn unlist(index: &mut HashMap<Arc<str>, HashSet<HashBinary>>, name: &str, key: &HashBinary) {
-    if let Some(set) = index.get_mut(name) {
-        set.remove(key);
-        if set.is_empty() {
-            index.remove(name);
+fn list(index: &mut HashMap<Arc<str>, Keys>, name: &Arc<str>, key: HashBinary) {
+    match index.get_mut(&**name) {
+        Some(keys) => keys.insert(key),
+        None => {
+            index.insert(name.clone(), Keys::new(key));
         }
+    }
+}
+
+fn unlist(index: &mut HashMap<Arc<str>, Keys>, name: &str, key: &HashBinary) {
+    if index.get_mut(name).is_some_and(|keys| keys.remove(key)) {
+        index.remove(name);
     }
 }
 
 impl Names {
     pub(super) fn add(&mut self, key: HashBinary, url: &Arc<str>, tags: &[Arc<str>]) {
-        self.by_url.entry(url.clone()).or_default().insert(key);
+        list(&mut self.by_url, url, key);
         for t in tags {
-            self.by_tag.entry(t.clone()).or_default().insert(key);
+            list(&mut self.by_tag, t, key);
         }
     }
 
@@ -41,7 +48,7 @@ impl Names {
 
     /// The keys `what` names (a URL, a prefix of URLs, a tag; a key names itself).
     pub(super) fn find(&self, what: &Purged) -> Vec<HashBinary> {
-        let listed = |index: &HashMap<Arc<str>, HashSet<HashBinary>>, name: &str| {
+        let listed = |index: &HashMap<Arc<str>, Keys>, name: &str| {
             index
                 .get(name)
                 .map(|s| s.iter().copied().collect())

@@ -151,10 +151,7 @@ impl Store {
             return;
         }
         maps.names.add(key, &url, &tags);
-        maps.variants
-            .entry(compact.primary)
-            .or_default()
-            .insert(key);
+        maps.add_variant(compact.primary, key);
         maps.objects.insert(
             key,
             Object {
@@ -169,9 +166,9 @@ impl Store {
             },
         );
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        drop(maps);
         // Memory's policy admits it like a fill (the disk keeps its copy of what it evicts).
-        self.admit(compact, size, meta.fresh_until());
+        // Memory did not hold the key (checked above).
+        self.admit_locked(&mut maps, compact, size, None);
     }
 }
 
