@@ -35,6 +35,9 @@ pub(super) struct Fill {
     pub(super) disk: Option<(&'static Disk, Arc<Spill>)>,
     /// The disk worker was told how this fill ended (finished or aborted).
     pub(super) disk_done: bool,
+    /// Its write is still listed among the key's fills in flight (until `store_it`), which
+    /// `drop` then unlists: an unfinished write leaves nothing behind.
+    pub(super) listed: bool,
 }
 
 impl Fill {
@@ -154,13 +157,9 @@ impl Fill {
         let store = self.store;
         let mut maps = store.write();
         let still_wanted = maps
-            .partial
-            .get_mut(&self.key)
-            .and_then(|m| m.remove(&self.id))
+            .take_fill(&self.key, self.id)
             .is_some_and(|p| !p.purged);
-        if maps.partial.get(&self.key).is_some_and(|m| m.is_empty()) {
-            maps.partial.remove(&self.key);
-        }
+        self.listed = false;
         self.progress.send_replace(true);
         if !still_wanted {
             // Purged while it was being written, or since its request went to the origin
@@ -201,7 +200,7 @@ impl Fill {
         maps.add_variant(self.compact.primary, self.key);
         maps.objects.insert(
             self.key,
-            Object {
+            Box::new(Object {
                 freshness: self.freshness,
                 meta: self.meta.clone(),
                 body: Arc::new(body),
@@ -210,7 +209,7 @@ impl Fill {
                 url: self.url.clone(),
                 tags: self.tags.clone(),
                 compact: self.compact.clone(),
-            },
+            }),
         );
         store.bytes.fetch_add(size, Ordering::Relaxed);
         store.admit_locked(&mut maps, self.compact.clone(), size, replaced);
@@ -225,12 +224,8 @@ impl Drop for Fill {
         if !self.disk_done {
             self.give_up_disk(false);
         }
-        let mut maps = self.store.write();
-        if let Some(m) = maps.partial.get_mut(&self.key) {
-            m.remove(&self.id);
-            if m.is_empty() {
-                maps.partial.remove(&self.key);
-            }
+        if self.listed {
+            self.store.write().take_fill(&self.key, self.id);
         }
     }
 }

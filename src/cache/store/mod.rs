@@ -149,11 +149,17 @@ struct Partial {
     purged: bool,
 }
 
+/// The writes in flight for one key, with their write ids: almost always one, so a short list
+/// rather than a table of its own per miss.
+type Fills = Vec<(u64, Partial)>;
+
 #[derive(Default)]
 struct Maps {
-    objects: HashMap<HashBinary, Object>,
-    /// In-progress writes per key, by write id (several may race; the last to finish wins).
-    partial: HashMap<HashBinary, HashMap<u64, Partial>>,
+    /// Boxed: the table then moves 24-byte slots when it grows (it grows with every object
+    /// stored until the cache is full) and its empty slots cost 24 bytes, not an `Object`'s ~190.
+    objects: HashMap<HashBinary, Box<Object>>,
+    /// In-progress writes per key (several may race; the last to finish wins).
+    partial: HashMap<HashBinary, Fills>,
     /// URLs and tags of stored objects, for purges.
     names: Names,
     /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
@@ -162,6 +168,17 @@ struct Maps {
 }
 
 impl Maps {
+    /// Unlists one write in flight; returns it if it was listed.
+    fn take_fill(&mut self, key: &HashBinary, id: u64) -> Option<Partial> {
+        let fills = self.partial.get_mut(key)?;
+        let at = fills.iter().position(|(i, _)| *i == id)?;
+        let (_, p) = fills.swap_remove(at);
+        if fills.is_empty() {
+            self.partial.remove(key);
+        }
+        Some(p)
+    }
+
     /// Lists `key` among the stored variants of `primary`.
     fn add_variant(&mut self, primary: HashBinary, key: HashBinary) {
         use std::collections::hash_map::Entry;
@@ -351,7 +368,7 @@ impl Store {
             .partial
             .get_mut(key)
             .into_iter()
-            .flat_map(|m| m.values_mut())
+            .flat_map(|fills| fills.iter_mut().map(|(_, p)| p))
         {
             p.purged = true;
         }
@@ -397,7 +414,7 @@ impl Store {
         if let Some(p) = maps
             .partial
             .get(k)
-            .and_then(|m| m.values().find(|p| !p.purged))
+            .and_then(|fills| fills.iter().map(|(_, p)| p).find(|p| !p.purged))
         {
             return Some(Self::hit_from_partial(p));
         }
@@ -465,8 +482,12 @@ impl Storage for Store {
         // pingora-cache asks this only for the filling request's own reader, and drops the meta
         // unread (`HttpCache::set_miss_handler`): it has the meta it is writing. A placeholder
         // spares rebuilding it from the stored form once per miss (~2.5 µs of ~150).
-        match maps.partial.get(&k).and_then(|m| m.get(&id)) {
-            Some(p) => Ok(Some((placeholder_meta(), Self::follow(p)))),
+        let own = maps
+            .partial
+            .get(&k)
+            .and_then(|fills| fills.iter().find(|(i, _)| *i == id));
+        match own {
+            Some((_, p)) => Ok(Some((placeholder_meta(), Self::follow(p)))),
             None => Ok(None),
         }
     }
@@ -517,6 +538,7 @@ impl Storage for Store {
             compact: key.to_compact(),
             disk: self.disk.zip(spill),
             disk_done: false,
+            listed: true,
         };
         let mut maps = self.write();
         // A purge since the request went to the origin covers this response: it goes to its
@@ -525,7 +547,7 @@ impl Storage for Store {
             .extensions()
             .get::<FillStart>()
             .is_some_and(|s| maps.purges.cover(s.0, &k, &handler.url, &handler.tags));
-        maps.partial.entry(k).or_default().insert(id, partial);
+        maps.partial.entry(k).or_default().push((id, partial));
         Ok(Box::new(handler))
     }
 

@@ -154,7 +154,7 @@ impl Store {
         maps.add_variant(compact.primary, key);
         maps.objects.insert(
             key,
-            Object {
+            Box::new(Object {
                 freshness: Freshness::of(meta),
                 meta: stored.clone(),
                 body: Arc::new(vec![body]),
@@ -163,7 +163,7 @@ impl Store {
                 url,
                 tags,
                 compact: compact.clone(),
-            },
+            }),
         );
         self.bytes.fetch_add(size, Ordering::Relaxed);
         // Memory's policy admits it like a fill (the disk keeps its copy of what it evicts).

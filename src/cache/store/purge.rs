@@ -118,7 +118,7 @@ impl Store {
             Purged::Key(k) => Self::purge_writes(maps, k),
             _ => {
                 for (k, writes) in maps.partial.iter_mut() {
-                    for p in writes.values_mut() {
+                    for (_, p) in writes.iter_mut() {
                         p.purged |= what.covers(k, &p.url, &p.tags);
                     }
                 }
