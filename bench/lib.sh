@@ -18,6 +18,8 @@ launch() { local name=$1 port=$2; shift 2; "$@" >"$RUN/$name.out" 2>&1 & PID[$na
 
 tree() { local p=$1; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree "$c"; done; }
 cpu_ticks() { local t=0 v; for p in $(tree "$1"); do v=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
+# user_ticks PID: the user-space half of cpu_ticks (the rest is the kernel's, mostly the sockets').
+user_ticks() { local t=0 v; for p in $(tree "$1"); do v=$(awk '{print $14}' "/proc/$p/stat" 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
 rss_mib() { local kb=0 v; for p in $(tree "$1"); do v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null) && kb=$((kb+${v:-0})); done; awk -v k=$kb 'BEGIN{printf "%.1f", k/1024}'; }
 to_ms() { awk -v t="$1" 'BEGIN{v=t+0; if(t~/us$/)v/=1000; else if(t~/ms$/)v=v; else if(t~/s$/)v*=1000; printf "%.2f",v}'; }
 

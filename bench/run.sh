@@ -30,6 +30,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}                       # proxy threads / nginx workers
 MISS_DELAY_MS=${MISS_DELAY_MS:-10}
 CACHE_SIZE=${CACHE_SIZE:-512MiB}            # edge's cache.max_size
+EDGE_NOCACHE=${EDGE_NOCACHE:-}                # set: the edge's route has its cache off (the proxy path alone)
 SCENARIOS=${SCENARIOS:-"hit1k hit100k pass1k miss1k"}
 PROXIES=${PROXIES:-"nginx pingora edge"}
 BARE=${BARE:-$ROOT/../shared/bench/bare-pingora}   # optional: the bare Pingora anchor
@@ -87,7 +88,7 @@ origins:
     servers: ["127.0.0.1:$up"]
     keepalive: {idle_timeout: 60s, pool_size: 128, max_requests: 100000}
 routes:
-  - {origin: o}
+  - {origin: o$([[ -n ${EDGE_NOCACHE:-} ]] && echo ", cache: {enabled: false}")}
 CONF
     } >"$d/edge.yaml"
     launch "$name" "$port" "$EDGE" -c "$d/edge.yaml" ;;
@@ -111,8 +112,8 @@ run_wrk() {  # port path secs tag out [lua]
 }
 
 CLK=$(getconf CLK_TCK)
-echo "| proxy | scenario | req/s | req/CPU-s | p50 ms | p99 ms | errors | upstream conns | peak RSS MiB |" >"$RUN/table.md"
-echo "|---|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
+echo "| proxy | scenario | req/s | req/CPU-s | p50 ms | p99 ms | errors | upstream conns | peak RSS MiB | CPU µs/req user+sys |" >"$RUN/table.md"
+echo "|---|---|---|---|---|---|---|---|---|---|" >>"$RUN/table.md"
 for SCENARIO in $SCENARIOS; do
   case $SCENARIO in
     hit1k) path=/1k; up=$PORT_ORIGIN; lua="" ;;
@@ -125,13 +126,15 @@ for SCENARIO in $SCENARIOS; do
     port=${PORT[$p]}; tag="$p-$SCENARIO"
     if [[ $SCENARIO == miss1k ]]; then before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}'); fi
     run_wrk "$port" "$path" "$WARMUP" "warm-$tag" /dev/null "$lua"
-    c0=$(cpu_ticks "${PID[$p]}")
+    c0=$(cpu_ticks "${PID[$p]}"); u0=$(user_ticks "${PID[$p]}")
     [[ $SCENARIO == miss1k ]] && before=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}')
     run_wrk "$port" "$path" "$DURATION" "$tag" "$RUN/wrk-$tag.txt" "$lua"
-    c1=$(cpu_ticks "${PID[$p]}")
+    c1=$(cpu_ticks "${PID[$p]}"); u1=$(user_ticks "${PID[$p]}")
     f=$RUN/wrk-$tag.txt
     read -r reqs rps p50 p99 errs <<<"$(wrk_figures "$f")"
     cpu_s=$(awk -v d=$((c1-c0)) -v hz=$CLK 'BEGIN{printf "%.2f", d/hz}')
+    split=$(awk -v r="${reqs:-0}" -v u=$((u1-u0)) -v a=$((c1-c0)) -v hz=$CLK \
+      'BEGIN{ if (r>0) printf "%.0f+%.0f", u/hz/r*1e6, (a-u)/hz/r*1e6; else print "n/a"}')
     per_cpu=$(awk -v r="${reqs:-0}" -v c="$cpu_s" 'BEGIN{ if (c>0) printf "%.0f", r/c; else print "n/a"}')
     if [[ $SCENARIO == miss1k ]]; then
       after=$(curl -s "http://127.0.0.1:$PORT_SLOW/__stats" | awk '/^accepted/{print $2}')
@@ -143,7 +146,7 @@ for SCENARIO in $SCENARIOS; do
     rss=$(rss_mib "${PID[$p]}")
     [[ $p == edge ]] && curl -s "http://127.0.0.1:$((port + 10))/metrics" >"$RUN/metrics-$tag.txt"
     log "$p $SCENARIO: $rps req/s, $per_cpu req/CPU-s, p99 ${p99} ms, $conns upstream conns"
-    echo "| $p | $SCENARIO | ${rps:-0} | $per_cpu | $p50 | $p99 | $errs | $conns | $rss |" >>"$RUN/table.md"
+    echo "| $p | $SCENARIO | ${rps:-0} | $per_cpu | $p50 | $p99 | $errs | $conns | $rss | $split |" >>"$RUN/table.md"
     stop "$p"
   done
 done
