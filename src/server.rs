@@ -134,6 +134,11 @@ pub fn run(config: Config, source: String, path: Option<PathBuf>, start: StartOp
     warn_if_descriptors_short(&edge);
 
     let proxy = proxy_service(&server.configuration, &edge, &listen);
+    if let Some(bundle) = &server.configuration.ca_file {
+        // Pingora's connectors read the CA bundle when they are built (just above), and nothing
+        // reads it again (a reload cannot change it): it is not left behind in /tmp.
+        let _ = std::fs::remove_file(bundle);
+    }
     server.add_service(proxy).add_dependency(&bootstrap);
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("edge admin".to_string(), Admin { edge: edge.clone() });

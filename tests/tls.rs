@@ -54,6 +54,10 @@ fn https_client_to_https_origin_with_sni_certificate_choice() {
         Canned::new(200, &[("Cache-Control", "max-age=60")], "from the origin"),
     );
     let edge = Edge::start_listening(&tls_listen(&[&www, &api], ""), &https_origin(&o, &ca, ""));
+    // The CA bundle the origin's ca_file went into is read at start and not left in /tmp.
+    let tag = edge.addr.to_string().replace([':', '.'], "_");
+    let bundle = std::path::PathBuf::from(format!("/tmp/edge-{tag}.ca.pem"));
+    assert!(!bundle.exists(), "{} left behind", bundle.display());
 
     // SNI picks the certificate: exact name, wildcard one level down, else the first.
     for (sni, expected) in [
