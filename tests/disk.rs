@@ -1,7 +1,7 @@
 //! The disk tier (`cache.disk`) against real origins on loopback and a real file system: what
 //! survives a restart, what a corrupt file becomes, the size bound, an object larger than
-//! memory streamed to two clients at once, purges on both tiers, a full disk, the directory's
-//! lock and its handover in a graceful upgrade.
+//! memory streamed to two clients at once, purges on both tiers, a full disk, a kill mid-write,
+//! the directory's lock and its handover in a graceful upgrade.
 
 mod common;
 
@@ -385,6 +385,72 @@ fn purges_remove_from_both_tiers_and_soft_purges_revalidate_from_disk() {
         Some("\"v1\""),
         "not a revalidation"
     );
+}
+
+/// An edge killed in the middle of writing a large object (SIGKILL: no chance to clean up)
+/// leaves a partial file in `tmp/`; the next start clears it, and nothing of it is served: the
+/// object is fetched whole again. A stored file cut short, as a power loss after its rename
+/// could leave it, is dropped too, never served.
+#[test]
+fn an_edge_killed_mid_write_leaves_nothing_half_written_to_serve() {
+    const LEN: usize = 8 << 20;
+    let o = Origin::start("o");
+    let mut slow = cc("max-age=600", "");
+    slow.body = patterned(LEN).into_bytes();
+    slow.chunks = 80;
+    slow.chunk_pause = Duration::from_millis(30);
+    o.set("/slow", slow);
+    o.set("/done", cc("max-age=600", &patterned(600_000)));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "64MiB", "1GiB");
+    let mut edge = start(&conf, &dir);
+    assert_eq!(edge.get("example.com", "/done").body.len(), 600_000);
+    assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 1.0));
+
+    let addr = edge.addr;
+    let reader = thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let mut buf = vec![0u8; 64 << 10];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let partial = || {
+        let files = std::fs::read_dir(dir.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        files
+            .filter(|f| f.metadata().is_ok_and(|m| m.len() >= 1 << 20))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || partial() > 0),
+        "no partial file in tmp/"
+    );
+    edge.signal(9);
+    assert!(edge.wait_exit(Duration::from_secs(10)));
+    reader.join().unwrap();
+    let stored = object_files(&dir);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored[0])
+        .unwrap();
+    cut.set_len(cut.metadata().unwrap().len() - 1000).unwrap();
+
+    let edge = start(&conf, &dir);
+    let left = std::fs::read_dir(dir.join("tmp"))
+        .into_iter()
+        .flatten()
+        .count();
+    assert_eq!(left, 0, "tmp/ was not cleared");
+    let r = edge.get("example.com", "/slow");
+    assert!(r.body == patterned(LEN), "a half-written /slow was served");
+    assert_eq!(o.count("/slow"), 2);
+    let r = edge.get("example.com", "/done");
+    assert!(r.body == patterned(600_000), "a cut /done was served");
+    assert_eq!(o.count("/done"), 2, "the cut file was served as a hit");
 }
 
 #[test]
