@@ -519,6 +519,66 @@ fn an_edge_killed_mid_write_leaves_nothing_half_written_to_serve() {
     assert_eq!(o.count("/done"), 2, "the cut file was served as a hit");
 }
 
+/// What changes a stored object reaches its disk copy: a `304`'s fresher head survives a
+/// restart, and an unsafe request (a POST) invalidates an object held on disk only.
+#[test]
+fn a_refreshed_head_and_an_invalidation_reach_the_disk_copy() {
+    let o = Origin::start("o");
+    // Stale on arrival (Age 100 against max-age 60): its next use revalidates.
+    let rev = |cache_control: &str, age: Option<&str>, rev: &str| {
+        let mut fields = vec![
+            ("Cache-Control", cache_control),
+            ("ETag", "\"v1\""),
+            ("X-Rev", rev),
+        ];
+        fields.extend(age.map(|a| ("Age", a)));
+        Canned::new(200, &fields, "body")
+    };
+    o.set("/r", rev("max-age=60", Some("100"), "1"));
+    o.set("/p", cc("max-age=600", "posted-to"));
+    let dir = disk_dir();
+    let conf = config(&o, &dir, "8MiB", "64MiB");
+    {
+        let edge = start(&conf, &dir);
+        edge.get("example.com", "/r");
+        edge.get("example.com", "/p");
+        assert!(wait_until(Duration::from_secs(10), || disk_objects(&edge) == 2.0));
+        // The 304 makes it fresh for 600 s, with the new X-Rev.
+        o.set("/r", rev("max-age=600", None, "2"));
+        let r = edge.get("example.com", "/r");
+        assert!(
+            status_of(&r).contains("fwd-status=304"),
+            "{}",
+            status_of(&r)
+        );
+        assert_eq!(r.header("x-rev"), Some("2"));
+    }
+    let edge = start(&conf, &dir);
+    let r = edge.get("example.com", "/r");
+    assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    assert_eq!(
+        r.header("x-rev"),
+        Some("2"),
+        "the disk copy kept the old head"
+    );
+    assert_eq!(
+        o.count("/r"),
+        2,
+        "the refreshed head did not reach the disk"
+    );
+
+    // /p is on disk only in this process; a POST to it invalidates that copy.
+    o.set("/p", Canned::new(200, &[], "accepted"));
+    assert_eq!(edge.request("POST", "/p", &[]).status, 200);
+    o.set("/p", cc("max-age=600", "posted-to"));
+    let r = edge.get("example.com", "/p");
+    assert_eq!(r.body, "posted-to");
+    assert!(status_of(&r).contains("fwd=uri-miss"), "{}", status_of(&r));
+    let gets = o.requests();
+    let gets = gets.iter().filter(|s| s.path == "/p" && s.method == "GET");
+    assert_eq!(gets.count(), 2, "the invalidated disk copy was served");
+}
+
 #[test]
 fn a_full_disk_leaves_the_edge_serving_from_memory_and_the_origin() {
     let o = Origin::start("o");
