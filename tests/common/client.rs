@@ -98,7 +98,7 @@ impl Client {
 
 /// Reads one response to a request with `method` off `reader`, by its framing; None if the
 /// connection closed (or failed) before it was whole.
-pub(super) fn read_response_from(reader: &mut impl BufRead, method: &str) -> Option<Response> {
+pub fn read_response_from(reader: &mut impl BufRead, method: &str) -> Option<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;

@@ -197,7 +197,7 @@ impl Fill {
             return 0;
         }
         maps.names.add(self.key, &self.url, &self.tags);
-        maps.add_variant(self.compact.primary, self.key);
+        keys::list(&mut maps.variants, self.compact.primary, self.key);
         maps.objects.insert(
             self.key,
             Box::new(Object {

@@ -7,7 +7,10 @@
 //! `cargo run --release --example object_cost`: the two indexes took ~440 of the ~1,900 bytes a
 //! 1 KiB object cost beyond its body.
 
-use std::collections::HashSet;
+use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 
 use pingora::cache::key::HashBinary;
 
@@ -31,7 +34,8 @@ impl Keys {
         }
     }
 
-    /// Removes `key`; returns whether the set is now empty (the caller drops it).
+    /// Removes `key`; returns whether the set is now empty (the caller drops it). A set of
+    /// many never empties: at one key left it holds it inline again.
     pub(super) fn remove(&mut self, key: &HashBinary) -> bool {
         match self {
             Keys::One(k) => k == key,
@@ -41,7 +45,7 @@ impl Keys {
                     let last = *set.iter().next().expect("one left");
                     *self = Keys::One(last);
                 }
-                set_is_empty(self)
+                false
             }
         }
     }
@@ -55,8 +59,25 @@ impl Keys {
     }
 }
 
-fn set_is_empty(keys: &Keys) -> bool {
-    matches!(keys, Keys::Many(set) if set.is_empty())
+/// Lists `key` under `name` in an index (URL, tag or primary key to object keys).
+pub(super) fn list<N: Hash + Eq>(index: &mut HashMap<N, Keys>, name: N, key: HashBinary) {
+    match index.entry(name) {
+        Entry::Occupied(e) => e.into_mut().insert(key),
+        Entry::Vacant(e) => {
+            e.insert(Keys::new(key));
+        }
+    }
+}
+
+/// Unlists `key` from `name` in an index; the name goes with its last key.
+pub(super) fn unlist<N, Q>(index: &mut HashMap<N, Keys>, name: &Q, key: &HashBinary)
+where
+    N: Borrow<Q> + Hash + Eq,
+    Q: Hash + Eq + ?Sized,
+{
+    if index.get_mut(name).is_some_and(|keys| keys.remove(key)) {
+        index.remove(name);
+    }
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@
 //! - A purge also covers fills in flight that began before it, first fills included: they are
 //!   not stored (see `purge::Purges`, where the purges live).
 //!
-//! One lock discipline for all: every map lives in `Maps` behind the store's one `RwLock`.
-//! Reading and writing objects live in `hit` and `fill`, purges and the purge record in
-//! `purge`, how metadata is kept in `meta`; each works on `Maps` under that lock.
+//! One lock discipline for all: every map lives in `Maps` (`maps`) behind the store's one
+//! `RwLock`. Reading and writing objects live in `hit` and `fill`, purges and the purge record
+//! in `purge`, how metadata is kept in `meta`, the key sets the indexes hold in `keys`; each
+//! works on `Maps` under that lock.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -45,7 +46,8 @@ use tokio::sync::watch;
 /// `max_size` bounds the memory the cache really takes. Measured with bench/run.sh's miss
 /// scenario (1 KiB objects, `CACHE_SIZE=2GiB`, jemalloc): 59.7k objects took 239 MiB of RSS over
 /// the idle process, ~4.2 KiB each, of which body, serialized header and URL are ~1.2 KiB.
-/// `cargo run --release --example object_cost` shows the store's own share (~3.1 KiB).
+/// `cargo run --release --example object_cost 50000` shows the store's own share (~2.6 KiB
+/// since the indexes hold one key inline and objects are boxed; ~3.1 KiB before).
 pub const OBJECT_OVERHEAD: usize = 3 << 10;
 
 /// Bodies up to this size are stored in one piece (copied once when the fill completes);
@@ -99,94 +101,6 @@ impl FreshHit {
         match &self.on_disk {
             Some(file) => file.body_len() as usize,
             None => self.body.iter().map(|c| c.len()).sum(),
-        }
-    }
-}
-
-/// A complete object.
-struct Object {
-    /// The internal fields and the parsed header (see `meta`): a hit clones the header instead
-    /// of decompressing one.
-    meta: StoredMeta,
-    /// What a fresh hit needs from `meta` without deserializing it.
-    freshness: Freshness,
-    body: Arc<Vec<Bytes>>,
-    file: Option<Arc<BodyFile>>,
-    body_len: usize,
-    url: Arc<str>,
-    tags: Vec<Arc<str>>,
-    compact: CompactCacheKey,
-}
-
-/// The body of an object being written, as far as memory holds it. A large fill with a disk
-/// copy drops chunks from the front once they are on disk (`base` counts what it dropped):
-/// readers behind it read those bytes from the file.
-#[derive(Default)]
-struct Chunks {
-    list: VecDeque<Bytes>,
-    /// Body bytes before `list[0]`.
-    base: u64,
-    /// The index (since the fill began) of `list[0]`.
-    first: usize,
-    /// Bytes in `list`.
-    held: usize,
-}
-
-/// An object being written; readers subscribe to its progress (the value turns true when the
-/// body is complete; every change means new chunks, new bytes on disk, or completion).
-struct Partial {
-    meta: StoredMeta,
-    chunks: Arc<RwLock<Chunks>>,
-    progress: Arc<watch::Sender<bool>>,
-    /// Its disk copy as it is written, for readers of what memory dropped.
-    spill: Option<Arc<Spill>>,
-    /// What a purge matches it by, as it will be stored.
-    url: Arc<str>,
-    tags: Vec<Arc<str>>,
-    /// A purge covers it: new readers do not join it and it is not stored. It stays listed
-    /// until its fill ends, because the fill's own client reads it by its write tag
-    /// (pingora-cache panics if that lookup finds nothing).
-    purged: bool,
-}
-
-/// The writes in flight for one key, with their write ids: almost always one, so a short list
-/// rather than a table of its own per miss.
-type Fills = Vec<(u64, Partial)>;
-
-#[derive(Default)]
-struct Maps {
-    /// Boxed: the table then moves 24-byte slots when it grows (it grows with every object
-    /// stored until the cache is full) and its empty slots cost 24 bytes, not an `Object`'s ~190.
-    objects: HashMap<HashBinary, Box<Object>>,
-    /// In-progress writes per key (several may race; the last to finish wins).
-    partial: HashMap<HashBinary, Fills>,
-    /// URLs and tags of stored objects, for purges.
-    names: Names,
-    /// Primary key -> the combined keys of its stored variants (for `fwd=vary-miss`).
-    variants: HashMap<HashBinary, Keys>,
-    purges: Purges,
-}
-
-impl Maps {
-    /// Unlists one write in flight; returns it if it was listed.
-    fn take_fill(&mut self, key: &HashBinary, id: u64) -> Option<Partial> {
-        let fills = self.partial.get_mut(key)?;
-        let at = fills.iter().position(|(i, _)| *i == id)?;
-        let (_, p) = fills.swap_remove(at);
-        if fills.is_empty() {
-            self.partial.remove(key);
-        }
-        Some(p)
-    }
-
-    /// Lists `key` among the stored variants of `primary`.
-    fn add_variant(&mut self, primary: HashBinary, key: HashBinary) {
-        use std::collections::hash_map::Entry;
-        match self.variants.entry(primary) {
-            Entry::Occupied(e) => e.into_mut().insert(key),
-            Entry::Vacant(e) => {
-                e.insert(Keys::new(key));
-            }
         }
     }
 }
@@ -299,14 +213,7 @@ impl Store {
         let obj = maps.objects.remove(key)?;
         let size = size_of(&obj.meta, obj.body_len, &obj.url);
         self.bytes.fetch_sub(size, Ordering::Relaxed);
-        let primary = obj.compact.primary;
-        if maps
-            .variants
-            .get_mut(&primary)
-            .is_some_and(|v| v.remove(key))
-        {
-            maps.variants.remove(&primary);
-        }
+        keys::unlist(&mut maps.variants, &obj.compact.primary, key);
         maps.names.remove(key, &obj.url, &obj.tags);
         if tell_eviction {
             self.eviction
@@ -624,6 +531,7 @@ pub mod disk;
 mod fill;
 mod hit;
 mod keys;
+mod maps;
 mod meta;
 mod names;
 mod promote;
@@ -635,9 +543,8 @@ use disk::record::{self, Head};
 use disk::{Disk, Spill};
 use fill::Fill;
 use hit::Hit;
-use keys::Keys;
+use maps::{Chunks, Maps, Object, Partial};
 use meta::placeholder_meta;
 pub(crate) use meta::StoredMeta;
-use names::Names;
+use purge::Purged;
 pub use purge::{FillStart, Named, PurgeMode};
-use purge::{Purged, Purges};

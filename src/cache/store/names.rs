@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pingora::cache::key::HashBinary;
 
-use super::keys::Keys;
+use super::keys::{list, unlist, Keys};
 use super::purge::Purged;
 
 #[derive(Default)]
@@ -16,26 +16,11 @@ pub(super) struct Names {
     by_tag: HashMap<Arc<str>, Keys>,
 }
 
-fn list(index: &mut HashMap<Arc<str>, Keys>, name: &Arc<str>, key: HashBinary) {
-    match index.get_mut(&**name) {
-        Some(keys) => keys.insert(key),
-        None => {
-            index.insert(name.clone(), Keys::new(key));
-        }
-    }
-}
-
-fn unlist(index: &mut HashMap<Arc<str>, Keys>, name: &str, key: &HashBinary) {
-    if index.get_mut(name).is_some_and(|keys| keys.remove(key)) {
-        index.remove(name);
-    }
-}
-
 impl Names {
     pub(super) fn add(&mut self, key: HashBinary, url: &Arc<str>, tags: &[Arc<str>]) {
-        list(&mut self.by_url, url, key);
+        list(&mut self.by_url, url.clone(), key);
         for t in tags {
-            list(&mut self.by_tag, t, key);
+            list(&mut self.by_tag, t.clone(), key);
         }
     }
 

@@ -151,7 +151,7 @@ impl Store {
             return;
         }
         maps.names.add(key, &url, &tags);
-        maps.add_variant(compact.primary, key);
+        keys::list(&mut maps.variants, compact.primary, key);
         maps.objects.insert(
             key,
             Box::new(Object {
